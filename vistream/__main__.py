@@ -1,0 +1,5 @@
+import sys
+
+from vistream.cli import main
+
+sys.exit(main())

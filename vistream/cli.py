@@ -1,0 +1,91 @@
+"""The `vistream` command: run, check-config, demo, --version.
+
+Exit codes (also in docs/cli.md): 0 clean stop; 2 invalid config or usage;
+3 the model could not be loaded; 1 anything else. 2 and 3 mean "cannot boot"
+so systemd stops instead of crash-looping (RestartPreventExitStatus=2 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from vistream import __version__
+
+DEFAULT_CONFIG = "/etc/vistream/config.yaml"
+LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(processName)s] %(name)s: %(message)s"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    # Libraries that are chatty at INFO about things the daemon reports itself.
+    for noisy in ("ultralytics", "amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vistream", description="Multi-camera video analytics daemon.")
+    p.add_argument("--version", action="version", version=f"vistream {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument(
+        "-c", "--config", help=f"config file (default: $VISTREAM_CONFIG, then {DEFAULT_CONFIG})", default=None
+    )
+
+    check = sub.add_parser("check-config", help="validate a config file without starting anything")
+    check.add_argument("path")
+
+    demo = sub.add_parser("demo", help="the whole daemon on generated sample footage, with an embedded broker")
+    demo.add_argument("--model", default=None, help="model weights (default: yolov8n.pt, downloaded by Ultralytics)")
+    demo.add_argument("--cameras", type=int, default=4, choices=range(1, 5), metavar="N", help="1 to 4 (default 4)")
+    demo.add_argument("--seconds", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
+    demo.add_argument("--port", type=int, default=1883, help="port of the embedded MQTT broker (default 1883)")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vistream.config import ConfigError, load_config
+
+    path = args.config or os.environ.get("VISTREAM_CONFIG") or DEFAULT_CONFIG
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level)
+    from vistream.daemon import Daemon
+
+    return Daemon(cfg).run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from vistream.config import check_config
+
+    return check_config(args.path)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vistream.demo.run import run_demo
+
+    setup_logging("warning")
+    return run_demo(
+        model=args.model, cameras=args.cameras, seconds=args.seconds, port=args.port, device=args.device
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = {"run": cmd_run, "check-config": cmd_check_config, "demo": cmd_demo}
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,319 @@
+"""The one place that wires the parts together, watches them, and takes them down.
+
+`start()` reads as the list of parts in the order they come up. Each step
+registers its own undo on an ExitStack, so `stop()` runs the same list
+backwards: readers (intake) first, then the scheduler (finishes its batch),
+the result pump (drains), metrics, MQTT (says offline), the shared memory.
+Every stop step has a deadline; together they fit in systemd's 10 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from vistream.config.models import CameraConfig, Config
+from vistream.config.secrets import mqtt_password
+from vistream.ops.logs import LogHub
+from vistream.ops.process import SPAWN, Child, StopFlag
+from vistream.ops.stats import SchedulerStats
+from vistream.ops.supervise import RestartBudget
+from vistream.outputs.mqtt import MqttPublisher
+from vistream.outputs.results import ResultPump
+from vistream.ring.naming import instance_id, remove_leftovers, segment_name
+from vistream.ring.shm import FrameRing, RingLayout, State
+from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME, SchedulerSpec, run_scheduler
+from vistream.scheduler.messages import Fatal, Ready
+from vistream.sources.reader import ReaderSpec, run_reader
+
+log = logging.getLogger(__name__)
+
+RING_SLOTS = 4  # newest frame + the one being written + slack for a slow copy
+TICK_S = 0.2
+READER_STOP_S = 2.0
+SCHEDULER_STOP_S = 3.0
+PUMP_DRAIN_S = 1.0
+MQTT_GOODBYE_S = 1.5
+SCHEDULER_STALL_S = 60.0  # one batch (or one loop) taking longer than this is a hang
+READER_GRACE_S = 10.0  # on top of the camera's open/read timeouts before a silent reader counts as hung
+
+
+@dataclass
+class CameraRuntime:
+    cfg: CameraConfig
+    ring: FrameRing
+    child: Child
+    budget: RestartBudget = field(default_factory=RestartBudget)
+    online: bool = False
+    restarts: int = 0
+
+
+@dataclass
+class SchedulerRuntime:
+    child: Child
+    results: Any
+    stats: Any
+    control: Any
+    beat: Any
+    latest: SchedulerStats = field(default_factory=SchedulerStats)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, *, on_tick: Callable[[Daemon], None] | None = None) -> None:
+        self.cfg = cfg
+        self.instance = instance_id(cfg.mqtt.client_id)
+        self.stop_flag = StopFlag()
+        self.exit_code = 0
+        self.ready: Ready | None = None
+        self.fatal: Fatal | None = None
+        self.cameras: dict[str, CameraRuntime] = {}
+        self.scheduler: SchedulerRuntime | None = None
+        self.scheduler_restarts = 0
+        self.reader_restarts = 0
+        self.started_at = time.monotonic()
+        self._sched_base = SchedulerStats()  # totals of schedulers that were replaced
+        self._sched_budget = RestartBudget()
+        self._wake = SPAWN.Semaphore(0)
+        self._on_tick = on_tick
+        self._stack = ExitStack()
+        self._announced: set[str] = set()  # cameras whose status MQTT has been told
+        self._hup = False
+        self._log_level = logging.getLogger().getEffectiveLevel()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start, supervise until told to stop, stop; returns the exit code."""
+        self._install_signals()
+        try:
+            self.start()
+            if self.ready:
+                self.loop()
+        finally:
+            self.stop()
+        return self.exit_code
+
+    def start(self) -> None:
+        self._init_logs()
+        self._init_rings()
+        self._init_mqtt()
+        self._init_pump()
+        self._init_metrics()
+        self._init_scheduler()
+        self._start_readers()
+        self._wait_ready()
+
+    def stop(self) -> None:
+        self._stack.close()
+
+    def _install_signals(self) -> None:
+        # Handlers only record; the loop acts (a handler may run in the middle of anything).
+        signal.signal(signal.SIGTERM, self.stop_flag.set)
+        signal.signal(signal.SIGINT, self.stop_flag.set)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_hup(self, *_: object) -> None:
+        self._hup = True
+
+    def _init_logs(self) -> None:
+        self.logs = LogHub()
+        self.logs.start()
+        self._stack.callback(self.logs.stop)
+
+    def _init_rings(self) -> None:
+        remove_leftovers(self.instance)
+        h, w = self.cfg.model.input_hw
+        self._layout = RingLayout(RING_SLOTS, h, w)
+        self._rings: dict[str, FrameRing] = {}
+        self._stack.callback(self._unlink_rings)
+        for cam in self.cfg.enabled_cameras:
+            self._rings[cam.name] = FrameRing.create(segment_name(self.instance, cam.name), self._layout)
+
+    def _unlink_rings(self) -> None:
+        for ring in self._rings.values():
+            ring.close()
+            ring.unlink()
+        self._rings.clear()
+
+    def _init_mqtt(self) -> None:
+        self.mqtt = MqttPublisher(self.cfg.mqtt, mqtt_password(self.cfg.mqtt))
+        self.mqtt.start()
+        self._stack.callback(self.mqtt.stop, MQTT_GOODBYE_S)
+
+    def _init_pump(self) -> None:
+        self.pump = ResultPump(self.mqtt, lambda: self.scheduler and self.scheduler.results, self._on_control)
+        self.pump.start()
+        self._stack.callback(self.pump.stop, PUMP_DRAIN_S)
+
+    def _init_metrics(self) -> None:
+        if not self.cfg.metrics.enabled:
+            return
+        from vistream.ops.metrics import serve_metrics
+
+        server = serve_metrics(self, self.cfg.metrics.host, self.cfg.metrics.port)
+        self.metrics_port = server.server_port
+        log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.metrics_port)
+        self._stack.callback(server.server_close)
+        self._stack.callback(server.shutdown)
+
+    def _on_control(self, msg: Any) -> None:
+        if isinstance(msg, Ready):
+            self.pump.names = msg.names
+            self.ready = msg
+        elif isinstance(msg, Fatal):
+            self.fatal = msg
+
+    def _init_scheduler(self) -> None:
+        self._stack.callback(self._stop_scheduler)
+        self._start_scheduler()
+
+    def _start_scheduler(self) -> None:
+        spec = SchedulerSpec(
+            model=self.cfg.model,
+            batching=self.cfg.batching,
+            rings={name: ring.name for name, ring in self._rings.items()},
+            wake=self._wake,
+            results=SPAWN.Queue(self.cfg.mqtt.queue_size),
+            stats=SPAWN.Queue(4),
+            control=SPAWN.Queue(),
+            beat=SPAWN.Array("d", 3, lock=False),
+        )
+        # Fresh queues for every scheduler: a process killed while holding a
+        # queue's lock would leave it locked for its successor.
+        child = Child("scheduler", run_scheduler, (spec,), self.logs, self._log_level)
+        self.scheduler = SchedulerRuntime(child, spec.results, spec.stats, spec.control, spec.beat)
+        child.start()
+
+    def _stop_scheduler(self) -> None:
+        if self.scheduler:
+            self.scheduler.child.stop(SCHEDULER_STOP_S)
+            self._drain_stats()
+
+    def _start_readers(self) -> None:
+        self._stack.callback(self._stop_readers)
+        for cam in self.cfg.enabled_cameras:
+            ring = self._rings[cam.name]
+            spec = ReaderSpec(cam, ring.name, self._wake)
+            child = Child(f"reader {cam.name}", run_reader, (spec,), self.logs, self._log_level)
+            self.cameras[cam.name] = CameraRuntime(cam, ring, child)
+            child.start()
+
+    def _stop_readers(self) -> None:
+        for rt in self.cameras.values():
+            rt.child.terminate()
+        deadline = time.monotonic() + READER_STOP_S
+        for rt in self.cameras.values():
+            rt.child.stop(max(0.1, deadline - time.monotonic()))
+
+    def _wait_ready(self) -> None:
+        while not self.ready and not self.stop_flag:
+            if self.fatal:
+                break
+            sched = self.scheduler
+            if sched and not sched.child.alive and not self.fatal:
+                self.stop_flag.sleep(0.5)  # its last words may still be in the queue
+                if self.fatal or self.ready:
+                    continue
+                self.fatal = Fatal(3, f"the scheduler exited with code {sched.child.exitcode} while loading the model")
+            self.stop_flag.sleep(TICK_S)
+        if self.fatal:
+            log.error("%s", self.fatal.message)
+            self.exit_code = self.fatal.exit_code
+        elif self.ready:
+            log.info(
+                "ready: %d camera(s), model on %s%s, warm in %.1fs",
+                len(self.cameras), self.ready.device, " fp16" if self.ready.half else "", self.ready.load_s,
+            )  # fmt: skip
+
+    # -- supervision ----------------------------------------------------------------
+
+    def loop(self) -> None:
+        while not self.stop_flag:
+            self.tick()
+            self.stop_flag.sleep(TICK_S)
+        log.info("stopping")
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self._hup:
+            self._hup = False
+            log.warning("SIGHUP: live reload is not implemented yet; restart the service to apply config changes")
+        self._drain_stats()
+        self._supervise_scheduler(now)
+        for rt in self.cameras.values():
+            self._supervise_reader(rt, now)
+            self._set_online(rt, self._is_online(rt, now))
+        if self._on_tick:
+            self._on_tick(self)
+
+    def _supervise_scheduler(self, now: float) -> None:
+        sched = self.scheduler
+        if sched is None:
+            return
+        beat = sched.beat
+        hung = beat[BEAT_READY] and (
+            (beat[BEAT_BATCH_START] and now - beat[BEAT_BATCH_START] > SCHEDULER_STALL_S)
+            or now - beat[BEAT_TIME] > SCHEDULER_STALL_S
+        )
+        if hung:
+            log.error("scheduler made no progress for %.0fs: killing it", SCHEDULER_STALL_S)
+            sched.child.stop(1.0)
+        if sched.child.alive or not self._sched_budget.take():
+            return
+        log.error("scheduler exited (code %s): starting a new one", sched.child.exitcode)
+        self._drain_stats()
+        self._sched_base = self._sched_base.merged(sched.latest)
+        sched.child.close()
+        self.scheduler_restarts += 1
+        self._start_scheduler()
+
+    def _supervise_reader(self, rt: CameraRuntime, now: float) -> None:
+        hdr = rt.ring.header
+        silent = now - max(float(hdr["heartbeat"]), rt.child.started_at)
+        if rt.child.alive and silent > rt.cfg.open_timeout_s + rt.cfg.read_timeout_s + READER_GRACE_S:
+            log.error("camera %s: reader silent for %.0fs: killing it", rt.cfg.name, silent)
+            rt.child.stop(1.0)
+        if rt.child.alive or not rt.budget.take():
+            return
+        log.error("camera %s: reader exited (code %s): restarting it", rt.cfg.name, rt.child.exitcode)
+        rt.child.close()
+        rt.restarts += 1
+        self.reader_restarts += 1
+        hdr["state"] = State.STARTING
+        rt.child.start()
+
+    def _is_online(self, rt: CameraRuntime, now: float) -> bool:
+        hdr = rt.ring.header
+        return (
+            rt.child.alive
+            and int(hdr["state"]) == State.STREAMING
+            and now - float(hdr["last_frame"]) < rt.cfg.read_timeout_s
+        )
+
+    def _set_online(self, rt: CameraRuntime, online: bool) -> None:
+        if online != rt.online or rt.cfg.name not in self._announced:
+            self._announced.add(rt.cfg.name)
+            rt.online = online
+            log.info("camera %s: %s", rt.cfg.name, "online" if online else "offline")
+            self.mqtt.camera_status(rt.cfg.name, online)
+
+    def _drain_stats(self) -> None:
+        sched = self.scheduler
+        if sched is None:
+            return
+        while True:
+            try:
+                sched.latest = sched.stats.get_nowait()
+            except (queue.Empty, EOFError, OSError, ValueError):
+                return
+
+    def scheduler_stats(self) -> SchedulerStats:
+        """Totals over every scheduler this daemon ran."""
+        latest = self.scheduler.latest if self.scheduler else SchedulerStats()
+        return self._sched_base.merged(latest)

@@ -1,0 +1,26 @@
+"""Model backends behind one small interface (`Detector`), chosen by `model.backend`.
+
+Importing this package does not import torch: only the scheduler process,
+which owns the model, pays for it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vistream.detector.base import Detector, ModelConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    from vistream.config.models import ModelConfig
+
+__all__ = ["Detector", "ModelConfigError", "ModelLoadError", "load_detector"]
+
+
+def load_detector(cfg: ModelConfig, max_batch: int) -> Detector:
+    """Load the configured model, ready for batches of up to `max_batch` frames."""
+    # Every backend listed in the config goes through Ultralytics' AutoBackend,
+    # which reads .pt, .onnx (ONNX Runtime), *_openvino_model/ and .engine
+    # (TensorRT) exports; a backend with needs of its own gets its own module here.
+    from vistream.detector.ultralytics import UltralyticsDetector
+
+    return UltralyticsDetector(cfg, max_batch)

@@ -1,0 +1,55 @@
+"""The small interface every inference backend implements.
+
+A batch of preprocessed frames goes in (the scheduler fills `input_buffer`
+in place: letterboxed RGB uint8, one row per frame), boxes come out in
+model-input pixels. Mapping them back to camera pixels is the scheduler's
+job, so a backend never sees ring or camera details.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded or warmed up: the daemon cannot boot (exit 3)."""
+
+
+class ModelConfigError(Exception):
+    """The model loaded but the config does not fit it (e.g. an unknown class): exit 2."""
+
+
+class Detector(ABC):
+    """A loaded model that turns a batch of frames into boxes.
+
+    Attributes set by implementations:
+        names: class id -> label.
+        device: where inference runs, e.g. "cpu" or "cuda:0".
+        half: whether inference runs in fp16.
+        input_buffer: (max_batch, height, width, 3) uint8 array the caller fills;
+            rows [0, n) are inferred by `infer(n)`. On CUDA it is pinned host memory.
+    """
+
+    names: dict[int, str]
+    device: str
+    half: bool
+    input_buffer: np.ndarray
+
+    @abstractmethod
+    def infer(self, n: int) -> list[np.ndarray]:
+        """Run the first `n` rows of `input_buffer`.
+
+        Returns one float32 array of shape (k, 6) per frame: x1, y1, x2, y2,
+        confidence, class id, in model-input pixels, after NMS.
+        """
+
+    def warmup(self) -> None:
+        """Run the shapes the daemon will use once, so the first real batch is not slow."""
+        for n in sorted({1, len(self.input_buffer)}):
+            self.input_buffer[:n] = 114
+            self.infer(n)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release device memory and handles."""

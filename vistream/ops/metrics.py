@@ -1,0 +1,106 @@
+"""Prometheus metrics, computed at scrape time from the daemon's live state.
+
+A custom collector on a registry of our own (nothing registered at import):
+reader counters come from the rings' shared-memory headers, scheduler
+figures from its latest cumulative snapshot, the rest from the main process.
+Label `camera` is always the camera's name, never its URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from vistream.ops.stats import Buckets
+
+if TYPE_CHECKING:
+    from vistream.daemon import Daemon
+
+
+def _histogram(name: str, doc: str, b: Buckets) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, buckets=b.cumulative(), sum_value=b.sum)
+
+
+class DaemonCollector(Collector):
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        d = self.daemon
+        stats = d.scheduler_stats()
+        latency, _, _ = d.pump.snapshot()
+
+        decoded = CounterMetricFamily("vistream_frames_decoded", "Frames decoded by the camera's reader.", labels=["camera"])
+        sampled = CounterMetricFamily(
+            "vistream_frames_sampled", "Frames kept at detect_fps and handed to the scheduler.", labels=["camera"]
+        )
+        inferred = CounterMetricFamily("vistream_frames_inferred", "Frames the model ran on.", labels=["camera"])
+        dropped = CounterMetricFamily(
+            "vistream_frames_dropped",
+            "Sampled frames never inferred: stale (older than max_frame_age_ms at batch time), overwritten "
+            "(replaced by a newer frame first), failed (their batch raised).",
+            labels=["camera", "reason"],
+        )
+        up = GaugeMetricFamily("vistream_camera_up", "1 while the camera delivers frames.", labels=["camera"])
+        reconnects = CounterMetricFamily("vistream_camera_reconnects", "Reconnects to the camera.", labels=["camera"])
+        torn = CounterMetricFamily(
+            "vistream_ring_torn_reads", "Ring reads retried because the writer lapped them.", labels=["camera"]
+        )
+        for name, rt in d.cameras.items():
+            hdr = rt.ring.header
+            c = stats.cameras.get(name)
+            decoded.add_metric([name], int(hdr["frames_decoded"]))
+            sampled.add_metric([name], int(hdr["head"]))
+            up.add_metric([name], 1.0 if rt.online else 0.0)
+            reconnects.add_metric([name], int(hdr["reconnects"]))
+            inferred.add_metric([name], c.inferred if c else 0)
+            for reason in ("stale", "overwritten", "failed"):
+                dropped.add_metric([name, reason], getattr(c, reason) if c else 0)
+            torn.add_metric([name], c.torn if c else 0)
+        yield from (decoded, sampled, inferred, dropped, up, reconnects, torn)
+
+        yield _histogram("vistream_batch_size", "Frames per inference call.", stats.batch_size)
+        yield _histogram("vistream_inference_seconds", "Duration of one inference call, NMS included.", stats.inference_s)
+        yield _histogram("vistream_frame_age_seconds", "Capture to batch start.", stats.frame_age_s)
+        yield _histogram("vistream_e2e_latency_seconds", "Capture to MQTT publish.", latency)
+
+        connected = GaugeMetricFamily("vistream_mqtt_connected", "1 while connected to the MQTT broker.")
+        connected.add_metric([], 1.0 if d.mqtt.connected else 0.0)
+        yield connected
+        mqtt_dropped = CounterMetricFamily(
+            "vistream_mqtt_dropped", "Messages that could not be handed to the broker.", labels=["kind"]
+        )
+        for kind, n in {"detections": 0, **d.mqtt.dropped}.items():
+            mqtt_dropped.add_metric([kind], n)
+        yield mqtt_dropped
+        overflow = CounterMetricFamily(
+            "vistream_results_overflow", "Frame results dropped because the hand-off to MQTT was full."
+        )
+        overflow.add_metric([], stats.results_overflow)
+        yield overflow
+        errors = CounterMetricFamily("vistream_inference_errors", "Inference calls that raised.")
+        errors.add_metric([], stats.inference_errors)
+        yield errors
+
+        restarts = CounterMetricFamily(
+            "vistream_process_restarts", "Child processes restarted after dying or hanging.", labels=["process"]
+        )
+        restarts.add_metric(["scheduler"], d.scheduler_restarts)
+        for name, rt in d.cameras.items():
+            restarts.add_metric([f"reader/{name}"], rt.restarts)
+        yield restarts
+        ready = GaugeMetricFamily("vistream_ready", "1 once the model is warm and the readers are started.")
+        ready.add_metric([], 1.0 if d.ready else 0.0)
+        yield ready
+
+
+def serve_metrics(daemon: Daemon, host: str, port: int) -> Any:
+    """Start the /metrics endpoint in a thread; returns the server (`.server_port`, `.shutdown()`)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(daemon))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server

@@ -1,0 +1,157 @@
+"""Child processes: one base with one setup hook, started with `spawn`.
+
+`spawn` (never `fork`): the parent may hold threads (MQTT, HTTP, logging)
+whose locks a forked child would inherit mid-flight, and the scheduler child
+holds torch, which must not be forked. Every child runs `_bootstrap`, which
+sets the process title, routes logging to the parent's single QueueListener,
+enables faulthandler, ignores SIGINT (the parent decides when children stop),
+records SIGTERM in a `StopFlag` and drops the systemd notify socket so only
+the main process talks to systemd.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vistream.ops.logs import LogHub
+
+log = logging.getLogger(__name__)
+
+SPAWN = mp.get_context("spawn")
+
+
+class StopFlag:
+    """Set from a signal handler, polled by the loop: handlers only record the signal."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self, *_: object) -> None:
+        self._set = True
+
+    def __bool__(self) -> bool:
+        return self._set
+
+    def sleep(self, seconds: float, step: float = 0.1) -> bool:
+        """Sleep up to `seconds`; return early (True) once stop is requested."""
+        deadline = time.monotonic() + seconds
+        while not self._set:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(step, left))
+        return True
+
+
+@dataclass(frozen=True)
+class ProcessSetup:
+    """What every child needs before its own work starts."""
+
+    title: str
+    log_conn: Any  # write end of this child's log pipe (vistream.ops.logs)
+    log_level: int = logging.INFO
+    nice: int = 0
+
+
+def _bootstrap(setup: ProcessSetup, target: Callable[..., int | None], args: tuple[Any, ...]) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"vistream: {setup.title}")
+    except ImportError:  # optional nicety; the name in `ps` is all it buys
+        pass
+    faulthandler.enable()
+    os.environ.pop("NOTIFY_SOCKET", None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = StopFlag()
+    signal.signal(signal.SIGTERM, stop.set)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from vistream.ops.logs import PipeHandler
+
+    root = logging.getLogger()
+    root.handlers[:] = [PipeHandler(setup.log_conn)]  # type: ignore[arg-type]
+    root.setLevel(setup.log_level)
+    if setup.nice:
+        os.nice(setup.nice)
+    try:
+        code = target(*args, stop=stop)
+    except Exception:
+        logging.getLogger(target.__module__).exception("%s crashed", setup.title)
+        code = 1
+    sys.exit(code or 0)
+
+
+class Child:
+    """A supervised child process: start, ask to stop, kill when it will not."""
+
+    def __init__(
+        self,
+        title: str,
+        target: Callable[..., int | None],
+        args: tuple[Any, ...],
+        logs: LogHub,
+        log_level: int = logging.INFO,
+        nice: int = 0,
+    ) -> None:
+        self.title = title
+        self._target, self._args = target, args
+        self._logs, self._log_level, self._nice = logs, log_level, nice
+        self._proc: Any = None
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        conn = self._logs.channel()  # a fresh pipe per start: a killed child takes only its own
+        setup = ProcessSetup(self.title, conn, self._log_level, self._nice)
+        self._proc = SPAWN.Process(target=_bootstrap, args=(setup, self._target, self._args), name=self.title, daemon=True)
+        self._proc.start()
+        conn.close()  # the child has its own copy; ours would keep the pipe from reaching EOF
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._proc and self._proc.is_alive())
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._proc.exitcode if self._proc else None
+
+    def terminate(self) -> None:
+        if self.alive:
+            self._proc.terminate()
+
+    def join(self, timeout: float) -> bool:
+        """Wait at most `timeout` s; True when the process is gone."""
+        if self._proc is None:
+            return True
+        self._proc.join(max(0.0, timeout))
+        return not self._proc.is_alive()
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM, then SIGKILL if it is still there after `timeout` s."""
+        if not self.alive:
+            self.join(0)
+            return
+        self.terminate()
+        if not self.join(timeout):
+            log.warning("%s (pid %s) did not stop within %.1fs: killing it", self.title, self.pid, timeout)
+            self._proc.kill()
+            self.join(2.0)
+
+    def close(self) -> None:
+        if self._proc is not None and not self._proc.is_alive():
+            self._proc.close()
+        self._proc = None

@@ -1,0 +1,96 @@
+"""Counters and histograms that cross a process boundary as plain picklable values.
+
+The scheduler process keeps its own cumulative figures and sends snapshots;
+the main process exposes them. Snapshots are cumulative, so a snapshot lost
+to a full queue loses nothing: the next one carries the totals.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
+
+
+@dataclass
+class Buckets:
+    """A Prometheus-style histogram: counts per upper bound, plus sum and count."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # one more than bounds: the +Inf bucket
+    sum: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def merged(self, other: Buckets) -> Buckets:
+        return Buckets(self.bounds, [a + b for a, b in zip(self.counts, other.counts)], self.sum + other.sum,
+                       self.count + other.count)  # fmt: skip
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, count of values <= le) pairs, ending with +Inf, as prometheus_client wants them."""
+        out, total = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+        return out
+
+    def quantile(self, q: float) -> float:
+        """Upper bound of the bucket holding the q-quantile (coarse; for summaries, not alerts)."""
+        if not self.count:
+            return 0.0
+        target, total = q * self.count, 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts):
+            total += n
+            if total >= target:
+                return bound
+        return float("inf")
+
+
+@dataclass
+class CameraCounts:
+    inferred: int = 0
+    stale: int = 0
+    overwritten: int = 0
+    failed: int = 0  # taken into a batch whose inference raised
+    torn: int = 0  # reads retried because the writer lapped the slot mid-copy
+
+    def merged(self, other: CameraCounts) -> CameraCounts:
+        return CameraCounts(*(a + b for a, b in zip(self.astuple(), other.astuple())))
+
+    def astuple(self) -> tuple[int, ...]:
+        return (self.inferred, self.stale, self.overwritten, self.failed, self.torn)
+
+
+@dataclass
+class SchedulerStats:
+    """Everything the scheduler counts, cumulative since it started."""
+
+    cameras: dict[str, CameraCounts] = field(default_factory=dict)
+    batch_size: Buckets = field(default_factory=lambda: Buckets(BATCH_BUCKETS))
+    inference_s: Buckets = field(default_factory=lambda: Buckets(SECONDS_BUCKETS))
+    frame_age_s: Buckets = field(default_factory=lambda: Buckets(SECONDS_BUCKETS))
+    results_overflow: int = 0  # frames whose results did not fit the hand-off queue
+    inference_errors: int = 0
+
+    def merged(self, other: SchedulerStats) -> SchedulerStats:
+        cams = dict(self.cameras)
+        for name, c in other.cameras.items():
+            cams[name] = cams[name].merged(c) if name in cams else c
+        return SchedulerStats(
+            cams,
+            self.batch_size.merged(other.batch_size),
+            self.inference_s.merged(other.inference_s),
+            self.frame_age_s.merged(other.frame_age_s),
+            self.results_overflow + other.results_overflow,
+            self.inference_errors + other.inference_errors,
+        )

@@ -1,0 +1,137 @@
+"""MQTT output: availability, camera status and detections, with paho-mqtt's v2 callback API.
+
+paho's network thread (`loop_start`) owns the socket and reconnects on its
+own with a capped backoff. `publish` only appends to paho's buffer, so it
+never blocks the caller. State is reported honestly: `connected` becomes
+true only in a successful CONNACK and false at the first sign of loss, and a
+detection offered while disconnected is dropped and counted, not queued
+(it would be stale by the time the broker is back; status topics are
+retained and re-sent on every connect instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from vistream.config.models import MqttConfig
+
+log = logging.getLogger(__name__)
+
+ONLINE, OFFLINE = "online", "offline"
+
+
+class MqttPublisher:
+    def __init__(self, cfg: MqttConfig, password: str | None = None) -> None:
+        self.cfg = cfg
+        self.prefix = cfg.topic_prefix
+        self.availability_topic = f"{self.prefix}/status"
+        self.connected = False
+        self.connects = 0
+        self.dropped: dict[str, int] = {}  # kind -> messages that could not be handed to the broker
+        self._camera_status: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stopping = False
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=mqtt.MQTTv311,
+            reconnect_on_failure=True,
+        )
+        c.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
+        if cfg.username is not None:
+            c.username_pw_set(cfg.username, password)
+        if cfg.tls.active:
+            c.tls_set(
+                ca_certs=_str(cfg.tls.ca_file),
+                certfile=_str(cfg.tls.cert_file),
+                keyfile=_str(cfg.tls.key_file),
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            c.tls_insecure_set(cfg.tls.insecure)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        self.client = c
+
+    def start(self) -> None:
+        """Connect in the background; a broker that is not there yet is retried forever."""
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self.client.loop_start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Say goodbye: every camera and the daemon offline (retained), then disconnect."""
+        self._stopping = True
+        if self.connected:
+            infos = [self._publish_status(name, OFFLINE) for name in list(self._camera_status)]
+            infos.append(self.client.publish(self.availability_topic, OFFLINE, qos=1, retain=True))
+            deadline = time.monotonic() + timeout
+            for info in infos:
+                _wait(info, deadline)
+            self.client.disconnect()
+        self.client.loop_stop()
+
+    def camera_status(self, name: str, online: bool) -> None:
+        """Record a camera's status; it is published now if connected and again on every connect."""
+        status = ONLINE if online else OFFLINE
+        with self._lock:
+            if self._camera_status.get(name) == status:
+                return
+            self._camera_status[name] = status
+        if self.connected:
+            self._publish_status(name, status)
+
+    def forget_camera(self, name: str) -> None:
+        with self._lock:
+            self._camera_status.pop(name, None)
+
+    def publish(self, topic: str, payload: bytes | str, kind: str, qos: int = 0) -> bool:
+        """Hand a message to paho without blocking; False (and counted) when it cannot go out."""
+        if self.connected:
+            info = self.client.publish(topic, payload, qos=qos)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                return True
+        with self._lock:
+            self.dropped[kind] = self.dropped.get(kind, 0) + 1
+        return False
+
+    def _publish_status(self, name: str, status: str) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(f"{self.prefix}/{name}/status", status, qos=1, retain=True)
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.warning("MQTT broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason)
+            self.connected = False
+            return
+        self.connects += 1
+        log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
+        client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
+        with self._lock:
+            statuses = list(self._camera_status.items())
+        for name, status in statuses:
+            self._publish_status(name, status)
+        self.connected = True
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        was = self.connected
+        self.connected = False
+        if was and not self._stopping:
+            log.warning("MQTT disconnected from %s:%d: %s; reconnecting", self.cfg.host, self.cfg.port, reason)
+
+
+def _str(path: Any) -> str | None:
+    return None if path is None else str(path)
+
+
+def _wait(info: mqtt.MQTTMessageInfo, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left > 0:
+        try:
+            info.wait_for_publish(left)
+        except (RuntimeError, ValueError):  # not queued (disconnected meanwhile): nothing to wait for
+            pass

@@ -1,0 +1,92 @@
+"""The bounded hand-off from the scheduler process to MQTT.
+
+A thread of the main process takes results from the scheduler's queue and
+publishes them. The queue is bounded on the scheduler's side (`put_nowait`,
+overflow counted there), so a slow or absent broker never reaches back into
+the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from vistream.ops.stats import SECONDS_BUCKETS, Buckets
+from vistream.outputs.mqtt import MqttPublisher
+from vistream.outputs.payload import detections_payload
+from vistream.scheduler.messages import BatchResult
+
+log = logging.getLogger(__name__)
+
+
+class ResultPump:
+    def __init__(
+        self,
+        publisher: MqttPublisher,
+        source: Callable[[], Any],
+        on_control: Callable[[Any], None],
+    ) -> None:
+        """`source()` returns the current scheduler's results queue (it changes when
+        the scheduler is restarted); messages that are not results go to `on_control`."""
+        self.publisher = publisher
+        self._source = source
+        self._on_control = on_control
+        self.names: dict[int, str] = {}
+        self.latency = Buckets(SECONDS_BUCKETS)  # capture -> publish
+        self.published: Counter[str] = Counter()  # camera -> detection messages handed to MQTT
+        self.last_objects: dict[str, Counter[str]] = {}
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="results", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Publish what is still queued (up to `timeout`), then stop."""
+        self._stopping = True
+        self._thread.join(timeout)
+
+    def snapshot(self) -> tuple[Buckets, dict[str, int], dict[str, Counter[str]]]:
+        with self._lock:
+            return (
+                Buckets(self.latency.bounds, list(self.latency.counts), self.latency.sum, self.latency.count),
+                dict(self.published),
+                {k: Counter(v) for k, v in self.last_objects.items()},
+            )
+
+    def _run(self) -> None:
+        while True:
+            q = self._source()
+            try:
+                msg = q.get(timeout=0.1) if q is not None else None
+            except queue.Empty:
+                msg = None
+            except (EOFError, OSError, ValueError):  # the queue of a scheduler that was replaced
+                msg = None
+                time.sleep(0.1)
+            if msg is None:
+                if self._stopping:
+                    return
+                continue
+            if isinstance(msg, BatchResult):
+                self._publish(msg)
+            else:
+                self._on_control(msg)
+
+    def _publish(self, batch: BatchResult) -> None:
+        for frame in batch.frames:
+            now = time.time()
+            payload = detections_payload(frame, self.names, now)
+            topic = f"{self.publisher.prefix}/{frame.camera}/detections"
+            sent = self.publisher.publish(topic, payload, kind="detections")
+            with self._lock:
+                if sent:
+                    self.published[frame.camera] += 1
+                    self.latency.observe(now - frame.captured_at)
+                self.last_objects[frame.camera] = Counter(self.names.get(d[0], str(d[0])) for d in frame.detections)

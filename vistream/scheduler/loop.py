@@ -1,0 +1,234 @@
+"""The scheduler process: owns the model, turns ring frames into batches and results.
+
+It never blocks on a reader (frames are taken from shared memory without
+locks) and never queues work without bound (only the newest frame of each
+camera is a candidate; results go to a bounded queue and overflow is counted).
+It sleeps on a semaphore the readers release after each frame, so it wakes
+the moment a frame lands instead of polling.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from vistream.config.models import BatchingConfig, ModelConfig
+from vistream.detector import Detector, ModelConfigError, ModelLoadError, load_detector
+from vistream.ops.process import StopFlag
+from vistream.ops.stats import CameraCounts, SchedulerStats
+from vistream.ring.shm import FrameMeta, FrameRing, RingConsumer, State
+from vistream.scheduler.messages import AddCamera, BatchResult, Fatal, FrameResult, Ready, RemoveCamera
+from vistream.scheduler.policy import BatchPolicy, Candidate
+from vistream.sources.letterbox import boxes_to_camera
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 1.0
+IDLE_WAKE_S = 0.25  # heartbeat and control messages are handled at least this often
+MAX_CONSECUTIVE_FAILURES = 10  # then exit and let the supervisor start a fresh scheduler
+
+# Slots of the shared heartbeat array (multiprocessing.Array of doubles).
+BEAT_TIME, BEAT_BATCH_START, BEAT_READY = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """Everything the scheduler process needs, picklable for `spawn`."""
+
+    model: ModelConfig
+    batching: BatchingConfig
+    rings: dict[str, str]  # camera name -> ring segment name
+    wake: Any  # multiprocessing.Semaphore released by readers
+    results: Any  # multiprocessing.Queue: Ready, Fatal, BatchResult
+    stats: Any  # multiprocessing.Queue of SchedulerStats snapshots
+    control: Any  # multiprocessing.Queue: AddCamera, RemoveCamera
+    beat: Any  # multiprocessing.Array("d", 3): last loop time, batch start (0: idle), ready flag
+
+
+def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
+    t0 = time.monotonic()
+    try:
+        detector = load_detector(spec.model, spec.batching.max_batch)
+        detector.warmup()
+    except ModelConfigError as exc:
+        return _fatal(spec, 2, str(exc))
+    except ModelLoadError as exc:
+        return _fatal(spec, 3, str(exc))
+    except Exception as exc:  # anything from torch or Ultralytics while loading is a model problem
+        log.exception("model could not be loaded")
+        return _fatal(spec, 3, f"model.path: cannot load {spec.model.path!r}: {exc}")
+    load_s = time.monotonic() - t0
+    log.info("model warm after %.1fs on %s", load_s, detector.device)
+    spec.results.put(Ready(detector.names, detector.device, detector.half, load_s))
+    spec.beat[BEAT_READY] = 1.0
+    scheduler = Scheduler(spec, detector, stop)
+    try:
+        scheduler.run()
+    finally:
+        scheduler.close()
+        detector.close()
+        # Let the queue's feeder thread flush the last results before exiting.
+        spec.results.close()
+        spec.results.join_thread()
+    return 0
+
+
+def _fatal(spec: SchedulerSpec, code: int, message: str) -> int:
+    spec.results.put(Fatal(code, message))
+    spec.results.close()
+    spec.results.join_thread()
+    return code
+
+
+class Feed:
+    """One camera as the scheduler sees it."""
+
+    def __init__(self, name: str, ring_name: str) -> None:
+        self.name = name
+        self.ring = FrameRing.attach(ring_name)
+        self.consumer = RingConsumer(self.ring)
+        self.counts = CameraCounts()
+
+    @property
+    def streaming(self) -> bool:
+        return int(self.ring.header["state"]) == State.STREAMING
+
+    def close(self) -> None:
+        self.ring.close()
+
+
+class Scheduler:
+    def __init__(self, spec: SchedulerSpec, detector: Detector, stop: StopFlag, clock=time.monotonic) -> None:
+        b = spec.batching
+        self.spec, self.detector, self.stop, self.clock = spec, detector, stop, clock
+        self.policy = BatchPolicy(b.max_batch, b.max_wait_ms / 1000, b.max_frame_age_ms / 1000)
+        self.feeds: dict[str, Feed] = {}
+        self.stats = SchedulerStats()
+        self._failures = 0
+        self._next_stats = 0.0
+        for name, ring_name in spec.rings.items():
+            self.add(name, ring_name)
+
+    def add(self, name: str, ring_name: str) -> None:
+        if name in self.feeds:
+            self.remove(name)
+        self.feeds[name] = Feed(name, ring_name)
+        self.stats.cameras[name] = self.feeds[name].counts
+
+    def remove(self, name: str) -> None:
+        feed = self.feeds.pop(name, None)
+        if feed:
+            feed.close()
+            self.policy.forget(name)
+
+    def close(self) -> None:
+        self._send_stats(force=True)
+        for name in list(self.feeds):
+            self.remove(name)
+
+    def run(self) -> None:
+        while not self.stop:
+            self._control()
+            self.step()
+            now = self.clock()
+            self.spec.beat[BEAT_TIME] = now
+            if now >= self._next_stats:
+                self._send_stats()
+
+    def _control(self) -> None:
+        while True:
+            try:
+                msg = self.spec.control.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(msg, AddCamera):
+                self.add(msg.name, msg.ring_name)
+            elif isinstance(msg, RemoveCamera):
+                self.remove(msg.name)
+
+    def step(self) -> None:
+        """One decision: drop what is stale, then run a batch or sleep until there may be one."""
+        now = self.clock()
+        candidates, streaming = [], 0
+        for feed in self.feeds.values():
+            streaming += feed.streaming
+            pending = feed.consumer.pending()
+            if pending:
+                candidates.append(Candidate(feed.name, *pending))
+        decision = self.policy.decide(now, candidates, streaming)
+        for c in decision.stale:
+            feed = self.feeds[c.camera]
+            feed.consumer.skip_to(c.seq)
+            feed.counts.stale += 1
+        if decision.batch:
+            self._run_batch([self.feeds[c.camera] for c in decision.batch])
+        else:
+            self._wait(decision.wait_until, now)
+
+    def _wait(self, until: float | None, now: float) -> None:
+        timeout = IDLE_WAKE_S if until is None else min(IDLE_WAKE_S, max(0.0, until - now))
+        if self.spec.wake.acquire(timeout=timeout):
+            while self.spec.wake.acquire(False):  # one wake-up is enough for any number of frames
+                pass
+
+    def _run_batch(self, feeds: list[Feed]) -> None:
+        buf = self.detector.input_buffer
+        started, started_at = self.clock(), time.time()
+        taken: list[tuple[Feed, FrameMeta]] = []
+        for feed in feeds:
+            meta = feed.consumer.take(buf[len(taken)])
+            if meta is not None:
+                taken.append((feed, meta))
+        if not taken:
+            return
+        self.spec.beat[BEAT_BATCH_START] = started
+        try:
+            boxes = self.detector.infer(len(taken))
+        except Exception:
+            self._failures += 1
+            self.stats.inference_errors += 1
+            for feed, _ in taken:
+                feed.counts.failed += 1
+            log.exception("inference failed on a batch of %d (%d in a row)", len(taken), self._failures)
+            if self._failures >= MAX_CONSECUTIVE_FAILURES:
+                raise
+            return
+        finally:
+            self.spec.beat[BEAT_BATCH_START] = 0.0
+        self._failures = 0
+        elapsed = self.clock() - started
+        frames = []
+        for (feed, meta), found in zip(taken, boxes):
+            feed.counts.inferred += 1
+            self.stats.frame_age_s.observe(started - meta.captured_mono)
+            frames.append(_frame_result(feed.name, meta, found))
+        self.stats.batch_size.observe(len(taken))
+        self.stats.inference_s.observe(elapsed)
+        try:
+            self.spec.results.put_nowait(BatchResult(frames, started_at, elapsed))
+        except queue.Full:
+            self.stats.results_overflow += len(frames)
+
+    def _send_stats(self, force: bool = False) -> None:
+        self._next_stats = self.clock() + STATS_INTERVAL_S
+        for feed in self.feeds.values():
+            feed.counts.overwritten, feed.counts.torn = feed.consumer.overwritten, feed.consumer.torn
+        # A copy: the queue pickles in a background thread while this one keeps counting.
+        snapshot = copy.deepcopy(self.stats)
+        try:
+            self.spec.stats.put(snapshot, block=force, timeout=1.0 if force else None)
+        except queue.Full:
+            pass  # cumulative: the next snapshot carries these figures too
+
+
+def _frame_result(camera: str, meta: FrameMeta, found: Any) -> FrameResult:
+    cam_boxes = boxes_to_camera(found, meta.scale, meta.pad_x, meta.pad_y, meta.width, meta.height)
+    detections = [
+        (int(row[5]), float(row[4]), float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+        for row, b in zip(found, cam_boxes)
+    ]
+    return FrameResult(camera, meta.seq, meta.captured_at, meta.width, meta.height, detections)

@@ -1,0 +1,58 @@
+"""What the scheduler process tells the main process, and what it is told.
+
+Small picklable records: frames themselves never travel through queues,
+only their identities and the boxes found in them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# One detection: class id, confidence, x1, y1, x2, y2 in camera pixels.
+Detection = tuple[int, float, float, float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    camera: str
+    seq: int
+    captured_at: float  # Unix time
+    width: int
+    height: int
+    detections: list[Detection]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    frames: list[FrameResult]
+    started_at: float  # Unix time the batch started
+    inference_s: float
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The model is loaded and warm."""
+
+    names: dict[int, str]
+    device: str
+    half: bool
+    load_s: float
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """The scheduler cannot run; the daemon exits with `exit_code`."""
+
+    exit_code: int
+    message: str
+
+
+@dataclass(frozen=True)
+class AddCamera:
+    name: str
+    ring_name: str
+
+
+@dataclass(frozen=True)
+class RemoveCamera:
+    name: str

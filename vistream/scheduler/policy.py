@@ -1,0 +1,73 @@
+"""The batching policy: which cameras' frames go into the next batch, and when.
+
+Pure logic on (camera, seq, capture time) tuples and a clock passed in, so it
+is tested with a fake clock. The rules:
+
+* Only the newest frame of a camera is a candidate; older ones were replaced
+  (counted by the ring consumer as `overwritten`).
+* A candidate older than `max_age` at decision time is dropped (`stale`): an
+  old answer is worse than no answer, and inferring it would make the next
+  frame older still.
+* A batch leaves as soon as every camera that is streaming has a frame ready,
+  or `max_batch` frames are ready, or `max_wait` has passed since the first
+  frame became ready, or waiting longer would make the oldest one stale.
+* With more ready cameras than `max_batch`, the least recently served go
+  first, so a fast camera cannot starve a slow one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Candidate:
+    camera: str
+    seq: int
+    captured: float  # monotonic capture time
+
+
+@dataclass(frozen=True)
+class Decision:
+    batch: list[Candidate] = field(default_factory=list)  # take these now
+    stale: list[Candidate] = field(default_factory=list)  # drop these
+    wait_until: float | None = None  # nothing to do before this time (None: until a frame arrives)
+
+
+class BatchPolicy:
+    def __init__(self, max_batch: int, max_wait_s: float, max_age_s: float) -> None:
+        self.max_batch = max_batch
+        self.max_wait = max_wait_s
+        self.max_age = max_age_s
+        self._first_ready: float | None = None
+        self._served: dict[str, int] = {}  # camera -> batch number it was last served in
+        self._batches = 0
+
+    def decide(self, now: float, candidates: list[Candidate], streaming: int) -> Decision:
+        """Decide at time `now`; `streaming` is how many cameras currently deliver frames."""
+        fresh: list[Candidate] = []
+        stale: list[Candidate] = []
+        for c in candidates:
+            (stale if now - c.captured > self.max_age else fresh).append(c)
+        if not fresh:
+            self._first_ready = None
+            return Decision(stale=stale)
+        if self._first_ready is None:
+            self._first_ready = now
+        enough = min(self.max_batch, max(streaming, 1))
+        deadline = min(self._first_ready + self.max_wait, min(c.captured for c in fresh) + self.max_age)
+        if len(fresh) < enough and now < deadline:
+            return Decision(stale=stale, wait_until=deadline)
+        fresh.sort(key=lambda c: (self._served.get(c.camera, -1), c.captured))
+        batch = fresh[: self.max_batch]
+        self._batches += 1
+        for c in batch:
+            self._served[c.camera] = self._batches
+        # Cameras left out have waited already: they go in the next batch without waiting again.
+        if len(fresh) <= self.max_batch:
+            self._first_ready = None
+        return Decision(batch=batch, stale=stale)
+
+    def forget(self, camera: str) -> None:
+        """A camera was removed: it no longer counts for fairness."""
+        self._served.pop(camera, None)

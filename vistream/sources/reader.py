@@ -1,0 +1,163 @@
+"""The reader process of one camera: decode, throttle, letterbox into the ring.
+
+One OS process per camera, so a camera that misbehaves (hangs in a read,
+crashes the decoder, leaks) affects nobody else, and decoding spreads over
+cores. The reader does all per-frame CPU work that can run in parallel
+(scaling and colour conversion in one swscale pass, straight into the ring
+slot), so the scheduler only copies finished model inputs into a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+
+from vistream.config.models import CameraConfig
+from vistream.config.secrets import redact_url
+from vistream.ops.process import StopFlag
+from vistream.ring.shm import FrameRing, State
+from vistream.sources.letterbox import letterbox
+from vistream.sources.stream import STREAM_ERRORS, decoded_frames, open_camera, stream_info
+from vistream.sources.timing import Backoff, CaptureClock, Throttle
+
+log = logging.getLogger(__name__)
+
+# A session that streamed this long resets the reconnect backoff; one that
+# dies right after connecting keeps backing off.
+HEALTHY_SESSION_S = 10.0
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """Everything a reader process needs, picklable for `spawn`."""
+
+    camera: CameraConfig
+    ring_name: str
+    wake: Any  # multiprocessing.Semaphore the scheduler sleeps on; released after each frame
+
+
+def run_reader(spec: ReaderSpec, *, stop: StopFlag) -> int:
+    ring = FrameRing.attach(spec.ring_name)
+    try:
+        CameraReader(spec, ring, stop).run()
+    finally:
+        ring.header["state"] = State.STOPPED
+        ring.close()
+    return 0
+
+
+class CameraReader:
+    def __init__(self, spec: ReaderSpec, ring: FrameRing, stop: StopFlag) -> None:
+        self.cam = spec.camera
+        self.ring = ring
+        self.wake = spec.wake
+        self.stop = stop
+        self.hdr = ring.header
+        self.throttle = Throttle(self.cam.detect_fps)
+        self.clock = CaptureClock()
+        self.backoff = Backoff(cap=self.cam.reconnect_max_s)
+        self.url = redact_url(self.cam.url)
+
+    def _state(self, state: int) -> None:
+        self.hdr["state"] = state
+        self.hdr["heartbeat"] = time.monotonic()
+
+    def run(self) -> None:
+        self.hdr["writer_pid"] = os.getpid()
+        looping = False
+        while not self.stop:
+            if not looping:
+                self._state(State.CONNECTING)
+            started = time.monotonic()
+            try:
+                frames = self._session(quiet=looping)
+            except STREAM_ERRORS as exc:
+                frames = -1
+                self.hdr["errors"] += 1
+                log.warning("camera %s: %s: %s", self.cam.name, self.url, _describe(exc))
+            if self.stop:
+                break
+            # A clip that ended loops at once, still "streaming": it is not a reconnect.
+            looping = self.cam.is_file and frames > 0
+            if looping:
+                continue
+            self.hdr["reconnects"] += 1
+            if frames >= 0:
+                log.warning("camera %s: stream ended after %d frames", self.cam.name, frames)
+            if time.monotonic() - started > HEALTHY_SESSION_S and frames > 0:
+                self.backoff.reset()
+            delay = self.backoff.next()
+            self._state(State.BACKOFF)
+            log.info("camera %s: reconnecting in %.1fs", self.cam.name, delay)
+            self._sleep(delay)
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop and time.monotonic() < deadline:
+            self.hdr["heartbeat"] = time.monotonic()
+            self.stop.sleep(min(0.5, deadline - time.monotonic()))
+
+    def _session(self, quiet: bool = False) -> int:
+        """One connection to the camera; returns how many frames it decoded."""
+        n = 0
+        self.clock.reset()
+        with open_camera(self.cam) as container:
+            info = stream_info(container)
+            self.hdr["stream_fps"] = info.fps
+            log.log(
+                logging.DEBUG if quiet else logging.INFO,
+                "camera %s: opened %s (%dx%d, %.1f fps)", self.cam.name, self.url, info.width, info.height, info.fps
+            )
+            for frame, t in decoded_frames(container, paced=self.cam.is_file, stop=self.stop):
+                wall, mono = time.time(), time.monotonic()
+                n += 1
+                hdr = self.hdr
+                hdr["frames_decoded"] += 1
+                hdr["heartbeat"] = hdr["last_frame"] = mono
+                if n == 1:
+                    hdr["state"] = State.STREAMING
+                if hdr["stream_width"] != frame.width or hdr["stream_height"] != frame.height:
+                    hdr["stream_width"], hdr["stream_height"] = frame.width, frame.height
+                captured = self.clock.captured(t, wall)
+                if self.throttle.keep(t if t is not None else mono):
+                    self._write(frame, captured, mono - (wall - captured))
+        return n
+
+    def _write(self, frame: av.VideoFrame, captured_at: float, captured_mono: float) -> None:
+        lay = self.ring.layout
+        box = letterbox(frame.width, frame.height, lay.width, lay.height)
+        img = self.ring.begin()
+        # One swscale pass does the resize and the YUV -> RGB conversion; the
+        # result is copied once, straight into the shared-memory slot.
+        small = frame.reformat(width=box.new_w, height=box.new_h, format="rgb24")
+        box.inner(img)[...] = _rgb_view(small)
+        box.fill_padding(img)
+        self.ring.commit(
+            captured_at=captured_at,
+            captured_mono=captured_mono,
+            width=frame.width,
+            height=frame.height,
+            scale=box.scale,
+            pad_x=box.left,
+            pad_y=box.top,
+        )
+        self.wake.release()
+
+
+def _rgb_view(frame: av.VideoFrame) -> np.ndarray:
+    """The pixels of an rgb24 frame as an (h, w, 3) view, without the copy `to_ndarray` makes."""
+    plane = frame.planes[0]
+    rows = np.frombuffer(plane, np.uint8, count=frame.height * plane.line_size).reshape(frame.height, plane.line_size)
+    return rows[:, : frame.width * 3].reshape(frame.height, frame.width, 3)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, av.FFmpegError) and "Immediate exit" in str(exc):
+        return "timed out"  # PyAV's timeout interrupts FFmpeg, which reports an 'exit'
+    return str(exc) or type(exc).__name__
