@@ -40,8 +40,8 @@ class BatchPolicy:
         self.max_wait = max_wait_s
         self.max_age = max_age_s
         self._first_ready: float | None = None
-        self._served: dict[str, int] = {}  # camera -> batch number it was last served in
-        self._batches = 0
+        self._served: dict[str, int] = {}  # camera -> ticket of its last service (higher: more recent)
+        self._tickets = 0
 
     def decide(self, now: float, candidates: list[Candidate], streaming: int) -> Decision:
         """Decide at time `now`; `streaming` is how many cameras currently deliver frames."""
@@ -60,12 +60,11 @@ class BatchPolicy:
             return Decision(stale=stale, wait_until=deadline)
         fresh.sort(key=lambda c: (self._served.get(c.camera, -1), c.captured))
         batch = fresh[: self.max_batch]
-        self._batches += 1
-        for c in batch:
-            self._served[c.camera] = self._batches
+        for c in batch:  # in priority order, so ties never repeat
+            self._tickets += 1
+            self._served[c.camera] = self._tickets
         # Cameras left out have waited already: they go in the next batch without waiting again.
-        if len(fresh) <= self.max_batch:
-            self._first_ready = None
+        self._first_ready = None if len(fresh) <= self.max_batch else now - self.max_wait
         return Decision(batch=batch, stale=stale)
 
     def forget(self, camera: str) -> None:

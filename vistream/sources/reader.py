@@ -19,7 +19,7 @@ import av
 import numpy as np
 
 from vistream.config.models import CameraConfig
-from vistream.config.secrets import redact_url
+from vistream.config.secrets import redact_text, redact_url
 from vistream.ops.process import StopFlag
 from vistream.ring.shm import FrameRing, State
 from vistream.sources.letterbox import letterbox
@@ -80,7 +80,7 @@ class CameraReader:
             except STREAM_ERRORS as exc:
                 frames = -1
                 self.hdr["errors"] += 1
-                log.warning("camera %s: %s: %s", self.cam.name, self.url, _describe(exc))
+                log.warning("camera %s: %s: %s", self.cam.name, self.url, redact_text(_describe(exc)))
             if self.stop:
                 break
             # A clip that ended loops at once, still "streaming": it is not a reconnect.
@@ -125,7 +125,7 @@ class CameraReader:
                 if hdr["stream_width"] != frame.width or hdr["stream_height"] != frame.height:
                     hdr["stream_width"], hdr["stream_height"] = frame.width, frame.height
                 captured = self.clock.captured(t, wall)
-                if self.throttle.keep(t if t is not None else mono):
+                if self.throttle.keep(t):
                     self._write(frame, captured, mono - (wall - captured))
         return n
 

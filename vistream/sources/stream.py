@@ -67,7 +67,7 @@ def stream_info(container: av.container.InputContainer) -> StreamInfo:
 
 def decoded_frames(
     container: av.container.InputContainer, *, paced: bool, stop: StopFlag
-) -> Iterator[tuple[av.VideoFrame, float | None]]:
+) -> Iterator[tuple[av.VideoFrame, float]]:
     """Every decoded frame of the first video stream with its stream time in seconds.
 
     With `paced`, frames are released at the rate their timestamps say (files);
@@ -78,10 +78,12 @@ def decoded_frames(
     # Frame threading adds a frame of latency per thread; slice threading
     # adds none, and one reader per camera already spreads work across cores.
     vs.thread_type = "SLICE"
+    # Raw elementary streams carry no timestamps: count frames at the nominal rate instead.
+    rate = float(vs.average_rate or vs.guessed_rate or 25)
     start_wall = start_pts = None
-    for frame in container.decode(vs):
-        t = frame.time
-        if paced and t is not None:
+    for n, frame in enumerate(container.decode(vs)):
+        t = frame.time if frame.time is not None else n / rate
+        if paced:
             now = time.monotonic()
             if start_wall is None or start_pts is None or t < start_pts or now - (start_wall + t - start_pts) > 1.0:
                 start_wall, start_pts = now, t

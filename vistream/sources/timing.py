@@ -9,8 +9,8 @@ class Throttle:
     """Keeps frames at `fps` on average from a faster stream, by stream time.
 
     Stream time (the frame's pts in seconds) is steadier than arrival time,
-    which jitters with the network. A jump of more than a second, either way,
-    restarts the schedule (a camera restart or a file looping).
+    which jitters with the network. Time going backwards (a file looping, a
+    camera restarting) or leaping ahead by more than a second restarts the schedule.
     """
 
     def __init__(self, fps: float) -> None:
@@ -19,10 +19,12 @@ class Throttle:
         # little slack a 30 fps stream at 15 detect fps would keep every third frame.
         self.slack = min(0.25 * self.interval, 0.005)
         self.next_due: float | None = None
+        self.last = float("-inf")
 
     def keep(self, t: float) -> bool:
-        if self.next_due is None or t < self.next_due - self.interval - 1.0 or t > self.next_due + 1.0:
+        if self.next_due is None or t < self.last or t > self.next_due + 1.0:
             self.next_due = t
+        self.last = t
         if t + self.slack < self.next_due:
             return False
         self.next_due += self.interval

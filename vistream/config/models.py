@@ -1,0 +1,432 @@
+"""The configuration schema: pydantic models, one per YAML section.
+
+Every field carries a description; docs/config.md is generated from them
+(`python -m vistream.config.docs`) and a test fails when it drifts.
+
+Validation context: `Config.model_validate(data, context={"base_dir": DIR})`
+resolves relative file paths (camera files, `*_file` keys, a local model file)
+against DIR, stores them absolute and checks that the files exist. The loader
+passes the config file's directory; code that builds a Config without a
+context gets every other check but paths are taken as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+# Camera and daemon names end up as MQTT topic levels, metric label values and
+# shared-memory segment names, so they are restricted to a safe alphabet.
+NAME_RE = re.compile(r"^[a-z0-9_-]+$")
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def not_yet(what: str) -> str:
+    """The message for a key or value of a capability on the roadmap."""
+    return f"not supported yet in this version (planned: {what}; see 'Planned keys' in docs/config.md)"
+
+
+Loc = tuple[str | int, ...]
+
+
+def key_path(loc: Loc) -> str:
+    """`("cameras", 2, "detect_fps")` -> `cameras[2].detect_fps`."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class KeyProblems(ValueError):
+    """Problems found by a check on a whole model that belong to keys below it.
+
+    A validator on a model only has the model's own location, but the user needs
+    the exact key (and its YAML line): the loader appends each relative `loc` to
+    the validator's location. The text still names the keys for code that reads
+    pydantic's message directly.
+    """
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{key_path(loc) or '.'}: {msg}" for loc, msg in problems))
+
+
+def _base_dir(info: ValidationInfo) -> Path | None:
+    base = (info.context or {}).get("base_dir")
+    return Path(base) if base is not None else None
+
+
+def _existing_file(value: Path, info: ValidationInfo) -> Path:
+    base = _base_dir(info)
+    if base is None:
+        return value
+    path = value if value.is_absolute() else Path(os.path.normpath(base / value))
+    if not path.exists():
+        raise ValueError(f"no such file: {path}")
+    if not path.is_file():
+        raise ValueError(f"not a file: {path}")
+    return path
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, never silently ignored."""
+
+    # NaN fails every bound with a misleading message and .inf turns a timeout into "never";
+    # rejecting both up front says what is wrong.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # Keys of capabilities on the roadmap: rejected with a pointer to the plan
+    # instead of "unknown key", so a config written for a later version explains itself.
+    planned_keys: ClassVar[dict[str, str]] = {}
+
+
+def section_of(annotation: Any) -> tuple[type[Section] | None, bool]:
+    """The section model a field holds, and whether it holds a list of them (for the loader and docs)."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation, False
+    if get_origin(annotation) is list:
+        return section_of(get_args(annotation)[0])[0], True
+    return None, False
+
+
+class ModelConfig(Section):
+    """The detection model and how it runs."""
+
+    planned_keys: ClassVar[dict[str, str]] = {"max_inflight": "bounded requests in flight to a Triton server"}
+
+    path: str = Field(
+        default="yolov8n.pt",
+        description="Ultralytics detection model: .pt, .onnx, *_openvino_model/, .engine. A bare release "
+        "name such as `yolov8n.pt` is downloaded by Ultralytics on first use; a relative path that exists "
+        "next to the config file is resolved against it.",
+    )
+    backend: Literal["auto", "torch", "onnxruntime", "openvino", "tensorrt"] = Field(
+        default="auto", description="Inference backend; `auto` picks it from the model file's format."
+    )
+    device: str = Field(
+        default="auto",
+        description="`auto` (CUDA with fp16 when present, else CPU), `cpu`, `cuda`, `cuda:N`, `mps`.",
+    )
+    half: bool | None = Field(default=None, description="fp16 inference; default: on for CUDA, off for CPU.")
+    imgsz: int | tuple[int, int] = Field(
+        default=640,
+        description="Model input size in pixels, a multiple of 32: one number (square) or [height, width].",
+    )
+    conf: float = Field(default=0.25, gt=0, le=1, description="Minimum confidence of a detection.")
+    iou: float = Field(default=0.45, gt=0, le=1, description="IoU threshold of non-maximum suppression.")
+    classes: list[str | int] | None = Field(
+        default=None,
+        description="Only report these classes, by name or id; default: all classes of the model.",
+    )
+    max_det: int = Field(default=300, gt=0, description="Most detections kept per frame.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str, info: ValidationInfo) -> str:
+        if not v:
+            raise ValueError("must not be empty")
+        m = SCHEME_RE.match(v)
+        scheme = m.group(1).lower() if m else ""
+        # A URL without a file name is how Triton models are named (grpc://host:8001/model).
+        if scheme == "grpc" or (scheme in ("http", "https") and "." not in v.rstrip("/").rsplit("/", 1)[-1]):
+            raise ValueError(not_yet("Triton Inference Server URLs"))
+        base = _base_dir(info)
+        if not scheme and base is not None and not Path(v).is_absolute() and (base / v).exists():
+            return os.path.normpath(base / v)
+        return v
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, v: Any) -> Any:
+        if v == "triton":
+            raise ValueError(not_yet("the Triton Inference Server backend"))
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_RE.match(v):
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps (got {v!r})")
+        return v
+
+    @field_validator("imgsz", mode="before")
+    @classmethod
+    def _imgsz(cls, v: Any) -> Any:
+        # Checked before the union so a wrong shape gives one message, not one per union member.
+        sides = v if isinstance(v, list | tuple) and len(v) == 2 else [v]
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in sides):
+            raise ValueError(f"must be an integer or [height, width] (got {v!r})")
+        for side in sides:
+            if side < 32 or side > 4096 or side % 32:
+                raise ValueError(f"must be a multiple of 32 between 32 and 4096 (got {side})")
+        return v
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _classes(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        items = v if isinstance(v, list) else [v]
+        if not items:
+            raise ValueError("must not be empty (leave it out to report every class)")
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, str | int) or item == "":
+                raise ValueError(f"must be class names or ids (got {item!r})")
+            if isinstance(item, int) and item < 0:
+                raise ValueError(f"class ids must be >= 0 (got {item})")
+        return items
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """Model input (height, width)."""
+        return (self.imgsz, self.imgsz) if isinstance(self.imgsz, int) else (self.imgsz[0], self.imgsz[1])
+
+
+class BatchingConfig(Section):
+    """How frames of all cameras are grouped into inference calls."""
+
+    max_batch: int = Field(
+        default=8, gt=0, le=256, description="Most frames in one inference call, across cameras."
+    )
+    max_wait_ms: float = Field(
+        default=10,
+        ge=0,
+        description="How long a partial batch may wait for more cameras once its first frame is ready; "
+        "must be less than `max_frame_age_ms`.",
+    )
+    max_frame_age_ms: float = Field(
+        default=500,
+        gt=0,
+        description="Frames older than this at batch time are dropped (counted), never inferred.",
+    )
+
+    @model_validator(mode="after")
+    def _wait_below_age(self) -> BatchingConfig:
+        # Waiting as long as a frame may live would let the wait itself make the first frame stale.
+        if self.max_wait_ms >= self.max_frame_age_ms:
+            raise KeyProblems([(("max_wait_ms",), f"must be < max_frame_age_ms ({self.max_frame_age_ms:g})")])
+        return self
+
+
+class TlsConfig(Section):
+    """TLS towards the broker."""
+
+    enabled: bool = Field(default=False, description="Use TLS; implied when any of the files below is set.")
+    ca_file: Path | None = Field(default=None, description="CA bundle that signed the broker's certificate.")
+    cert_file: Path | None = Field(
+        default=None, description="Client certificate (mutual TLS); needs `key_file`."
+    )
+    key_file: Path | None = Field(
+        default=None, description="Client private key (mutual TLS); needs `cert_file`."
+    )
+    insecure: bool = Field(
+        default=False, description="Skip verification of the broker's host name (testing only)."
+    )
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _files(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else _existing_file(v, info)
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if self.cert_file and not self.key_file:
+            raise KeyProblems([(("cert_file",), "set without key_file (a client certificate needs its key)")])
+        if self.key_file and not self.cert_file:
+            raise KeyProblems([(("key_file",), "set without cert_file (a client key needs its certificate)")])
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or any((self.ca_file, self.cert_file, self.key_file))
+
+
+class MqttConfig(Section):
+    """The MQTT broker that receives detections and status."""
+
+    planned_keys: ClassVar[dict[str, str]] = {"home_assistant": "Home Assistant MQTT discovery"}
+
+    host: str = Field(default="localhost", min_length=1, description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
+    topic_prefix: str = Field(
+        default="vistream", description="First topic level(s) of everything vistream publishes."
+    )
+    client_id: str = Field(
+        default="vistream",
+        description="MQTT client id; must be unique per daemon on one broker. Also names this "
+        "daemon's shared-memory segments.",
+    )
+    username: str | None = Field(default=None, description="Broker user name.")
+    password_file: Path | None = Field(
+        default=None,
+        description="File holding the broker password (one trailing newline is ignored). When unset: env "
+        "`VISTREAM_MQTT_PASSWORD`, then the systemd credential `mqtt_password` in `$CREDENTIALS_DIRECTORY`.",
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive interval in seconds.")
+    queue_size: int = Field(
+        default=1000,
+        gt=0,
+        description="Detection messages waiting for the publisher; beyond this they are dropped and counted.",
+    )
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if "://" in v or "/" in v or any(c.isspace() for c in v):
+            raise ValueError(f"must be a host name or address, not a URL (got {v!r})")
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        bad = not v or v.startswith(("/", "$")) or v.endswith("/") or "//" in v
+        if bad or any(c in v for c in "+#\0") or len(v) > 128:
+            raise ValueError(
+                f"must be an MQTT topic without wildcards, empty levels or leading $ (got {v!r})"
+            )
+        return v
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, v: str) -> str:
+        if not CLIENT_ID_RE.match(v) or len(v) > 64:
+            raise ValueError(f"must be 1-64 characters of A-Z a-z 0-9 _ . - (got {v!r})")
+        return v
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else _existing_file(v, info)
+
+
+class MetricsConfig(Section):
+    """The Prometheus endpoint."""
+
+    enabled: bool = Field(default=True, description="Serve Prometheus metrics over HTTP.")
+    host: str = Field(
+        default="127.0.0.1", min_length=1, description="Address the metrics endpoint listens on."
+    )
+    port: int = Field(
+        default=9108, ge=0, le=65535, description="Port of the metrics endpoint (0: any free port)."
+    )
+
+
+class CameraConfig(Section):
+    """One camera: an RTSP stream or a video file."""
+
+    planned_keys: ClassVar[dict[str, str]] = {
+        "zones": "named polygons for alert rules",
+        "lines": "named segments for line crossing counts",
+        "motion": "motion gating in the readers",
+    }
+
+    name: str = Field(description="Unique name, `[a-z0-9_-]+`; used in topics and metric labels.")
+    url: str = Field(
+        description="`rtsp://` or `rtsps://` URL (credentials allowed, redacted in logs), or a video file "
+        "path (looped, paced at its native frame rate; relative to the config file's directory)."
+    )
+    detect_fps: float = Field(default=5, gt=0, le=120, description="Frames per second sent to the detector.")
+    enabled: bool = Field(default=True, description="A disabled camera is not opened.")
+    transport: Literal["tcp", "udp"] = Field(default="tcp", description="RTSP transport.")
+    open_timeout_s: float = Field(default=10, gt=0, description="Give up opening the stream after this long.")
+    read_timeout_s: float = Field(
+        default=5, gt=0, description="A stream that delivers nothing for this long is reconnected."
+    )
+    reconnect_max_s: float = Field(
+        default=30, gt=0, description="Cap of the exponential reconnect backoff (with jitter)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v) or len(v) > 64:
+            raise ValueError(f"must be 1-64 characters of a-z 0-9 _ - (got {v!r})")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str, info: ValidationInfo) -> str:
+        if not v:
+            raise ValueError("must not be empty")
+        m = SCHEME_RE.match(v)
+        if m is None:
+            return str(_existing_file(Path(v), info))
+        scheme = m.group(1).lower()
+        if scheme not in ("rtsp", "rtsps"):
+            raise ValueError(f"unsupported scheme '{scheme}://' (use rtsp://, rtsps:// or a file path)")
+        v = scheme + v[len(scheme) :]  # is_file and the readers compare the scheme in lower case
+        parts = urlsplit(v)
+        if not parts.hostname:
+            raise ValueError(f"{scheme} URL has no host")
+        try:
+            parts.port  # noqa: B018 - the property raises on a port that is not a number in range
+        except ValueError:
+            raise ValueError(f"{scheme} URL has an invalid port") from None
+        return v
+
+    @property
+    def is_file(self) -> bool:
+        return not self.url.startswith(("rtsp://", "rtsps://"))
+
+
+class Config(Section):
+    """The whole file."""
+
+    planned_keys: ClassVar[dict[str, str]] = {
+        "alerts": "alert rules and events",
+        "state_dir": "the durable event outbox",
+    }
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The detector.")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Cross-camera batching.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Where results go.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log verbosity (case does not matter)."
+    )
+    cameras: Annotated[list[CameraConfig], Field(min_length=1)] = Field(
+        description="The cameras to watch; at least one must be enabled."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("cameras")
+    @classmethod
+    def _cameras(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        # A field validator, not a model one, so it runs even when another section is broken.
+        problems: list[tuple[Loc, str]] = []
+        first: dict[str, int] = {}
+        for i, cam in enumerate(cameras):
+            if cam.name in first:
+                problems.append(
+                    ((i, "name"), f"duplicate camera name {cam.name!r} (also cameras[{first[cam.name]}])")
+                )
+            first.setdefault(cam.name, i)
+        if not any(cam.enabled for cam in cameras):
+            problems.append(((), "no camera is enabled"))
+        if problems:
+            raise KeyProblems(problems)
+        return cameras
+
+    @property
+    def enabled_cameras(self) -> list[CameraConfig]:
+        return [c for c in self.cameras if c.enabled]
