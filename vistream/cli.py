@@ -39,11 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file without starting anything")
     check.add_argument("path")
 
-    demo = sub.add_parser("demo", help="the whole daemon on generated sample footage, with an embedded broker")
-    demo.add_argument("--model", default=None, help="model weights (default: yolov8n.pt, downloaded by Ultralytics)")
-    demo.add_argument("--cameras", type=int, default=4, choices=range(1, 5), metavar="N", help="1 to 4 (default 4)")
-    demo.add_argument("--seconds", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
-    demo.add_argument("--port", type=int, default=1883, help="port of the embedded MQTT broker (default 1883)")
+    demo = sub.add_parser(
+        "demo", help="the whole daemon on generated sample footage, with an embedded broker"
+    )
+    demo.add_argument(
+        "--model", default=None, help="model weights (default: yolov8n.pt, downloaded by Ultralytics)"
+    )
+    demo.add_argument(
+        "--cameras", type=int, default=4, choices=range(1, 5), metavar="N", help="1 to 4 (default 4)"
+    )
+    demo.add_argument(
+        "--seconds", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)"
+    )
+    demo.add_argument(
+        "--port", type=int, default=1883, help="port of the embedded MQTT broker (default 1883)"
+    )
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     return p
 

@@ -24,6 +24,7 @@ from vistream.ops.logs import LogHub
 from vistream.ops.process import SPAWN, Child, StopFlag
 from vistream.ops.stats import SchedulerStats
 from vistream.ops.supervise import RestartBudget
+from vistream.ops.systemd import Notifier
 from vistream.outputs.mqtt import MqttPublisher
 from vistream.outputs.results import ResultPump
 from vistream.ring.naming import instance_id, remove_leftovers, segment_name
@@ -42,6 +43,8 @@ PUMP_DRAIN_S = 1.0
 MQTT_GOODBYE_S = 1.5
 SCHEDULER_STALL_S = 60.0  # one batch (or one loop) taking longer than this is a hang
 READER_GRACE_S = 10.0  # on top of the camera's open/read timeouts before a silent reader counts as hung
+PROGRESS_WINDOW_S = 10.0  # the systemd watchdog is fed only if the scheduler looped this recently
+STATUS_EVERY_S = 5.0
 
 
 @dataclass
@@ -84,6 +87,8 @@ class Daemon:
         self._stack = ExitStack()
         self._announced: set[str] = set()  # cameras whose status MQTT has been told
         self._hup = False
+        self.notifier = Notifier()
+        self._last_ping = self._last_status = 0.0
         self._log_level = logging.getLogger().getEffectiveLevel()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -110,7 +115,9 @@ class Daemon:
         self._wait_ready()
 
     def stop(self) -> None:
+        self.notifier.stopping()
         self._stack.close()
+        self.notifier.close()
 
     def _install_signals(self) -> None:
         # Handlers only record; the loop acts (a handler may run in the middle of anything).
@@ -220,16 +227,18 @@ class Daemon:
                 self.stop_flag.sleep(0.5)  # its last words may still be in the queue
                 if self.fatal or self.ready:
                     continue
-                self.fatal = Fatal(3, f"the scheduler exited with code {sched.child.exitcode} while loading the model")
+                self.fatal = Fatal(
+                    3, f"the scheduler exited with code {sched.child.exitcode} while loading the model"
+                )
             self.stop_flag.sleep(TICK_S)
         if self.fatal:
             log.error("%s", self.fatal.message)
             self.exit_code = self.fatal.exit_code
         elif self.ready:
-            log.info(
-                "ready: %d camera(s), model on %s%s, warm in %.1fs",
-                len(self.cameras), self.ready.device, " fp16" if self.ready.half else "", self.ready.load_s,
-            )  # fmt: skip
+            fp16 = " fp16" if self.ready.half else ""
+            status = f"{len(self.cameras)} camera(s), model on {self.ready.device}{fp16}"
+            log.info("ready: %s, warm in %.1fs", status, self.ready.load_s)
+            self.notifier.ready(status)
 
     # -- supervision ----------------------------------------------------------------
 
@@ -243,14 +252,40 @@ class Daemon:
         now = time.monotonic()
         if self._hup:
             self._hup = False
-            log.warning("SIGHUP: live reload is not implemented yet; restart the service to apply config changes")
+            log.warning(
+                "SIGHUP: live reload is not implemented yet; restart the service to apply config changes"
+            )
         self._drain_stats()
         self._supervise_scheduler(now)
         for rt in self.cameras.values():
             self._supervise_reader(rt, now)
             self._set_online(rt, self._is_online(rt, now))
+        self._notify_systemd(now)
         if self._on_tick:
             self._on_tick(self)
+
+    def progressing(self, now: float) -> bool:
+        """Is the scheduler looping (batching, or idle for want of frames) and not stuck?"""
+        sched = self.scheduler
+        return bool(
+            sched
+            and sched.child.alive
+            and sched.beat[BEAT_READY]
+            and now - sched.beat[BEAT_TIME] < PROGRESS_WINDOW_S
+        )
+
+    def _notify_systemd(self, now: float) -> None:
+        n = self.notifier
+        if not n.enabled:
+            return
+        if n.watchdog_interval and now - self._last_ping >= n.watchdog_interval and self.progressing(now):
+            n.watchdog()
+            self._last_ping = now
+        if now - self._last_status >= STATUS_EVERY_S:
+            self._last_status = now
+            online = sum(rt.online for rt in self.cameras.values())
+            inferred = sum(c.inferred for c in self.scheduler_stats().cameras.values())
+            n.status(f"{online}/{len(self.cameras)} cameras online, {inferred} frames inferred")
 
     def _supervise_scheduler(self, now: float) -> None:
         sched = self.scheduler

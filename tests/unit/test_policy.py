@@ -66,7 +66,7 @@ def test_max_batch_caps_the_batch_and_leftovers_go_next_without_waiting() -> Non
 
 
 def test_waiting_never_makes_a_frame_stale() -> None:
-    """A partial batch leaves early when waiting the full max_wait would push its oldest frame past max_age."""
+    """A partial batch leaves early when waiting all of max_wait would push its oldest frame past max_age."""
     p = policy(max_wait_ms=100, max_age_ms=500)
     d = p.decide(1.0, [Candidate("a", 1, 1.0 - 0.45)], streaming=2)
     assert d.batch == [] and d.wait_until == pytest.approx(1.05)

@@ -93,7 +93,7 @@ def test_file_source_loops_and_is_paced(tmp_path: Path, cleanup: list[FrameRing]
     clip = tmp_path / "short.h264"
     encode_raw_h264(clip, [(160, 120)], frames_each=15)
     cam = CameraConfig(name="short", url=str(clip), detect_fps=25)
-    seen, ring = run_reader_for(cam, 2.0, RingLayout(4, 64, 64))
+    _, ring = run_reader_for(cam, 2.0, RingLayout(4, 64, 64))
     cleanup.append(ring)
     decoded = int(ring.header["frames_decoded"])
     assert 30 <= decoded <= 60  # ~50 at 25 fps; unpaced it would be hundreds

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ BACKEND_FORMATS = {
 }
 
 
-def _import_ultralytics():  # type: ignore[no-untyped-def]
+def _import_ultralytics() -> tuple[Any, Any, Any]:
     # A daemon must not pip-install packages behind the operator's back, which
     # Ultralytics does by default when an export's runtime is missing.
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
@@ -82,7 +83,9 @@ class UltralyticsDetector(Detector):
 
         fmt = AutoBackend._model_type(cfg.path)
         if cfg.backend != "auto" and fmt not in BACKEND_FORMATS[cfg.backend]:
-            raise ModelConfigError(f"model.backend: {cfg.backend!r} cannot run {Path(cfg.path).name!r} ({fmt} format)")
+            raise ModelConfigError(
+                f"model.backend: {cfg.backend!r} cannot run {Path(cfg.path).name!r} ({fmt} format)"
+            )
         try:
             self.model = AutoBackend(cfg.path, device=dev, fp16=self.half, fuse=True, verbose=False)
         except Exception as exc:  # Ultralytics raises anything from FileNotFoundError to download errors

@@ -53,13 +53,14 @@ class LogHub:
         while not self._stopping:
             with self._lock:
                 conns = [*self._conns, self._wake_r]
-            for conn in wait(conns, timeout=1.0):
+            ready: list[Connection] = wait(conns, timeout=1.0)  # type: ignore[assignment]
+            for conn in ready:
                 try:
-                    record = conn.recv()  # type: ignore[union-attr]
+                    record = conn.recv()
                 except (EOFError, OSError):
                     with self._lock:
-                        self._conns.remove(conn)  # type: ignore[arg-type]
-                    conn.close()  # type: ignore[union-attr]
+                        self._conns.remove(conn)
+                    conn.close()
                     continue
                 if conn is not self._wake_r and isinstance(record, logging.LogRecord):
                     logging.getLogger(record.name).handle(record)

@@ -34,11 +34,17 @@ class DaemonCollector(Collector):
         stats = d.scheduler_stats()
         latency, _, _ = d.pump.snapshot()
 
-        decoded = CounterMetricFamily("vistream_frames_decoded", "Frames decoded by the camera's reader.", labels=["camera"])
-        sampled = CounterMetricFamily(
-            "vistream_frames_sampled", "Frames kept at detect_fps and handed to the scheduler.", labels=["camera"]
+        decoded = CounterMetricFamily(
+            "vistream_frames_decoded", "Frames decoded by the camera's reader.", labels=["camera"]
         )
-        inferred = CounterMetricFamily("vistream_frames_inferred", "Frames the model ran on.", labels=["camera"])
+        sampled = CounterMetricFamily(
+            "vistream_frames_sampled",
+            "Frames kept at detect_fps and handed to the scheduler.",
+            labels=["camera"],
+        )
+        inferred = CounterMetricFamily(
+            "vistream_frames_inferred", "Frames the model ran on.", labels=["camera"]
+        )
         dropped = CounterMetricFamily(
             "vistream_frames_dropped",
             "Sampled frames never inferred: stale (older than max_frame_age_ms at batch time), overwritten "
@@ -46,9 +52,13 @@ class DaemonCollector(Collector):
             labels=["camera", "reason"],
         )
         up = GaugeMetricFamily("vistream_camera_up", "1 while the camera delivers frames.", labels=["camera"])
-        reconnects = CounterMetricFamily("vistream_camera_reconnects", "Reconnects to the camera.", labels=["camera"])
+        reconnects = CounterMetricFamily(
+            "vistream_camera_reconnects", "Reconnects to the camera.", labels=["camera"]
+        )
         torn = CounterMetricFamily(
-            "vistream_ring_torn_reads", "Ring reads retried because the writer lapped them.", labels=["camera"]
+            "vistream_ring_torn_reads",
+            "Ring reads retried because the writer lapped them.",
+            labels=["camera"],
         )
         for name, rt in d.cameras.items():
             hdr = rt.ring.header
@@ -64,7 +74,9 @@ class DaemonCollector(Collector):
         yield from (decoded, sampled, inferred, dropped, up, reconnects, torn)
 
         yield _histogram("vistream_batch_size", "Frames per inference call.", stats.batch_size)
-        yield _histogram("vistream_inference_seconds", "Duration of one inference call, NMS included.", stats.inference_s)
+        yield _histogram(
+            "vistream_inference_seconds", "Duration of one inference call, NMS included.", stats.inference_s
+        )
         yield _histogram("vistream_frame_age_seconds", "Capture to batch start.", stats.frame_age_s)
         yield _histogram("vistream_e2e_latency_seconds", "Capture to MQTT publish.", latency)
 
@@ -87,7 +99,9 @@ class DaemonCollector(Collector):
         yield errors
 
         restarts = CounterMetricFamily(
-            "vistream_process_restarts", "Child processes restarted after dying or hanging.", labels=["process"]
+            "vistream_process_restarts",
+            "Child processes restarted after dying or hanging.",
+            labels=["process"],
         )
         restarts.add_metric(["scheduler"], d.scheduler_restarts)
         for name, rt in d.cameras.items():

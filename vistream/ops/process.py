@@ -11,6 +11,7 @@ the main process talks to systemd.
 
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import logging
 import multiprocessing as mp
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPAWN = mp.get_context("spawn")
+PR_SET_PDEATHSIG = 1
 
 
 class StopFlag:
@@ -61,9 +63,25 @@ class ProcessSetup:
     log_conn: Any  # write end of this child's log pipe (vistream.ops.logs)
     log_level: int = logging.INFO
     nice: int = 0
+    parent_pid: int = 0
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this process when the daemon dies, however it dies (Linux only).
+
+    Without it a SIGKILLed daemon would leave its readers decoding for nobody.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _bootstrap(setup: ProcessSetup, target: Callable[..., int | None], args: tuple[Any, ...]) -> None:
+    _die_with_parent(setup.parent_pid)
     try:
         import setproctitle
 
@@ -79,7 +97,7 @@ def _bootstrap(setup: ProcessSetup, target: Callable[..., int | None], args: tup
     from vistream.ops.logs import PipeHandler
 
     root = logging.getLogger()
-    root.handlers[:] = [PipeHandler(setup.log_conn)]  # type: ignore[arg-type]
+    root.handlers[:] = [PipeHandler(setup.log_conn)]
     root.setLevel(setup.log_level)
     if setup.nice:
         os.nice(setup.nice)
@@ -111,8 +129,10 @@ class Child:
 
     def start(self) -> None:
         conn = self._logs.channel()  # a fresh pipe per start: a killed child takes only its own
-        setup = ProcessSetup(self.title, conn, self._log_level, self._nice)
-        self._proc = SPAWN.Process(target=_bootstrap, args=(setup, self._target, self._args), name=self.title, daemon=True)
+        setup = ProcessSetup(self.title, conn, self._log_level, self._nice, os.getpid())
+        self._proc = SPAWN.Process(
+            target=_bootstrap, args=(setup, self._target, self._args), name=self.title, daemon=True
+        )
         self._proc.start()
         conn.close()  # the child has its own copy; ours would keep the pipe from reaching EOF
         self.started_at = time.monotonic()

@@ -33,27 +33,30 @@ class Buckets:
         self.count += 1
 
     def merged(self, other: Buckets) -> Buckets:
-        return Buckets(self.bounds, [a + b for a, b in zip(self.counts, other.counts)], self.sum + other.sum,
-                       self.count + other.count)  # fmt: skip
+        counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        return Buckets(self.bounds, counts, self.sum + other.sum, self.count + other.count)
+
+    def copy(self) -> Buckets:
+        return Buckets(self.bounds, list(self.counts), self.sum, self.count)
 
     def cumulative(self) -> list[tuple[str, int]]:
         """(le, count of values <= le) pairs, ending with +Inf, as prometheus_client wants them."""
         out, total = [], 0
-        for bound, n in zip((*self.bounds, float("inf")), self.counts):
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
             total += n
             out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
         return out
 
     def quantile(self, q: float) -> float:
-        """Upper bound of the bucket holding the q-quantile (coarse; for summaries, not alerts)."""
+        """The q-quantile, interpolated inside its bucket as Prometheus' histogram_quantile does."""
         if not self.count:
             return 0.0
-        target, total = q * self.count, 0
-        for bound, n in zip((*self.bounds, float("inf")), self.counts):
-            total += n
-            if total >= target:
-                return bound
-        return float("inf")
+        target, below, lower = q * self.count, 0, 0.0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            if below + n >= target and n:
+                return lower + (bound - lower) * (target - below) / n
+            below, lower = below + n, bound
+        return self.bounds[-1]  # in the +Inf bucket: the largest finite bound is all we know
 
 
 @dataclass
@@ -65,7 +68,7 @@ class CameraCounts:
     torn: int = 0  # reads retried because the writer lapped the slot mid-copy
 
     def merged(self, other: CameraCounts) -> CameraCounts:
-        return CameraCounts(*(a + b for a, b in zip(self.astuple(), other.astuple())))
+        return CameraCounts(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
 
     def astuple(self) -> tuple[int, ...]:
         return (self.inferred, self.stale, self.overwritten, self.failed, self.torn)

@@ -11,6 +11,7 @@ retained and re-sent on every connect instead).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -117,11 +118,15 @@ class MqttPublisher:
             self._publish_status(name, status)
         self.connected = True
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
         was = self.connected
         self.connected = False
         if was and not self._stopping:
-            log.warning("MQTT disconnected from %s:%d: %s; reconnecting", self.cfg.host, self.cfg.port, reason)
+            log.warning(
+                "MQTT disconnected from %s:%d: %s; reconnecting", self.cfg.host, self.cfg.port, reason
+            )
 
 
 def _str(path: Any) -> str | None:
@@ -131,7 +136,5 @@ def _str(path: Any) -> str | None:
 def _wait(info: mqtt.MQTTMessageInfo, deadline: float) -> None:
     left = deadline - time.monotonic()
     if left > 0:
-        try:
+        with contextlib.suppress(RuntimeError, ValueError):  # not queued (disconnected meanwhile)
             info.wait_for_publish(left)
-        except (RuntimeError, ValueError):  # not queued (disconnected meanwhile): nothing to wait for
-            pass

@@ -55,7 +55,7 @@ class ResultPump:
     def snapshot(self) -> tuple[Buckets, dict[str, int], dict[str, Counter[str]]]:
         with self._lock:
             return (
-                Buckets(self.latency.bounds, list(self.latency.counts), self.latency.sum, self.latency.count),
+                self.latency.copy(),
                 dict(self.published),
                 {k: Counter(v) for k, v in self.last_objects.items()},
             )
@@ -89,4 +89,6 @@ class ResultPump:
                 if sent:
                     self.published[frame.camera] += 1
                     self.latency.observe(now - frame.captured_at)
-                self.last_objects[frame.camera] = Counter(self.names.get(d[0], str(d[0])) for d in frame.detections)
+                self.last_objects[frame.camera] = Counter(
+                    self.names.get(d[0], str(d[0])) for d in frame.detections
+                )

@@ -63,5 +63,7 @@ def remove_leftovers(instance: str, shm_dir: Path = SHM_DIR) -> list[str]:
         except FileNotFoundError:
             pass
     if removed:
-        log.info("removed %d shared-memory segment(s) left by a crashed run: %s", len(removed), ", ".join(removed))
+        log.info(
+            "removed %d shared-memory segment(s) left by a crashed run: %s", len(removed), ", ".join(removed)
+        )
     return removed

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from typing import ClassVar
 from unittest import mock
 
 import numpy as np
@@ -83,7 +84,13 @@ class State:
     BACKOFF = 3
     STOPPED = 4
 
-    NAMES = {0: "starting", 1: "connecting", 2: "streaming", 3: "backoff", 4: "stopped"}
+    NAMES: ClassVar[dict[int, str]] = {
+        0: "starting",
+        1: "connecting",
+        2: "streaming",
+        3: "backoff",
+        4: "stopped",
+    }
 
 
 def _aligned(n: int) -> int:

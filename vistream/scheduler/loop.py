@@ -9,6 +9,7 @@ the moment a frame lands instead of polling.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import queue
@@ -63,8 +64,9 @@ def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
         return _fatal(spec, 3, f"model.path: cannot load {spec.model.path!r}: {exc}")
     load_s = time.monotonic() - t0
     log.info("model warm after %.1fs on %s", load_s, detector.device)
-    spec.results.put(Ready(detector.names, detector.device, detector.half, load_s))
+    spec.beat[BEAT_TIME] = time.monotonic()  # before READY: the supervisor judges progress by it
     spec.beat[BEAT_READY] = 1.0
+    spec.results.put(Ready(detector.names, detector.device, detector.half, load_s))
     scheduler = Scheduler(spec, detector, stop)
     try:
         scheduler.run()
@@ -202,7 +204,7 @@ class Scheduler:
         self._failures = 0
         elapsed = self.clock() - started
         frames = []
-        for (feed, meta), found in zip(taken, boxes):
+        for (feed, meta), found in zip(taken, boxes, strict=True):
             feed.counts.inferred += 1
             self.stats.frame_age_s.observe(started - meta.captured_mono)
             frames.append(_frame_result(feed.name, meta, found))
@@ -219,16 +221,14 @@ class Scheduler:
             feed.counts.overwritten, feed.counts.torn = feed.consumer.overwritten, feed.consumer.torn
         # A copy: the queue pickles in a background thread while this one keeps counting.
         snapshot = copy.deepcopy(self.stats)
-        try:
+        with contextlib.suppress(queue.Full):  # cumulative: the next snapshot carries these figures too
             self.spec.stats.put(snapshot, block=force, timeout=1.0 if force else None)
-        except queue.Full:
-            pass  # cumulative: the next snapshot carries these figures too
 
 
 def _frame_result(camera: str, meta: FrameMeta, found: Any) -> FrameResult:
     cam_boxes = boxes_to_camera(found, meta.scale, meta.pad_x, meta.pad_y, meta.width, meta.height)
     detections = [
         (int(row[5]), float(row[4]), float(b[0]), float(b[1]), float(b[2]), float(b[3]))
-        for row, b in zip(found, cam_boxes)
+        for row, b in zip(found, cam_boxes, strict=True)
     ]
     return FrameResult(camera, meta.seq, meta.captured_at, meta.width, meta.height, detections)

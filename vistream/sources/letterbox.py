@@ -51,7 +51,9 @@ def letterbox(src_w: int, src_h: int, dst_w: int, dst_h: int) -> Letterbox:
     return Letterbox(src_w, src_h, dst_w, dst_h, new_w, new_h, round(dw - 0.1), round(dh - 0.1), scale)
 
 
-def boxes_to_camera(boxes: np.ndarray, scale: float, pad_x: float, pad_y: float, width: int, height: int) -> np.ndarray:
+def boxes_to_camera(
+    boxes: np.ndarray, scale: float, pad_x: float, pad_y: float, width: int, height: int
+) -> np.ndarray:
     """Map (k, 4+) x1,y1,x2,y2 boxes from model-input pixels to camera pixels, clipped to the frame."""
     out = boxes[:, :4].astype(np.float32, copy=True)
     out[:, [0, 2]] = ((out[:, [0, 2]] - pad_x) / scale).clip(0, width)

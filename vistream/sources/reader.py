@@ -112,7 +112,12 @@ class CameraReader:
             self.hdr["stream_fps"] = info.fps
             log.log(
                 logging.DEBUG if quiet else logging.INFO,
-                "camera %s: opened %s (%dx%d, %.1f fps)", self.cam.name, self.url, info.width, info.height, info.fps
+                "camera %s: opened %s (%dx%d, %.1f fps)",
+                self.cam.name,
+                self.url,
+                info.width,
+                info.height,
+                info.fps,
             )
             for frame, t in decoded_frames(container, paced=self.cam.is_file, stop=self.stop):
                 wall, mono = time.time(), time.monotonic()
@@ -153,7 +158,9 @@ class CameraReader:
 def _rgb_view(frame: av.VideoFrame) -> np.ndarray:
     """The pixels of an rgb24 frame as an (h, w, 3) view, without the copy `to_ndarray` makes."""
     plane = frame.planes[0]
-    rows = np.frombuffer(plane, np.uint8, count=frame.height * plane.line_size).reshape(frame.height, plane.line_size)
+    rows = np.frombuffer(memoryview(plane), np.uint8, count=frame.height * plane.line_size).reshape(
+        frame.height, plane.line_size
+    )
     return rows[:, : frame.width * 3].reshape(frame.height, frame.width, 3)
 
 

@@ -46,7 +46,7 @@ def open_camera(cam: CameraConfig) -> Iterator[av.container.InputContainer]:
     )
     try:
         if not container.streams.video:
-            raise av.FFmpegError(0, "no video stream")  # type: ignore[arg-type]
+            raise av.FFmpegError(0, "no video stream")
         yield container
     finally:
         container.close()
@@ -85,7 +85,12 @@ def decoded_frames(
         t = frame.time if frame.time is not None else n / rate
         if paced:
             now = time.monotonic()
-            if start_wall is None or start_pts is None or t < start_pts or now - (start_wall + t - start_pts) > 1.0:
+            if (
+                start_wall is None
+                or start_pts is None
+                or t < start_pts
+                or now - (start_wall + t - start_pts) > 1.0
+            ):
                 start_wall, start_pts = now, t
             wait = start_wall + (t - start_pts) - now
             if wait > 0 and stop.sleep(wait, step=0.05):

@@ -1,0 +1,133 @@
+"""`vistream demo`: the real daemon on generated footage, with an embedded broker and a live table.
+
+Nothing beyond the Python packages is needed: the footage is rendered at
+first run from the images Ultralytics ships, the broker is amqtt in a thread,
+and the daemon is the same `Daemon` that `vistream run` starts.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from vistream.config.models import Config
+from vistream.daemon import Daemon
+from vistream.demo.broker import EmbeddedBroker
+from vistream.demo.footage import default_cache_dir, ensure_clips
+from vistream.demo.table import CameraRow, LiveTable, render
+
+CAMERA_NAMES = (
+    "bus_pan",
+    "people_pan",
+    "bus_drive_by",
+    "people_drift",
+)  # the order ensure_clips renders them in
+DEFAULT_MODEL = "yolov8n.pt"
+
+
+def fetch_model(model: str | None) -> str | None:
+    """A local path to the weights, downloading the release ones if needed; None when impossible."""
+    if model is not None:
+        return model if Path(model).exists() else None
+    try:
+        from ultralytics.utils.downloads import attempt_download_asset
+
+        path = Path(attempt_download_asset(DEFAULT_MODEL))
+    except Exception:  # offline, proxy, GitHub down: the one-line hint below says what to do
+        return None
+    return str(path) if path.exists() else None
+
+
+def demo_config(model: str, clips: list[Path], port: int, device: str) -> Config:
+    return Config.model_validate(
+        {
+            "model": {"path": model, "device": device},
+            "batching": {"max_batch": len(clips), "max_wait_ms": 10, "max_frame_age_ms": 500},
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": port,
+                "client_id": "vistream-demo",
+                "topic_prefix": "vistream",
+            },
+            "metrics": {"port": 0},
+            "log_level": "warning",
+            "cameras": [
+                {"name": name, "url": str(clip), "detect_fps": 5}
+                for name, clip in zip(CAMERA_NAMES, clips, strict=False)
+            ],
+        }
+    )
+
+
+class DemoView:
+    """Turns daemon counters into per-second rates for the live table."""
+
+    def __init__(self, broker: str, seconds: float | None) -> None:
+        self.broker = broker
+        self.seconds = seconds
+        self.table = LiveTable()
+        self.started = time.monotonic()
+        self._last: dict[str, tuple[float, int, int]] = {}
+        self._rows: list[CameraRow] = []
+
+    def tick(self, daemon: Daemon) -> None:
+        now = time.monotonic()
+        elapsed = now - self.started
+        last = self.seconds is not None and elapsed >= self.seconds
+        stats = daemon.scheduler_stats()
+        latency, _, objects = daemon.pump.snapshot()
+        rows = []
+        for name, rt in daemon.cameras.items():
+            counts = stats.cameras.get(name)
+            decoded = int(rt.ring.header["frames_decoded"])
+            inferred = counts.inferred if counts else 0
+            t0, d0, i0 = self._last.get(name, (self.started, 0, 0))
+            if now - t0 >= 1.0:
+                self._last[name] = (now, decoded, inferred)
+            span = max(now - t0, 1e-3)
+            rows.append(
+                CameraRow(
+                    name=name,
+                    online=rt.online,
+                    fps_in=(decoded - d0) / span,
+                    fps_inferred=(inferred - i0) / span,
+                    dropped_stale=counts.stale if counts else 0,
+                    dropped_overwritten=counts.overwritten if counts else 0,
+                    objects=dict(objects.get(name, {})),
+                )
+            )
+        totals = {
+            "fps_inferred": sum(r.fps_inferred for r in rows),
+            "mean_batch": stats.batch_size.sum / stats.batch_size.count if stats.batch_size.count else 0.0,
+            "p50_latency_ms": 1000 * latency.quantile(0.5),
+        }
+        self.table.update(render(rows, elapsed_s=elapsed, broker=self.broker, totals=totals), force=last)
+        if last:
+            daemon.stop_flag.set()
+
+
+def run_demo(
+    *, model: str | None, cameras: int, seconds: float | None, port: int = 1883, device: str = "auto"
+) -> int:
+    weights = fetch_model(model)
+    if weights is None:
+        what = f"model file {model!r} not found" if model else f"cannot download {DEFAULT_MODEL} (offline?)"
+        print(
+            f"vistream demo: {what}; pass local weights: vistream demo --model /path/to/yolov8n.pt",
+            file=sys.stderr,
+        )
+        return 3
+    cache = default_cache_dir()
+    print(f"preparing {cameras} demo clip(s) in {cache} ...", file=sys.stderr, flush=True)
+    clips = ensure_clips(cache, cameras)
+    with EmbeddedBroker(port=port) as broker:
+        bound = broker.port or port
+        print(
+            f"MQTT broker on 127.0.0.1:{bound}; watch it with: mosquitto_sub -p {bound} -t 'vistream/#' -v",
+            file=sys.stderr,
+            flush=True,
+        )
+        view = DemoView(f"127.0.0.1:{bound}", seconds)
+        daemon = Daemon(demo_config(weights, clips, bound, device), on_tick=view.tick)
+        return daemon.run()
