@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from pathlib import Path
@@ -173,13 +174,18 @@ def test_camera_that_stops_answering_is_noticed_and_comes_back(
             sub.wait_for(
                 lambda m, c=cam: m.topic == f"{prefix}/{c}/status" and m.payload == b"online", timeout=90
             )
+        sub.clear()
         server.freeze_mount("a")
         frozen_at = time.monotonic()
         sub.wait_for(lambda m: m.topic == f"{prefix}/a/status" and m.payload == b"offline", timeout=15)
         assert time.monotonic() - frozen_at < 8
-        sub.clear()
-        time.sleep(5)
-        assert len(detections(sub, prefix).get("b", [])) >= 6
+        time.sleep(max(0.0, frozen_at + 8 - time.monotonic()))
+        # b never stalled while a hung and reconnected: no gap, and most of its 2 fps arrived.
+        arrivals = (
+            [frozen_at] + [m.timestamp for m in detections(sub, prefix).get("b", [])] + [time.monotonic()]
+        )
+        assert max(b - a for a, b in itertools.pairwise(arrivals)) < 2.5
+        assert len(arrivals) - 2 >= 8
         server.thaw_mount("a")
         sub.wait_for(lambda m: m.topic == f"{prefix}/a/status" and m.payload == b"online", timeout=20)
         sub.wait_for(lambda m: m.topic == f"{prefix}/a/detections", timeout=10)

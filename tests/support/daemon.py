@@ -77,10 +77,18 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def metrics(self) -> str:
+    def metrics(self, timeout: float = 60.0) -> str:
+        """The /metrics page, waiting for the endpoint to come up (the daemon may still be starting)."""
         port = self.config["metrics"]["port"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            return resp.read().decode()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                    return resp.read().decode()
+            except OSError:
+                if time.monotonic() > deadline or (self.proc and self.proc.poll() is not None):
+                    raise
+                time.sleep(0.2)
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample of the /metrics page (0 when absent)."""

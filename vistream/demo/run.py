@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 from vistream.config.models import Config
@@ -24,6 +25,7 @@ CAMERA_NAMES = (
     "people_drift",
 )  # the order ensure_clips renders them in
 DEFAULT_MODEL = "yolov8n.pt"
+RATE_WINDOW_S = 3.0
 
 
 def fetch_model(model: str | None) -> str | None:
@@ -68,8 +70,8 @@ class DemoView:
         self.seconds = seconds
         self.table = LiveTable()
         self.started = time.monotonic()
-        self._last: dict[str, tuple[float, int, int]] = {}
-        self._rows: list[CameraRow] = []
+        # Recent (time, decoded, inferred) samples per camera: rates over a few seconds, not one tick.
+        self._history: dict[str, deque[tuple[float, int, int]]] = {}
 
     def tick(self, daemon: Daemon) -> None:
         now = time.monotonic()
@@ -82,9 +84,11 @@ class DemoView:
             counts = stats.cameras.get(name)
             decoded = int(rt.ring.header["frames_decoded"])
             inferred = counts.inferred if counts else 0
-            t0, d0, i0 = self._last.get(name, (self.started, 0, 0))
-            if now - t0 >= 1.0:
-                self._last[name] = (now, decoded, inferred)
+            history = self._history.setdefault(name, deque([(self.started, 0, 0)]))
+            history.append((now, decoded, inferred))
+            while len(history) > 2 and now - history[1][0] >= RATE_WINDOW_S:
+                history.popleft()
+            t0, d0, i0 = history[0]
             span = max(now - t0, 1e-3)
             rows.append(
                 CameraRow(

@@ -1,0 +1,112 @@
+"""Supervision with real processes and signals: children restarted, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from support.daemon import DaemonProcess, base_config
+from support.mosquitto import Mosquitto, Subscriber
+from support.procs import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def child(daemon: DaemonProcess, title: str) -> psutil.Process:
+    """The daemon's child whose process title is `vistream: <title>`."""
+    assert daemon.proc is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for proc in psutil.Process(daemon.proc.pid).children():
+            try:
+                if " ".join(proc.cmdline()).strip() == f"vistream: {title}":
+                    return proc
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"no child process titled 'vistream: {title}'")
+
+
+def file_cameras(samples_dir: Path, *names: str) -> list[dict]:
+    return [{"name": n, "url": str(samples_dir / "crowd-480p.mp4"), "detect_fps": 2} for n in names]
+
+
+def test_dead_children_are_restarted_and_counted(
+    tmp_path: Path, samples_dir: Path, mosquitto: Mosquitto, model_path: Path
+) -> None:
+    """1. Two file cameras publish.
+    2. Reader `a` is SIGKILLed: it is restarted, counted in vistream_process_restarts_total,
+       and `a` publishes again; `b` never stops.
+    3. The scheduler is SIGKILLed: a new one loads the model, counted, detections resume for
+       both cameras, and the inferred-frames counters never go backwards.
+    4. SIGTERM still stops everything cleanly."""
+    prefix = "itestsup"
+    cfg = base_config(model_path, mosquitto.port, free_port(), prefix, file_cameras(samples_dir, "a", "b"))
+    with (
+        Subscriber(mosquitto.host, mosquitto.port, f"{prefix}/#") as sub,
+        DaemonProcess(cfg, tmp_path) as daemon,
+    ):
+        for cam in ("a", "b"):
+            sub.wait_for(lambda m, c=cam: m.topic == f"{prefix}/{c}/detections", timeout=90)
+
+        reader = child(daemon, "reader a")
+        reader.send_signal(signal.SIGKILL)
+        reader.wait(5)
+        sub.clear()
+        sub.wait_for(lambda m: m.topic == f"{prefix}/a/detections", timeout=30)
+        assert child(daemon, "reader a").pid != reader.pid
+        assert daemon.metric("vistream_process_restarts_total", process="reader/a") == 1
+        sub.wait_for(lambda m: m.topic == f"{prefix}/b/detections", timeout=5)
+
+        inferred_before = daemon.metric("vistream_frames_inferred_total", camera="b")
+        scheduler = child(daemon, "scheduler")
+        scheduler.send_signal(signal.SIGKILL)
+        scheduler.wait(5)
+        time.sleep(1)
+        sub.clear()
+        for cam in ("a", "b"):
+            sub.wait_for(lambda m, c=cam: m.topic == f"{prefix}/{c}/detections", timeout=60)
+        assert daemon.metric("vistream_process_restarts_total", process="scheduler") == 1
+        assert daemon.metric("vistream_frames_inferred_total", camera="b") >= inferred_before
+        assert "scheduler exited" in daemon.log
+
+        code, took = daemon.terminate()
+        assert code == 0 and took < 10
+
+
+def test_killed_daemon_leaves_no_process_or_shared_memory(
+    tmp_path: Path, samples_dir: Path, mosquitto: Mosquitto, model_path: Path
+) -> None:
+    """1. A daemon with two cameras is SIGKILLed (no chance to clean up).
+    2. Its readers and scheduler die with it (they do not decode for nobody).
+    3. Its shared-memory segments are gone, or the next start removes them."""
+    prefix = "itestkill"
+    cfg = base_config(model_path, mosquitto.port, free_port(), prefix, file_cameras(samples_dir, "a", "b"))
+    with (
+        Subscriber(mosquitto.host, mosquitto.port, f"{prefix}/#") as sub,
+        DaemonProcess(cfg, tmp_path) as daemon,
+    ):
+        sub.wait_for(lambda m: m.topic == f"{prefix}/a/detections", timeout=90)
+        children = [child(daemon, t) for t in ("reader a", "reader b", "scheduler")]
+        assert daemon.proc is not None
+        os.kill(daemon.proc.pid, signal.SIGKILL)
+        daemon.proc.wait(5)
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == []
+        # The broker publishes the Last Will: the daemon is offline.
+        sub.wait_for(lambda m: m.topic == f"{prefix}/status" and m.payload == b"offline", timeout=60)
+
+    # A fresh start on the same instance must find /dev/shm clean (or make it so).
+    with DaemonProcess(cfg, tmp_path) as again:
+        sub2 = Subscriber(mosquitto.host, mosquitto.port, f"{prefix}/#")
+        with sub2:
+            sub2.wait_for(lambda m: m.topic == f"{prefix}/a/detections", timeout=90)
+        segments = list(Path("/dev/shm").glob(f"vistream.{prefix}.*"))
+        assert again.proc is not None
+        assert {p.name.split(".")[2] for p in segments} == {str(again.proc.pid)}
+        assert again.terminate()[0] == 0
+    assert not list(Path("/dev/shm").glob(f"vistream.{prefix}.*"))
