@@ -23,6 +23,7 @@ from vistream.config.secrets import mqtt_password
 from vistream.ops.logs import LogHub
 from vistream.ops.process import SPAWN, Child, StopFlag
 from vistream.ops.stats import SchedulerStats
+from vistream.ops.summary import Summary
 from vistream.ops.supervise import RestartBudget
 from vistream.ops.systemd import Notifier
 from vistream.outputs.mqtt import MqttPublisher
@@ -88,6 +89,7 @@ class Daemon:
         self._announced: set[str] = set()  # cameras whose status MQTT has been told
         self._hup = False
         self.notifier = Notifier()
+        self._summary = Summary()
         self._last_ping = self._last_status = 0.0
         self._log_level = logging.getLogger().getEffectiveLevel()
 
@@ -261,6 +263,9 @@ class Daemon:
             self._supervise_reader(rt, now)
             self._set_online(rt, self._is_online(rt, now))
         self._notify_systemd(now)
+        if self.ready:
+            sampled = sum(int(rt.ring.header["head"]) for rt in self.cameras.values())
+            self._summary.tick(now, sampled, self.scheduler_stats())
         if self._on_tick:
             self._on_tick(self)
 

@@ -134,6 +134,13 @@ class ModelConfig(Section):
         description="Only report these classes, by name or id; default: all classes of the model.",
     )
     max_det: int = Field(default=300, gt=0, description="Most detections kept per frame.")
+    threads: int | None = Field(
+        default=None,
+        gt=0,
+        le=256,
+        description="CPU threads torch may use for inference; default: torch's own choice (one per core). "
+        "On a CPU-only box the readers decode on the same cores: fewer threads can mean steadier batches.",
+    )
 
     @field_validator("path")
     @classmethod

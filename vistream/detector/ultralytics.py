@@ -75,6 +75,8 @@ class UltralyticsDetector(Detector):
     def __init__(self, cfg: ModelConfig, max_batch: int) -> None:
         torch, AutoBackend, self._nms = _import_ultralytics()
         self._torch = torch
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         self.cfg = cfg
         self.device = select_device(cfg.device, torch.cuda.is_available())
         dev = torch.device(self.device)
@@ -104,11 +106,11 @@ class UltralyticsDetector(Detector):
             self._staging = torch.empty((max_batch, h, w, 3), dtype=torch.uint8, device=dev)
         else:
             self._staging = host
-        # NCHW in channels-last memory: the reorder from NHWC is then a straight
-        # copy, and it is the layout AutoBackend gives the model on x86 CPUs.
-        self._input = torch.empty((max_batch, 3, h, w), dtype=dtype, device=dev).contiguous(
-            memory_format=torch.channels_last
-        )
+        # On the CPU, NCHW in channels-last memory: the reorder from NHWC is then a
+        # straight copy, and it is the layout AutoBackend gives the model on x86 CPUs.
+        # On CUDA the model keeps the default layout, and so does its input.
+        layout = torch.contiguous_format if cuda else torch.channels_last
+        self._input = torch.empty((max_batch, 3, h, w), dtype=dtype, device=dev, memory_format=layout)
         self._host = host
         self.input_buffer = host.numpy()
         self._cuda = cuda
