@@ -103,6 +103,13 @@ class DaemonProcess:
                 return float(value)
         return 0.0
 
+    def wait_metric(self, name: str, at_least: float, timeout: float = 10.0, **labels: str) -> float:
+        """Poll one sample until it reaches `at_least`: scheduler figures reach /metrics once a second."""
+        deadline = time.monotonic() + timeout
+        while (value := self.metric(name, **labels)) < at_least and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return value
+
     def terminate(self, timeout: float = 15.0) -> tuple[int, float]:
         """SIGTERM; returns (exit code, seconds it took to exit)."""
         assert self.proc is not None
