@@ -79,8 +79,6 @@ class Daemon:
         self.cameras: dict[str, CameraRuntime] = {}
         self.scheduler: SchedulerRuntime | None = None
         self.scheduler_restarts = 0
-        self.reader_restarts = 0
-        self.started_at = time.monotonic()
         self._sched_base = SchedulerStats()  # totals of schedulers that were replaced
         self._sched_budget = RestartBudget()
         self._wake = SPAWN.Semaphore(0)
@@ -324,7 +322,6 @@ class Daemon:
         log.error("camera %s: reader exited (code %s): restarting it", rt.cfg.name, rt.child.exitcode)
         rt.child.close()
         rt.restarts += 1
-        self.reader_restarts += 1
         hdr["state"] = State.STARTING
         rt.child.start()
 
