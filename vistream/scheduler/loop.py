@@ -179,7 +179,7 @@ class Scheduler:
 
     def _run_batch(self, feeds: list[Feed]) -> None:
         buf = self.detector.input_buffer
-        started, started_at = self.clock(), time.time()
+        started = self.clock()
         taken: list[tuple[Feed, FrameMeta]] = []
         for feed in feeds:
             meta = feed.consumer.take(buf[len(taken)])
@@ -211,7 +211,7 @@ class Scheduler:
         self.stats.batch_size.observe(len(taken))
         self.stats.inference_s.observe(elapsed)
         try:
-            self.spec.results.put_nowait(BatchResult(frames, started_at, elapsed))
+            self.spec.results.put_nowait(BatchResult(frames))
         except queue.Full:
             self.stats.results_overflow += len(frames)
 

@@ -25,8 +25,6 @@ class FrameResult:
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     frames: list[FrameResult]
-    started_at: float  # Unix time the batch started
-    inference_s: float
 
 
 @dataclass(frozen=True)
