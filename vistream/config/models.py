@@ -20,12 +20,16 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from vistream.config.labels import coco_names
+
 # Camera and daemon names end up as MQTT topic levels, metric label values and
 # shared-memory segment names, so they are restricted to a safe alphabet.
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# Ultralytics' COCO-trained release detection models and their exports.
+RELEASE_RE = re.compile(r"^yolo(v[358]|v?1[0-2])[nsmlx]u?(\.pt|\.onnx|\.engine|_openvino_model/?)$")
 
 
 def not_yet(what: str) -> str:
@@ -198,6 +202,18 @@ class ModelConfig(Section):
                 raise ValueError(f"class ids must be >= 0 (got {item})")
         return items
 
+    def class_names(self) -> list[str] | None:
+        """The labels this model can report, where known without loading it (else None).
+
+        `classes` given by name bounds them; Ultralytics' release detection models (yolov8n.pt,
+        yolo11s.onnx, ...) are trained on COCO. Other models are checked once loaded.
+        """
+        if self.classes is not None and all(isinstance(c, str) for c in self.classes):
+            return [str(c) for c in self.classes]
+        if self.classes is None and RELEASE_RE.match(Path(self.path).name):
+            return coco_names()
+        return None
+
     @property
     def input_hw(self) -> tuple[int, int]:
         """Model input (height, width)."""
@@ -266,8 +282,6 @@ class TlsConfig(Section):
 class MqttConfig(Section):
     """The MQTT broker that receives detections and status."""
 
-    planned_keys: ClassVar[dict[str, str]] = {"home_assistant": "Home Assistant MQTT discovery"}
-
     host: str = Field(default="localhost", min_length=1, description="Broker host name or address.")
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
     topic_prefix: str = Field(
@@ -291,6 +305,14 @@ class MqttConfig(Section):
         description="Detection messages waiting for the publisher; beyond this they are dropped and counted.",
     )
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
+    home_assistant: bool = Field(
+        default=False,
+        description="Publish Home Assistant MQTT discovery: one device per daemon, a binary sensor per "
+        "camera and rule, a sensor per line counter, an image per snapshot topic.",
+    )
+    discovery_prefix: str = Field(
+        default="homeassistant", description="Home Assistant's discovery topic prefix."
+    )
 
     @field_validator("host")
     @classmethod
@@ -299,7 +321,7 @@ class MqttConfig(Section):
             raise ValueError(f"must be a host name or address, not a URL (got {v!r})")
         return v
 
-    @field_validator("topic_prefix")
+    @field_validator("topic_prefix", "discovery_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
         bad = not v or v.startswith(("/", "$")) or v.endswith("/") or "//" in v
@@ -334,14 +356,47 @@ class MetricsConfig(Section):
     )
 
 
+Point = tuple[float, float]
+
+
+def _shape_problems(name: Any, points: Any, kind: str | None) -> list[tuple[Loc, str]]:
+    """Problems of one zone (a polygon) or line (two points), by key path below the shape's name."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 64:
+        return [((), f"the name must be 1-64 characters of a-z 0-9 _ - (got {name!r})")]
+    if not isinstance(points, list):
+        return [((), f"must be a list of [x, y] points (got {type(points).__name__})")]
+    problems: list[tuple[Loc, str]] = []
+    for i, p in enumerate(points):
+        ok = isinstance(p, list) and len(p) == 2
+        ok = ok and all(isinstance(c, int | float) and not isinstance(c, bool) for c in p)
+        if not ok:
+            problems.append(((i,), f"must be a point [x, y] (got {p!r})"))
+        elif not all(0 <= c <= 1 for c in p):
+            problems.append(((i,), f"coordinates are normalised: each must be within 0..1 (got {p!r})"))
+    if problems:
+        return problems
+    if kind == "lines":
+        if len(points) != 2:
+            return [((), f"a line is exactly 2 points, p1 -> p2 (got {len(points)})")]
+        if points[0] == points[1]:
+            return [((), "the two points of a line must differ")]
+        return []
+    if len(points) < 3:
+        return [((), f"a zone needs at least 3 points (got {len(points)})")]
+    from shapely.geometry import Polygon  # imported here: only configs with zones pay for it
+
+    polygon = Polygon(points)
+    if polygon.is_valid and polygon.area > 0:
+        return []
+    if polygon.area == 0 and polygon.length > 0 and Polygon(points).convex_hull.area == 0:
+        return [((), "the points enclose no area (all on one line?)")]
+    return [((), "the polygon crosses itself: list the points in order around its edge")]
+
+
 class CameraConfig(Section):
     """One camera: an RTSP stream or a video file."""
 
-    planned_keys: ClassVar[dict[str, str]] = {
-        "zones": "named polygons for alert rules",
-        "lines": "named segments for line crossing counts",
-        "motion": "motion gating in the readers",
-    }
+    planned_keys: ClassVar[dict[str, str]] = {"motion": "motion gating in the readers"}
 
     name: str = Field(description="Unique name, `[a-z0-9_-]+`; used in topics and metric labels.")
     url: str = Field(
@@ -358,12 +413,35 @@ class CameraConfig(Section):
     reconnect_max_s: float = Field(
         default=30, gt=0, description="Cap of the exponential reconnect backoff (with jitter)."
     )
+    zones: dict[str, list[Point]] = Field(
+        default_factory=dict,
+        description="Named polygons for alert rules: at least 3 (x, y) points, normalised 0..1 of the "
+        "frame's width and height (so they survive a resolution change). An object is in a zone when the "
+        "bottom-centre of its box is (edges included).",
+    )
+    lines: dict[str, tuple[Point, Point]] = Field(
+        default_factory=dict,
+        description="Named segments p1 -> p2 for line crossing counts and rules, normalised like zones. "
+        "`in` is a crossing from the left of p1 -> p2 to its right, as seen on the image.",
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME_RE.match(v) or len(v) > 64:
             raise ValueError(f"must be 1-64 characters of a-z 0-9 _ - (got {v!r})")
+        return v
+
+    @field_validator("zones", "lines", mode="before")
+    @classmethod
+    def _shapes(cls, v: Any, info: ValidationInfo) -> Any:
+        if not isinstance(v, dict):
+            return v  # pydantic says "must be a mapping"
+        problems: list[tuple[Loc, str]] = []
+        for name, points in v.items():
+            problems += [((name, *loc), msg) for loc, msg in _shape_problems(name, points, info.field_name)]
+        if problems:
+            raise KeyProblems(problems)
         return v
 
     @field_validator("url")
@@ -392,13 +470,83 @@ class CameraConfig(Section):
         return not self.url.startswith(("rtsp://", "rtsps://"))
 
 
+class AlertRule(Section):
+    """An alert rule: when it holds on a camera, an event starts; when it stops holding, the event ends."""
+
+    name: str = Field(description="Unique name, `[a-z0-9_-]+`; used in topics.")
+    cameras: list[str] | None = Field(
+        default=None,
+        description="Cameras it applies to; default: every camera that has its `zone` or `line` "
+        "(every camera when it names neither).",
+    )
+    labels: list[str] | None = Field(
+        default=None, description="Object labels it applies to (model class names); default: any."
+    )
+    zone: str | None = Field(
+        default=None,
+        description="A zone of the cameras: objects must be in it. Neither zone nor line: the whole frame.",
+    )
+    line: str | None = Field(default=None, description="A line of the cameras: objects must cross it.")
+    direction: Literal["in", "out", "both"] = Field(
+        default="both", description="With `line`: which crossings count."
+    )
+    min_confidence: float = Field(default=0.5, gt=0, le=1, description="Ignore weaker detections.")
+    min_duration_s: float = Field(
+        default=0, ge=0, description="How long it must hold (an object in the zone) before an event starts."
+    )
+    min_count: int = Field(
+        default=1,
+        ge=1,
+        description="Objects needed at once. 1: one event per object (track); more: one event for the "
+        "count on the camera.",
+    )
+    cooldown_s: float = Field(
+        default=30,
+        ge=0,
+        description="After an event of this rule on a camera ends, no new one starts there for this long.",
+    )
+    end_after_s: float = Field(
+        default=3, gt=0, description="An event ends when the rule has not held for this long."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v) or len(v) > 64:
+            raise ValueError(f"must be 1-64 characters of a-z 0-9 _ - (got {v!r})")
+        return v
+
+    @field_validator("cameras", "labels")
+    @classmethod
+    def _not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("must not be empty (leave it out for all)")
+        return v
+
+    @model_validator(mode="after")
+    def _zone_or_line(self) -> AlertRule:
+        if self.zone is not None and self.line is not None:
+            raise KeyProblems([(("line",), "a rule has a zone or a line, not both")])
+        if "direction" in self.model_fields_set and self.line is None:
+            raise KeyProblems([(("direction",), "only meaningful with `line`")])
+        if self.line is not None and self.min_count > 1:
+            raise KeyProblems([(("min_count",), "counts objects in a zone; a line rule counts crossings")])
+        return self
+
+
+class OutboxConfig(Section):
+    """The durable outbox of events, counters and snapshots in `state_dir`."""
+
+    max_rows: int = Field(
+        default=100_000, gt=0, description="Most undelivered messages kept; the oldest go first (counted)."
+    )
+    max_age_s: float = Field(
+        default=7 * 24 * 3600, gt=0, description="Undelivered messages older than this are dropped (counted)."
+    )
+
+
 class Config(Section):
     """The whole file."""
-
-    planned_keys: ClassVar[dict[str, str]] = {
-        "alerts": "alert rules and events",
-        "state_dir": "the durable event outbox",
-    }
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="The detector.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Cross-camera batching.")
@@ -410,6 +558,13 @@ class Config(Section):
     cameras: Annotated[list[CameraConfig], Field(min_length=1)] = Field(
         description="The cameras to watch; at least one must be enabled."
     )
+    alerts: list[AlertRule] = Field(default_factory=list, description="Alert rules (events).")
+    state_dir: Path = Field(
+        default=Path("/var/lib/vistream"),
+        description="Where the event outbox and line counters survive restarts (systemd `StateDirectory=`); "
+        "relative to the config file's directory when relative.",
+    )
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Bounds of the event outbox.")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -434,6 +589,78 @@ class Config(Section):
             raise KeyProblems(problems)
         return cameras
 
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, v: Path, info: ValidationInfo) -> Path:
+        base = _base_dir(info)
+        return v if base is None or v.is_absolute() else Path(os.path.normpath(base / v))
+
+    @model_validator(mode="after")
+    def _rules(self) -> Config:
+        problems: list[tuple[Loc, str]] = []
+        first: dict[str, int] = {}
+        cameras = {c.name: c for c in self.cameras}
+        known_labels = self.model.class_names()
+        for i, rule in enumerate(self.alerts):
+            if rule.name in first:
+                also = f"also alerts[{first[rule.name]}]"
+                problems.append((("alerts", i, "name"), f"duplicate rule name {rule.name!r} ({also})"))
+            first.setdefault(rule.name, i)
+            problems += [
+                (("alerts", i, *loc), msg) for loc, msg in _rule_problems(rule, cameras, known_labels)
+            ]
+        if problems:
+            raise KeyProblems(problems)
+        return self
+
     @property
     def enabled_cameras(self) -> list[CameraConfig]:
         return [c for c in self.cameras if c.enabled]
+
+    def rule_cameras(self, rule: AlertRule) -> list[str]:
+        """The enabled cameras a rule applies to."""
+        return [c.name for c in self.enabled_cameras if _rule_applies(rule, c)]
+
+
+def _rule_applies(rule: AlertRule, cam: CameraConfig) -> bool:
+    if rule.cameras is not None:
+        return cam.name in rule.cameras
+    if rule.zone is not None:
+        return rule.zone in cam.zones
+    if rule.line is not None:
+        return rule.line in cam.lines
+    return True
+
+
+def _rule_problems(
+    rule: AlertRule, cameras: dict[str, CameraConfig], known_labels: list[str] | None
+) -> list[tuple[Loc, str]]:
+    """A rule's references to cameras, zones, lines and labels that do not exist."""
+    problems: list[tuple[Loc, str]] = []
+    for j, name in enumerate(rule.cameras or []):
+        if name not in cameras:
+            problems.append((("cameras", j), f"no camera named {name!r} (cameras: {', '.join(cameras)})"))
+    for key, shape in (("zone", rule.zone), ("line", rule.line)):
+        if shape is None:
+            continue
+        plural = key + "s"
+        named = [cameras[n] for n in rule.cameras or [] if n in cameras]
+        if rule.cameras is None and not any(shape in getattr(c, plural) for c in cameras.values()):
+            problems.append(((key,), f"no camera has a {key} named {shape!r}"))
+        for cam in named:
+            if shape not in getattr(cam, plural):
+                have = ", ".join(getattr(cam, plural)) or "none"
+                problems.append(((key,), f"camera {cam.name!r} has no {key} {shape!r} ({plural}: {have})"))
+    if known_labels is not None:
+        for j, label in enumerate(rule.labels or []):
+            if label not in known_labels:
+                problems.append((("labels", j), unknown_label(label, known_labels)))
+    return problems
+
+
+def unknown_label(label: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(label, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{label!r} is not a class the model reports{hint}"
