@@ -231,4 +231,6 @@ def _frame_result(camera: str, meta: FrameMeta, found: Any) -> FrameResult:
         (int(row[5]), float(row[4]), float(b[0]), float(b[1]), float(b[2]), float(b[3]))
         for row, b in zip(found, cam_boxes, strict=True)
     ]
-    return FrameResult(camera, meta.seq, meta.captured_at, meta.width, meta.height, detections)
+    return FrameResult(
+        camera, meta.seq, meta.captured_at, meta.captured_mono, meta.width, meta.height, detections
+    )

@@ -16,7 +16,8 @@ Detection = tuple[int, float, float, float, float, float]
 class FrameResult:
     camera: str
     seq: int
-    captured_at: float  # Unix time
+    captured_at: float  # Unix time, for payloads
+    captured_mono: float  # time.monotonic() of the same moment, for durations and the tracker's steps
     width: int
     height: int
     detections: list[Detection]
