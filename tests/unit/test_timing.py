@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from types import SimpleNamespace
 
 import pytest
 
+from vistream.config.models import CameraConfig
+from vistream.sources import reader as reader_mod
 from vistream.sources.timing import Backoff, CaptureClock, Throttle
 
 
@@ -67,3 +71,64 @@ def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
     assert max(delays) <= 30
     b.reset()
     assert b.next() <= 0.5
+
+
+class SteppingClocks:
+    """time.time() and time.monotonic() for a reader, 30 fps apart; the wall clock can be stepped."""
+
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.step = 0.0  # what NTP (or an operator) has added to the wall clock so far
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def time(self) -> float:
+        return 1.7e9 + self.mono + self.step
+
+
+def test_wall_clock_steps_do_not_age_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. A camera delivers 30 fps on time for 3 s while the reader's wall clock runs normally.
+    2. The wall clock steps +5 s (NTP at boot on a board without an RTC), later -5 s.
+    3. Every frame's age (monotonic) stays ~0, so none would be dropped as stale, and its
+       `captured_at` (wall, for the payload) follows the stepped clock at once."""
+    clocks = SteppingClocks()
+    steps = {30: 5.0, 60: 0.0}  # frame index -> wall-clock step in force from then on
+
+    def frames(*_a: object, **_k: object):  # type: ignore[no-untyped-def]
+        for i in range(90):
+            clocks.mono = 1000.0 + i / 30
+            clocks.step = steps.get(i, clocks.step)
+            yield SimpleNamespace(width=64, height=48), i / 30
+
+    monkeypatch.setattr(reader_mod, "time", clocks)
+    monkeypatch.setattr(reader_mod, "open_camera", lambda cam: contextlib.nullcontext(None))
+    monkeypatch.setattr(reader_mod, "stream_info", lambda c: SimpleNamespace(width=64, height=48, fps=30.0))
+    monkeypatch.setattr(reader_mod, "decoded_frames", frames)
+    written: list[tuple[float, float, float, float]] = []  # (captured_at, captured_mono, wall, mono)
+
+    class Recorder(reader_mod.CameraReader):
+        def __init__(self) -> None:
+            self.cam = CameraConfig(name="c", url="/dev/null", detect_fps=30)
+            self.hdr = {"frames_decoded": 0, "stream_width": 0, "stream_height": 0}
+            self.throttle, self.clock, self.url, self.stop = Throttle(30), CaptureClock(), "/dev/null", None
+
+        def _write(self, frame: object, captured_at: float, captured_mono: float) -> None:
+            written.append((captured_at, captured_mono, clocks.time(), clocks.monotonic()))
+
+    assert Recorder()._session() == 90
+    assert len(written) >= 85
+    for captured_at, captured_mono, wall, mono in written:
+        assert mono - captured_mono == pytest.approx(0.0, abs=0.01)
+        assert wall - captured_at == pytest.approx(0.0, abs=0.01)
+
+
+def test_capture_clock_stamp_keeps_age_across_wall_steps() -> None:
+    """`stamp` gives (wall, monotonic) capture times: a late frame stays late whatever the wall
+    clock does, and its wall time is the current wall clock minus its age."""
+    c = CaptureClock()
+    for i in range(30):
+        c.stamp(i / 30, 5000 + i / 30, 100 + i / 30)
+    wall, mono = c.stamp(1.0, 5000 + 1.0 + 1.5 + 5.0, 100 + 1.0 + 1.5)  # 1.5 s late, wall stepped +5 s
+    assert mono == pytest.approx(101.0, abs=0.01)
+    assert wall == pytest.approx(5006.0, abs=0.01)

@@ -129,9 +129,9 @@ class CameraReader:
                     hdr["state"] = State.STREAMING
                 if hdr["stream_width"] != frame.width or hdr["stream_height"] != frame.height:
                     hdr["stream_width"], hdr["stream_height"] = frame.width, frame.height
-                captured = self.clock.captured(t, wall)
+                captured_at, captured_mono = self.clock.stamp(t, wall, mono)
                 if self.throttle.keep(t):
-                    self._write(frame, captured, mono - (wall - captured))
+                    self._write(frame, captured_at, captured_mono)
         return n
 
     def _write(self, frame: av.VideoFrame, captured_at: float, captured_mono: float) -> None:

@@ -38,9 +38,15 @@ class CaptureClock:
 
     A decoder that falls behind (a busy CPU) makes frames arrive late; stamping
     them with the arrival time would hide that latency from the staleness check.
-    The offset between wall clock and stream time is the smallest one seen (the
+    The offset between our clock and stream time is the smallest one seen (the
     frame that arrived fastest), allowed to creep up slowly so that a camera clock
     running slower than ours does not make every frame look older over the weeks.
+
+    The offset is kept against the monotonic clock: the wall clock can step
+    (NTP at boot on a board without a real-time clock, or an operator), and a
+    step kept in the offset would make every frame look that much older (or
+    younger) until the creep caught up, half an hour per second of step. Wall
+    time is derived per frame, for the payload only: `stamp` gives both.
     """
 
     DRIFT = 2e-4  # 200 ppm: well above the drift of a camera's crystal clock
@@ -48,24 +54,36 @@ class CaptureClock:
     def __init__(self) -> None:
         self.offset: float | None = None
         self.last_pts: float | None = None
-        self.last_wall = 0.0
+        self.last_now = 0.0
 
     def reset(self) -> None:
         self.offset = self.last_pts = None
 
-    def captured(self, pts_s: float | None, wall: float) -> float:
-        """Wall-clock capture time of a frame with stream time `pts_s` seen at `wall`."""
+    def captured(self, pts_s: float | None, now: float) -> float:
+        """Capture time of a frame with stream time `pts_s` seen at `now`, on the clock of `now`.
+
+        Give it a clock that never steps (time.monotonic()).
+        """
         if pts_s is None:
-            return wall
+            return now
         if self.last_pts is not None and abs(pts_s - self.last_pts) > 2.0:
             self.offset = None  # discontinuity: the stream restarted
-        now_offset = wall - pts_s
+        now_offset = now - pts_s
         if self.offset is None:
             self.offset = now_offset
         else:
-            self.offset = min(self.offset + self.DRIFT * max(0.0, wall - self.last_wall), now_offset)
-        self.last_pts, self.last_wall = pts_s, wall
+            self.offset = min(self.offset + self.DRIFT * max(0.0, now - self.last_now), now_offset)
+        self.last_pts, self.last_now = pts_s, now
         return pts_s + self.offset
+
+    def stamp(self, pts_s: float | None, wall: float, mono: float) -> tuple[float, float]:
+        """(wall, monotonic) capture time of a frame seen at `wall` / `mono` (the same moment).
+
+        The age comes from the monotonic clock; the wall time is the current wall
+        clock minus that age, so it follows a step at once and never moves the age.
+        """
+        captured_mono = self.captured(pts_s, mono)
+        return wall - (mono - captured_mono), captured_mono
 
 
 class Backoff:
