@@ -16,7 +16,7 @@ import logging
 import ssl
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
@@ -25,6 +25,20 @@ from vistream.config.models import MqttConfig
 log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
+
+
+class ConnectionListener(Protocol):
+    """Told about the connection from paho's network thread (the outbox's Delivery is one).
+
+    Called in this order per connection: connecting (before the socket opens), connected (first thing
+    in a successful CONNACK, before status is re-published), published (every PUBACK, and every QoS 0
+    message written, by message id), disconnected. Must be quick and must not raise.
+    """
+
+    def mqtt_connecting(self) -> None: ...
+    def mqtt_connected(self) -> None: ...
+    def mqtt_published(self, mid: int, reason: Any) -> None: ...
+    def mqtt_disconnected(self) -> None: ...
 
 
 class MqttPublisher:
@@ -36,6 +50,7 @@ class MqttPublisher:
         self.connects = 0
         self.dropped: dict[str, int] = {}  # kind -> messages that could not be handed to the broker
         self._camera_status: dict[str, str] = {}
+        self._listeners: list[ConnectionListener] = []
         self._lock = threading.Lock()
         self._stopping = False
         c = mqtt.Client(
@@ -58,6 +73,8 @@ class MqttPublisher:
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
+        c.on_pre_connect = self._on_pre_connect
+        c.on_publish = self._on_publish
         self.client = c
 
     def start(self) -> None:
@@ -87,6 +104,10 @@ class MqttPublisher:
         if self.connected:
             self._publish_status(name, status)
 
+    def add_listener(self, listener: ConnectionListener) -> None:
+        """Register before start() to see every connection from the first."""
+        self._listeners.append(listener)
+
     def forget_camera(self, name: str) -> None:
         with self._lock:
             self._camera_status.pop(name, None)
@@ -110,6 +131,9 @@ class MqttPublisher:
             self.connected = False
             return
         self.connects += 1
+        # First, so the outbox's stale copies are dropped before anything is published on this connection.
+        for listener in self._listeners:
+            listener.mqtt_connected()
         log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
         client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
         with self._lock:
@@ -123,10 +147,20 @@ class MqttPublisher:
     ) -> None:
         was = self.connected
         self.connected = False
+        for listener in self._listeners:
+            listener.mqtt_disconnected()
         if was and not self._stopping:
             log.warning(
                 "MQTT disconnected from %s:%d: %s; reconnecting", self.cfg.host, self.cfg.port, reason
             )
+
+    def _on_pre_connect(self, _client: mqtt.Client, _userdata: Any) -> None:
+        for listener in self._listeners:
+            listener.mqtt_connecting()
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
+        for listener in self._listeners:
+            listener.mqtt_published(mid, reason)
 
 
 def _str(path: Any) -> str | None:
