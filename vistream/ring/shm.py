@@ -24,12 +24,9 @@ x86-64 keeps stores in order anyway; the version check catches the rest.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import ClassVar
-from unittest import mock
 
 import numpy as np
 
@@ -138,18 +135,6 @@ class FrameMeta:
     motion: float
 
 
-@contextmanager
-def _untracked() -> Iterator[None]:
-    """Attach without registering the segment with this process's resource tracker.
-
-    Before Python 3.13 every attach registers the segment, and the tracker then
-    unlinks it (or warns about a leak) when the attaching process exits, although
-    it does not own it (cpython gh-82300). 3.13 has `track=False` for this.
-    """
-    with mock.patch("multiprocessing.resource_tracker.register", lambda *a, **k: None):
-        yield
-
-
 class FrameRing:
     """A mapped ring segment. Create it in the owner, attach to it elsewhere."""
 
@@ -200,11 +185,16 @@ class FrameRing:
 
     @classmethod
     def attach(cls, name: str) -> FrameRing:
+        # Attaching registers the segment with the resource tracker before 3.13, which
+        # unlinks it when its last client exits (cpython gh-82300). Harmless here: the
+        # daemon's children are spawned by the process that created the segments and
+        # share its tracker, where the name is registered already (a no-op), and the
+        # tracker ends only with the daemon. Unregistering would drop the creator's
+        # registration (no clean-up after a SIGKILL, a KeyError in the tracker at unlink).
         if sys.version_info >= (3, 13):
             shm = shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]
         else:
-            with _untracked():
-                shm = shared_memory.SharedMemory(name=name)
+            shm = shared_memory.SharedMemory(name=name)
         return cls(shm, owner=False)
 
     def close(self) -> None:
