@@ -40,6 +40,9 @@ def _import_ultralytics() -> tuple[Any, Any, Any]:
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     os.environ.setdefault("YOLO_VERBOSE", "false")
     import torch
+
+    # AutoBackend and `ultralytics.utils.nms` (with its `end2end` argument) are what 8.4 offers;
+    # pyproject.toml pins the 8.4 releases these were tested with.
     from ultralytics.nn.autobackend import AutoBackend
     from ultralytics.utils.nms import non_max_suppression
 
@@ -83,15 +86,17 @@ class UltralyticsDetector(Detector):
         cuda = dev.type == "cuda"
         self.half = cuda if cfg.half is None else cfg.half and cuda
 
-        fmt = AutoBackend._model_type(cfg.path)
-        if cfg.backend != "auto" and fmt not in BACKEND_FORMATS[cfg.backend]:
-            raise ModelConfigError(
-                f"model.backend: {cfg.backend!r} cannot run {Path(cfg.path).name!r} ({fmt} format)"
-            )
         try:
             self.model = AutoBackend(cfg.path, device=dev, fp16=self.half, fuse=True, verbose=False)
         except Exception as exc:  # Ultralytics raises anything from FileNotFoundError to download errors
             raise ModelLoadError(f"model.path: cannot load {cfg.path!r}: {exc}") from exc
+        # The format AutoBackend chose, from its public `format` attribute (8.4), not from the
+        # private `_model_type` helper: checked after loading, which a wrong backend costs once.
+        fmt = str(self.model.format)
+        if cfg.backend != "auto" and fmt not in BACKEND_FORMATS[cfg.backend]:
+            raise ModelConfigError(
+                f"model.backend: {cfg.backend!r} cannot run {Path(cfg.path).name!r} ({fmt} format)"
+            )
         self.model.eval()
         self.half = bool(self.model.fp16)
         self.names = dict(self.model.names)
