@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,7 +37,10 @@ def encode_raw_h264(path: Path, sizes: list[tuple[int, int]], frames_each: int, 
             out.write(part.read_bytes())
 
 
-def run_reader_for(cam: CameraConfig, seconds: float, layout: RingLayout) -> tuple[list, FrameRing]:
+def run_reader_for(
+    cam: CameraConfig, seconds: float, layout: RingLayout, until: Callable[[FrameRing], bool] | None = None
+) -> tuple[list, FrameRing]:
+    """Run a reader in a thread for `seconds`, or until `until(ring)` holds; returns what it wrote."""
     ring = FrameRing.create(f"vistream-test-{uuid.uuid4().hex[:8]}", layout)
     stop = StopFlag()
     spec = ReaderSpec(cam, ring.name, threading.Semaphore(0))
@@ -47,7 +51,7 @@ def run_reader_for(cam: CameraConfig, seconds: float, layout: RingLayout) -> tup
     into = np.empty((layout.height, layout.width, 3), np.uint8)
     thread.start()
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (until and until(ring)):
         meta = consumer.take(into)
         if meta is not None:
             seen.append((meta, int(into[layout.height // 2, layout.width // 2, 0])))
@@ -87,19 +91,22 @@ def test_resolution_change_mid_stream_is_handled(tmp_path: Path, cleanup: list[F
 
 
 def test_file_source_loops_and_is_paced(tmp_path: Path, cleanup: list[FrameRing]) -> None:
-    """1. A 0.6 s clip at 25 fps is read for 2 s at detect_fps 25.
-    2. It loops (more frames than the clip has) at about its native rate (not as fast as
-       the decoder can go), stays `streaming` across the loop, and looping is not a reconnect."""
+    """1. A 0.6 s clip at 25 fps is read at detect_fps 25 until it has looped twice.
+    2. It loops (more frames than the clip has), never faster than its native rate (unpaced,
+       the decoder would go through hundreds a second), stays `streaming` across the loops,
+       and looping is not a reconnect. (The rate itself is measured by the benchmark.)"""
     clip = tmp_path / "short.h264"
     encode_raw_h264(clip, [(160, 120)], frames_each=15)
     cam = CameraConfig(name="short", url=str(clip), detect_fps=25)
-    _, ring = run_reader_for(cam, 2.0, RingLayout(4, 64, 64))
+    t0 = time.monotonic()
+    _, ring = run_reader_for(cam, 60.0, RingLayout(4, 64, 64), until=lambda r: int(r.header["head"]) > 30)
+    elapsed = time.monotonic() - t0
     cleanup.append(ring)
-    decoded = int(ring.header["frames_decoded"])
-    assert 30 <= decoded <= 60  # ~50 at 25 fps; unpaced it would be hundreds
-    assert int(ring.header["head"]) > 15
+    assert int(ring.header["head"]) > 30
+    assert int(ring.header["frames_decoded"]) <= 25 * elapsed + 25  # paced: at most its native rate
     assert int(ring.header["reconnects"]) == 0
-    assert int(ring.header["state"]) == State.STOPPED or int(ring.header["state"]) == State.STREAMING
+    # The thread ran CameraReader.run, stopped while looping: STOPPED is run_reader's to set.
+    assert int(ring.header["state"]) == State.STREAMING
 
 
 def test_missing_file_backs_off_and_counts_reconnects(tmp_path: Path, cleanup: list[FrameRing]) -> None:
@@ -108,5 +115,6 @@ def test_missing_file_backs_off_and_counts_reconnects(tmp_path: Path, cleanup: l
     seen, ring = run_reader_for(cam, 1.5, RingLayout(4, 64, 64))
     cleanup.append(ring)
     assert seen == []
-    assert int(ring.header["reconnects"]) >= 2
-    assert int(ring.header["errors"]) >= 2
+    assert int(ring.header["errors"]) >= 3
+    # Every failed attempt is an error; every attempt after the first is a reconnect.
+    assert int(ring.header["reconnects"]) == int(ring.header["errors"]) - 1

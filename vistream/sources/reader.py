@@ -70,9 +70,14 @@ class CameraReader:
 
     def run(self) -> None:
         self.hdr["writer_pid"] = os.getpid()
-        looping = False
+        looping, attempts = False, 0
         while not self.stop:
             if not looping:
+                # A reconnect is an attempt after the first: a camera that cannot be reached at
+                # start has made no reconnect yet, and a stop during the backoff makes none.
+                if attempts:
+                    self.hdr["reconnects"] += 1
+                attempts += 1
                 self._state(State.CONNECTING)
             started = time.monotonic()
             try:
@@ -87,7 +92,6 @@ class CameraReader:
             looping = self.cam.is_file and frames > 0
             if looping:
                 continue
-            self.hdr["reconnects"] += 1
             if frames >= 0:
                 log.warning("camera %s: stream ended after %d frames", self.cam.name, frames)
             if time.monotonic() - started > HEALTHY_SESSION_S and frames > 0:
