@@ -28,7 +28,7 @@ from vistream.ops.supervise import RestartBudget
 from vistream.ops.systemd import Notifier
 from vistream.outputs.mqtt import MqttPublisher
 from vistream.outputs.results import ResultPump
-from vistream.ring.naming import instance_id, remove_leftovers, segment_name
+from vistream.ring.naming import instance_id, remove_leftovers, segment_name, shm_shortage
 from vistream.ring.shm import FrameRing, RingLayout, State
 from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME, SchedulerSpec, run_scheduler
 from vistream.scheduler.messages import Fatal, Ready
@@ -46,6 +46,18 @@ SCHEDULER_STALL_S = 60.0  # one batch (or one loop) taking longer than this is a
 READER_GRACE_S = 10.0  # on top of the camera's open/read timeouts before a silent reader counts as hung
 PROGRESS_WINDOW_S = 10.0  # the systemd watchdog is fed only if the scheduler looped this recently
 STATUS_EVERY_S = 5.0
+
+
+class BootError(Exception):
+    """The daemon cannot boot: one line naming the key, and the exit code (2 config, 3 model).
+
+    Raised by a start step; `run()` logs the line (no traceback) and exits with the code,
+    which the unit's RestartPreventExitStatus keeps systemd from restarting.
+    """
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -100,6 +112,9 @@ class Daemon:
             self.start()
             if self.ready:
                 self.loop()
+        except BootError as exc:
+            log.error("%s", exc)
+            self.exit_code = exc.exit_code
         finally:
             self.stop()
         return self.exit_code
@@ -139,6 +154,10 @@ class Daemon:
         self._layout = RingLayout(RING_SLOTS, h, w)
         self._rings: dict[str, FrameRing] = {}
         self._stack.callback(self._unlink_rings)
+        # tmpfs allocates on write: rings that do not fit would kill a reader with SIGBUS later.
+        shortage = shm_shortage(len(self.cfg.enabled_cameras) * self._layout.total_bytes)
+        if shortage:
+            raise BootError(2, shortage)
         for cam in self.cfg.enabled_cameras:
             self._rings[cam.name] = FrameRing.create(segment_name(self.instance, cam.name), self._layout)
 

@@ -133,14 +133,14 @@ def test_attach_sees_the_same_memory(ring: FrameRing) -> None:
 
 def test_remove_leftovers_only_removes_dead_owners(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """1. Segments of this instance owned by a dead pid are unlinked at start-up.
-    2. Segments of a live owner (here: ourselves) and of other instances are left alone."""
+    2. Segments of a live owner (here: ourselves, once created) and of other instances are left alone."""
     instance = f"t{uuid.uuid4().hex[:6]}"
     dead_pid = 2**22 + 12345  # above the default pid_max: never a live process
     dead = FrameRing.create(segment_name(instance, "cam", pid=dead_pid), LAYOUT)
     mine = FrameRing.create(segment_name(instance, "cam"), LAYOUT)
     other = FrameRing.create(segment_name(instance + "x", "cam", pid=dead_pid), LAYOUT)
     try:
-        assert remove_leftovers(instance) == [dead.name]
+        assert remove_leftovers(instance, own={mine.name}) == [dead.name]
         with pytest.raises(FileNotFoundError):
             FrameRing.attach(dead.name)
     finally:
