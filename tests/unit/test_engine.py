@@ -1,0 +1,187 @@
+"""The event engine (vistream/events/engine.py) on synthetic frames: tracker, geometry and rules together.
+
+Frames are 1920x1080 at 10 fps on a fake clock (`captured_mono` = t, `captured_at` = WALL0 + t).
+The camera `front` has the lower half of the image as zone `driveway` and a vertical line `gate` down
+the middle, drawn top to bottom: its left is the right half of the image, so walking from right to
+left across it is `in`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from vistream.config.models import Config
+from vistream.events.engine import EventEngine, FrameOutcome
+from vistream.scheduler.messages import Detection, FrameResult
+
+WALL0 = 1_763_700_000.0
+NAMES = {0: "person", 2: "car"}
+W, H = 1920, 1080
+
+
+def config(**alerts: dict[str, Any]) -> Config:
+    rules = [{"name": name, **rule} for name, rule in alerts.items()]
+    return Config.model_validate(
+        {
+            "mqtt": {"topic_prefix": "home/vs"},
+            "cameras": [
+                {
+                    "name": "front",
+                    "url": "rtsp://cam.local/front",
+                    "detect_fps": 10,
+                    "zones": {"driveway": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]},
+                    "lines": {"gate": [[0.5, 0], [0.5, 1]]},
+                },
+                {"name": "back", "url": "rtsp://cam.local/back", "detect_fps": 10},
+            ],
+            "alerts": rules,
+        }
+    )
+
+
+DEFAULT_ALERTS: dict[str, dict[str, Any]] = {
+    "person_in_driveway": {"labels": ["person"], "zone": "driveway", "min_duration_s": 1, "end_after_s": 2},
+    "gate_crossing": {"labels": ["person"], "line": "gate", "end_after_s": 2},
+}
+
+
+def engine(counters: dict[tuple[str, str, str], int] | None = None, **alerts: dict[str, Any]) -> EventEngine:
+    ids = (f"ev{i}" for i in itertools.count(1))
+    return EventEngine(config(**(alerts or DEFAULT_ALERTS)), NAMES, counters, new_id=lambda: next(ids))
+
+
+def person_at(x: float, y: float, cls: int = 0, conf: float = 0.9) -> Detection:
+    """A 100 x 200 px box whose bottom-centre is at (x, y) pixels."""
+    return (cls, conf, x - 50, y - 200, x + 50, y)
+
+
+def walk() -> list[tuple[float, float]]:
+    """Bottom-centre positions, 40 px a frame: down into the driveway, left across the gate, up out.
+
+    (1500, 400) -> (1500, 800): enters the zone (y >= 540) at the 4th step, t = 0.4 s
+    (1500, 800) -> (500, 800): crosses the gate (x = 960) at t = 2.4 s
+    (500, 800) -> (500, 400): leaves the zone after t = 4.1 s (y = 560 is the last point in it)
+    """
+    down = [(1500.0, 400.0 + 40 * i) for i in range(10)]
+    left = [(1500.0 - 40 * i, 800.0) for i in range(25)]
+    up = [(500.0, 800.0 - 40 * i) for i in range(11)]
+    return down + left + up
+
+
+def feed(eng: EventEngine, camera: str, frames: list[list[Detection]], t0: float = 0.0) -> list[FrameOutcome]:
+    return [
+        eng.process(FrameResult(camera, i, WALL0 + t0 + i / 10, t0 + i / 10, W, H, dets))
+        for i, dets in enumerate(frames)
+    ]
+
+
+def test_a_person_walking_through_a_zone_and_across_a_line() -> None:
+    """1. A person walks down into the driveway, left across the gate, and up out of it; then 3 s of
+       empty frames.
+    2. Every detection carries track id 1 from the first frame.
+    3. The zone rule starts 1 s after they enter (t = 1.4), updates while they walk (at most once a
+       second), and ends 2 s after the last frame they were in the zone; its active flag goes ON
+       and OFF; one snapshot is requested for the start frame.
+    4. The gate crossing (right to left: `in`) counts 1 on `front/gate/in` and starts the line
+       rule's event, which ends 2 s later.
+    """
+    eng = engine()
+    frames = [[person_at(x, y)] for x, y in walk()] + [[] for _ in range(30)]
+    outcomes = feed(eng, "front", frames)
+
+    assert {o.track_id for out in outcomes for o in out.objects} == {1}
+    events = [(i / 10, ev) for i, out in enumerate(outcomes) for ev in out.events]
+    zone = [(t, ev.type) for t, ev in events if ev.rule == "person_in_driveway"]
+    assert zone[0] == (1.4, "start") and zone[-1][1] == "end"
+    updates = [t for t, kind in zone if kind == "update"]
+    assert updates and all(b - a >= 1 for a, b in itertools.pairwise([1.4, *updates]))
+    end = next(ev for _, ev in events if ev.type == "end" and ev.rule == "person_in_driveway")
+    assert end.ended_at == WALL0 + 4.1 and zone[-1][0] == 6.1
+    line = [(t, ev.type, ev.count) for t, ev in events if ev.rule == "gate_crossing"]
+    assert line == [(2.4, "start", 1), (4.4, "end", 1)]
+
+    actives = [(i / 10, *a) for i, out in enumerate(outcomes) for a in out.active]
+    assert actives == [
+        (1.4, "front", "person_in_driveway", True),
+        (2.4, "front", "gate_crossing", True),
+        (4.4, "front", "gate_crossing", False),
+        (6.1, "front", "person_in_driveway", False),
+    ]
+    counters = [(i / 10, *c) for i, out in enumerate(outcomes) for c in out.counters]
+    assert counters == [(2.4, "front", "gate", "in", 1)]
+    snapshots = [s for out in outcomes for s in out.snapshots]
+    assert [(s.rule, s.seq, s.event_id) for s in snapshots] == [
+        ("person_in_driveway", 14, "ev1"),
+        ("gate_crossing", 24, "ev2"),
+    ]
+
+
+def test_event_payload_names_the_snapshot_topic() -> None:
+    """A start event's payload has the spec's fields and names `{prefix}/{camera}/{rule}/snapshot`."""
+    eng = engine()
+    out = feed(eng, "front", [[person_at(1000, 900)]] * 11)
+    start = next(ev for o in out for ev in o.events)
+    payload = start.payload()
+    assert payload["snapshot"] == "home/vs/front/person_in_driveway/snapshot"
+    assert payload["track_id"] == 1 and payload["label"] == "person" and payload["zone"] == "driveway"
+    assert payload["box"] == [950.0, 700.0, 1050.0, 900.0] and payload["started_at"] == WALL0 + 1.0
+
+
+def test_counters_are_restored_and_go_on() -> None:
+    """1. The engine starts with counters restored from a previous run: 41 in, 7 out.
+    2. A person crosses right to left (in), then back (out): 42 and 8, never back to 0.
+    """
+    eng = engine(counters={("front", "gate", "in"): 41, ("front", "gate", "out"): 7})
+    assert eng.counters == {("front", "gate", "in"): 41, ("front", "gate", "out"): 7}
+    there = [(1100.0 - 40 * i, 800.0) for i in range(8)]
+    outcomes = feed(eng, "front", [[person_at(x, y)] for x, y in there + there[::-1]])
+    changes = [c for out in outcomes for c in out.counters]
+    assert changes == [("front", "gate", "in", 42), ("front", "gate", "out", 8)]
+    assert eng.counters == {("front", "gate", "in"): 42, ("front", "gate", "out"): 8}
+
+
+def test_counters_count_the_labels_of_the_rules_on_the_line() -> None:
+    """A car crosses the gate beside a person: the person-only rule on the gate counts the person only;
+    without any rule on the gate, both count."""
+    two = [[person_at(1100 - 40 * i, 800), person_at(1100 - 40 * i, 300, cls=2)] for i in range(8)]
+    person_only = feed(engine(), "front", two)
+    assert [c for out in person_only for c in out.counters] == [("front", "gate", "in", 1)]
+    no_line_rule = engine(zone_only=DEFAULT_ALERTS["person_in_driveway"])
+    any_label = feed(no_line_rule, "front", two)
+    assert [c for out in any_label for c in out.counters] == [("front", "gate", "in", 2)]
+
+
+def test_cameras_without_rules_get_track_ids_and_unknown_cameras_none() -> None:
+    """1. Camera `back` has no zones, lines or rules: its objects still get track ids, no events.
+    2. A frame of a camera that is not in the config gets its objects back without track ids.
+    """
+    eng = engine()
+    outcomes = feed(eng, "back", [[person_at(300 + 20 * i, 900), person_at(1500, 600)] for i in range(5)])
+    assert [[o.track_id for o in out.objects] for out in outcomes] == [[1, 2]] * 5
+    assert not any(out.events or out.counters or out.active for out in outcomes)
+    stranger = feed(eng, "garage", [[person_at(300, 900)]])[0]
+    assert [o.track_id for o in stranger.objects] == [None]
+    assert stranger.objects[0].payload() == {
+        "label": "person",
+        "class_id": 0,
+        "confidence": 0.9,
+        "box": [250.0, 700.0, 350.0, 900.0],
+        "track_id": None,
+    }
+
+
+def test_tick_ends_events_when_the_camera_goes_quiet() -> None:
+    """1. A person stands in the driveway for 2 s: the zone event starts at 1 s.
+    2. The camera stops sending frames; tick() 1.9 s after the last frame ends nothing, at 2 s it
+       ends the event and reports the rule inactive.
+    """
+    eng = engine()
+    outcomes = feed(eng, "front", [[person_at(1000, 900)]] * 21)
+    assert [ev.type for out in outcomes for ev in out.events] == ["start"]
+    assert eng.active_states() == [("front", "person_in_driveway", True), ("front", "gate_crossing", False)]
+    assert eng.tick(3.9).events == []
+    out = eng.tick(4.0)
+    assert [ev.type for ev in out.events] == ["end"] and out.active == [
+        ("front", "person_in_driveway", False)
+    ]

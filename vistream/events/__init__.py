@@ -1,0 +1,1 @@
+"""Tracking, zones and lines, alert rules: frames' detections in, events out (main process)."""

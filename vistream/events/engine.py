@@ -1,0 +1,218 @@
+"""The event engine: one call per inferred frame -> tracked objects, events, active flags, counters.
+
+It runs in the main process, where results arrive in capture order per camera. Per camera it
+keeps a `CameraTracker`, the camera's zones and lines, and one rule state machine per alert rule
+that applies there. It is pure apart from the tracker: clocks come from the frames (`captured_mono`
+for durations, `captured_at` for payloads) and from the caller (`tick`).
+
+Line counters `{camera}/{line}/{direction}` count every crossing, in and out, by a tracked object
+whose label matches a rule on that line (the union of their labels; any label when one of them
+names none or no rule uses the line). They start from the values given at construction (restored
+from the state directory), so a counter never goes back to 0 because the daemon restarted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vistream.config.models import AlertRule, CameraConfig, Config
+from vistream.events.geometry import XY, Box, Direction, Line, LineCrossings, Zone, anchor
+from vistream.events.rules import Clock, Event, RuleMachine, Seen, accepts, machine_for, new_event_id
+from vistream.events.tracking import CameraTracker, TrackerSettings
+from vistream.scheduler.messages import FrameResult
+
+CounterKey = tuple[str, str, str]  # camera, line, direction
+
+
+@dataclass(frozen=True)
+class TrackedObject:
+    """One detection of a frame with the id of its track (None while no confirmed track holds it)."""
+
+    label: str
+    class_id: int
+    confidence: float
+    box: Box
+    track_id: int | None
+
+    def payload(self) -> dict[str, Any]:
+        """The object as the detections payload shows it."""
+        return {
+            "label": self.label,
+            "class_id": self.class_id,
+            "confidence": round(self.confidence, 3),
+            "box": [round(v, 1) for v in self.box],
+            "track_id": self.track_id,
+        }
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """Render frame `seq` of `camera` with this box and label: the picture of an event's start."""
+
+    camera: str
+    rule: str
+    seq: int
+    event_id: str
+    box: Box | None
+    label: str | None
+    confidence: float
+
+
+@dataclass
+class FrameOutcome:
+    """What one frame (or a tick) caused."""
+
+    objects: list[TrackedObject] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    active: list[tuple[str, str, bool]] = field(default_factory=list)  # camera, rule, now active
+    counters: list[tuple[str, str, str, int]] = field(default_factory=list)  # camera, line, dir, value
+    snapshots: list[SnapshotRequest] = field(default_factory=list)
+
+    def add_events(self, machine: RuleMachine, events: list[Event], was_active: bool) -> None:
+        self.events += events
+        self.snapshots += [_snapshot(ev) for ev in events if ev.type == "start"]
+        if machine.active != was_active:
+            self.active.append((machine.camera, machine.rule.name, machine.active))
+
+
+def _snapshot(ev: Event) -> SnapshotRequest:
+    return SnapshotRequest(ev.camera, ev.rule, ev.seq, ev.id, ev.box, ev.label, ev.max_confidence)
+
+
+class _Camera:
+    """One camera's tracker, geometry and rules."""
+
+    def __init__(
+        self, cam: CameraConfig, machines: list[RuleMachine], line_labels: dict[str, set[str] | None]
+    ):
+        self.name = cam.name
+        self.tracker = CameraTracker(cam.detect_fps, TrackerSettings())
+        self.zones = {name: Zone(name, points) for name, points in cam.zones.items()}
+        self.lines = {name: LineCrossings(Line(name, p1, p2)) for name, (p1, p2) in cam.lines.items()}
+        self.line_labels = line_labels
+        self.machines = machines
+
+
+class EventEngine:
+    """Tracks objects and evaluates the alert rules of every enabled camera, frame by frame."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        names: dict[int, str],
+        counters: Mapping[CounterKey, int] | None = None,
+        new_id: Callable[[], str] = new_event_id,
+    ) -> None:
+        self.names = names
+        self._counters: dict[CounterKey, int] = {}
+        self._cameras: dict[str, _Camera] = {}
+        prefix = cfg.mqtt.topic_prefix
+        for cam in cfg.enabled_cameras:
+            rules = [r for r in cfg.alerts if cam.name in cfg.rule_cameras(r)]
+            machines = [
+                machine_for(cam.name, r, f"{prefix}/{cam.name}/{r.name}/snapshot", new_id) for r in rules
+            ]
+            labels = {line: _line_labels(line, rules) for line in cam.lines}
+            self._cameras[cam.name] = _Camera(cam, machines, labels)
+            for line in cam.lines:
+                for direction in ("in", "out"):
+                    key = (cam.name, line, direction)
+                    self._counters[key] = (counters or {}).get(key, 0)
+
+    @property
+    def counters(self) -> dict[CounterKey, int]:
+        """Every line counter of the enabled cameras, (camera, line, direction) -> crossings."""
+        return dict(self._counters)
+
+    def active_states(self) -> list[tuple[str, str, bool]]:
+        """(camera, rule, active) for every rule on every camera, e.g. to publish at start."""
+        return [(c.name, m.rule.name, m.active) for c in self._cameras.values() for m in c.machines]
+
+    def process(self, frame: FrameResult) -> FrameOutcome:
+        """Track the frame's detections and run the camera's rules on them."""
+        cam = self._cameras.get(frame.camera)
+        if cam is None:  # not an enabled camera of this config: objects without tracks, nothing else
+            return FrameOutcome(objects=self._objects(frame, [None] * len(frame.detections)))
+        out = FrameOutcome(
+            objects=self._objects(frame, cam.tracker.update(frame.detections, frame.captured_mono))
+        )
+        points = {
+            i: anchor(o.box, frame.width, frame.height)
+            for i, o in enumerate(out.objects)
+            if o.track_id is not None
+        }
+        crossings = self._cross(cam, out, points)
+        clock = Clock(frame.seq, frame.captured_at, frame.captured_mono)
+        for machine in cam.machines:
+            seen = _seen(cam, machine.rule, out.objects, points, crossings)
+            was_active = machine.active
+            out.add_events(machine, machine.step(clock, seen), was_active)
+        return out
+
+    def tick(self, now_mono: float) -> FrameOutcome:
+        """End the events of cameras whose frames stopped coming (call it about once a second)."""
+        out = FrameOutcome()
+        for cam in self._cameras.values():
+            for machine in cam.machines:
+                was_active = machine.active
+                out.add_events(machine, machine.tick(now_mono), was_active)
+        return out
+
+    def _objects(self, frame: FrameResult, track_ids: list[int | None]) -> list[TrackedObject]:
+        return [
+            TrackedObject(self.names.get(cls, str(cls)), cls, conf, (x1, y1, x2, y2), track_id)
+            for (cls, conf, x1, y1, x2, y2), track_id in zip(frame.detections, track_ids, strict=True)
+        ]
+
+    def _cross(self, cam: _Camera, out: FrameOutcome, points: dict[int, XY]) -> dict[str, list[Seen]]:
+        """The crossings of each line in this frame; counts them."""
+        crossings: dict[str, list[Seen]] = {}
+        changed: dict[CounterKey, int] = {}
+        for name, line in cam.lines.items():
+            line.forget(cam.tracker.removed)
+            crossings[name] = []
+            for i, point in points.items():
+                obj = out.objects[i]
+                assert obj.track_id is not None
+                direction = line.update(obj.track_id, point)
+                if direction is None:
+                    continue
+                crossings[name].append(_as_seen(obj, direction))
+                labels = cam.line_labels[name]
+                if labels is None or obj.label in labels:
+                    key = (cam.name, name, direction)
+                    changed[key] = self._counters[key] = self._counters[key] + 1
+        out.counters += [(*key, value) for key, value in changed.items()]
+        return crossings
+
+
+def _as_seen(obj: TrackedObject, direction: Direction | None = None) -> Seen:
+    return Seen(obj.track_id, obj.label, obj.confidence, obj.box, direction)
+
+
+def _seen(
+    cam: _Camera,
+    rule: AlertRule,
+    objects: list[TrackedObject],
+    points: dict[int, XY],
+    crossings: dict[str, list[Seen]],
+) -> list[Seen]:
+    """What holds for `rule` in this frame: tracked objects it accepts where it looks, or crossings."""
+    if rule.line is not None:
+        return [s for s in crossings[rule.line] if accepts(rule, s.label, s.confidence)]
+    zone = cam.zones[rule.zone] if rule.zone is not None else None
+    return [
+        _as_seen(objects[i])
+        for i, point in points.items()
+        if accepts(rule, objects[i].label, objects[i].confidence) and (zone is None or zone.covers(point))
+    ]
+
+
+def _line_labels(line: str, rules: list[AlertRule]) -> set[str] | None:
+    """The labels a line's counters count: those of its rules; None (any) when one takes any label."""
+    using = [r for r in rules if r.line == line]
+    if not using or any(r.labels is None for r in using):
+        return None
+    return {label for r in using for label in r.labels or []}
