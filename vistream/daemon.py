@@ -9,16 +9,18 @@ Every stop step has a deadline; together they fit in systemd's 10 s.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from vistream.config.models import CameraConfig, Config
+from vistream.config.models import CameraConfig, Config, ConfigError
 from vistream.config.secrets import mqtt_password
 from vistream.ops.logs import LogHub
 from vistream.ops.process import SPAWN, Child, StopFlag
@@ -46,6 +48,9 @@ SCHEDULER_STALL_S = 60.0  # one batch (or one loop) taking longer than this is a
 READER_GRACE_S = 10.0  # on top of the camera's open/read timeouts before a silent reader counts as hung
 PROGRESS_WINDOW_S = 10.0  # the systemd watchdog is fed only if the scheduler looped this recently
 STATUS_EVERY_S = 5.0
+# What a scheduler exits with when it cannot load the model (3) or the config does not fit the
+# model (2): its own verdict, final however often it is restarted.
+CANNOT_BOOT = (2, 3)
 
 
 class BootError(Exception):
@@ -168,7 +173,12 @@ class Daemon:
         self._rings.clear()
 
     def _init_mqtt(self) -> None:
-        self.mqtt = MqttPublisher(self.cfg.mqtt, mqtt_password(self.cfg.mqtt))
+        try:
+            self.mqtt = MqttPublisher(self.cfg.mqtt, mqtt_password(self.cfg.mqtt))
+        except ConfigError as exc:  # an unreadable password file or credential
+            raise BootError(2, str(exc)) from None
+        except (ssl.SSLError, OSError, ValueError) as exc:  # files that exist but are no TLS material
+            raise BootError(2, f"mqtt.tls: cannot use the certificate or key files: {exc}") from None
         self.mqtt.start()
         self._stack.callback(self.mqtt.stop, MQTT_GOODBYE_S)
 
@@ -182,7 +192,14 @@ class Daemon:
             return
         from vistream.ops.metrics import serve_metrics
 
-        server = serve_metrics(self, self.cfg.metrics.host, self.cfg.metrics.port)
+        host, port = self.cfg.metrics.host, self.cfg.metrics.port
+        try:
+            server = serve_metrics(self, host, port)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise BootError(2, f"metrics.port: {host}:{port} is in use") from None
+            reason = exc.strerror or exc
+            raise BootError(2, f"metrics.host: cannot listen on {host}:{port}: {reason}") from None
         self.metrics_port = server.server_port
         log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.metrics_port)
         self._stack.callback(server.server_close)
@@ -276,6 +293,11 @@ class Daemon:
             )
         self._drain_stats()
         self._supervise_scheduler(now)
+        if self.fatal:  # the model cannot be loaded (again): reloading forever would not help
+            log.error("%s", self.fatal.message)
+            self.exit_code = self.fatal.exit_code
+            self.stop_flag.set()
+            return
         for rt in self.cameras.values():
             self._supervise_reader(rt, now)
             self._set_online(rt, self._is_online(rt, now))
@@ -321,9 +343,17 @@ class Daemon:
         if hung:
             log.error("scheduler made no progress for %.0fs: killing it", SCHEDULER_STALL_S)
             sched.child.stop(1.0)
-        if sched.child.alive or not self._sched_budget.take():
+        if sched.child.alive:
             return
-        log.error("scheduler exited (code %s): starting a new one", sched.child.exitcode)
+        code = sched.child.exitcode
+        if code in CANNOT_BOOT:
+            if not self.fatal:
+                self.stop_flag.sleep(0.5)  # its last words (a Fatal with the key) may still be queued
+            self.fatal = self.fatal or Fatal(code, f"the scheduler exited with code {code} loading the model")
+            return
+        if not self._sched_budget.take():
+            return
+        log.error("scheduler exited (code %s): starting a new one", code)
         self._drain_stats()
         self._sched_base = self._sched_base.merged(sched.latest)
         sched.child.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,24 @@ def test_unknown_class_exits_2(tmp_path: Path, samples_dir: Path, model_path: Pa
     r = vistream("run", "-c", str(write(tmp_path, cfg)))
     assert r.returncode == 2, r.stderr
     assert "model.classes[1]: unknown class 'unicorn'" in r.stderr
+
+
+def test_metrics_port_in_use_exits_2_with_one_line(tmp_path: Path, samples_dir: Path) -> None:
+    """1. Something already listens on the metrics port (another daemon, an exporter).
+    2. `run` exits 2 (systemd: do not restart) with one line naming the key and the address,
+       no traceback, and leaves no shared memory behind."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        client = "itestport"
+        cfg = {
+            "mqtt": {"port": 1, "client_id": client},
+            "metrics": {"host": "127.0.0.1", "port": port},
+            "cameras": [{"name": "a", "url": str(samples_dir / "crowd-480p.mp4")}],
+        }
+        r = vistream("run", "-c", str(write(tmp_path, cfg)))
+    assert r.returncode == 2, r.stderr
+    assert f"metrics.port: 127.0.0.1:{port} is in use" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not list(Path("/dev/shm").glob(f"vistream.{client}.*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -109,4 +110,31 @@ def test_killed_daemon_leaves_no_process_or_shared_memory(
         assert again.proc is not None
         assert {p.name.split(".")[2] for p in segments} == {str(again.proc.pid)}
         assert again.terminate()[0] == 0
+    assert not list(Path("/dev/shm").glob(f"vistream.{prefix}.*"))
+
+
+def test_model_that_fails_after_a_scheduler_restart_ends_the_daemon_with_3(
+    tmp_path: Path, samples_dir: Path, mosquitto: Mosquitto, model_path: Path
+) -> None:
+    """1. A daemon runs on its own copy of the model and publishes.
+    2. The model file is corrupted (a botched update) and the scheduler is SIGKILLed.
+    3. The new scheduler cannot load the model: the daemon exits 3 (systemd: do not restart)
+       with the reason in one line, instead of reloading the model forever."""
+    prefix = "itestreload"
+    model = tmp_path / "model.pt"
+    shutil.copy(model_path, model)
+    cfg = base_config(model, mosquitto.port, free_port(), prefix, file_cameras(samples_dir, "a"))
+    with (
+        Subscriber(mosquitto.host, mosquitto.port, f"{prefix}/#") as sub,
+        DaemonProcess(cfg, tmp_path) as daemon,
+    ):
+        sub.wait_for(lambda m: m.topic == f"{prefix}/a/detections", timeout=90)
+        model.write_bytes(b"not a model")
+        scheduler = child(daemon, "scheduler")
+        scheduler.send_signal(signal.SIGKILL)
+        assert daemon.proc is not None
+        code = daemon.proc.wait(120)
+        assert code == 3, daemon.log[-3000:]
+        assert "model.path: cannot load" in daemon.log
+        assert daemon.log.count("scheduler exited") == 1  # one restart, not a reload loop
     assert not list(Path("/dev/shm").glob(f"vistream.{prefix}.*"))
