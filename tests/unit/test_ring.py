@@ -1,4 +1,4 @@
-"""The shared-memory ring protocol: one writer, one consumer, no locks."""
+"""The shared-memory ring protocol: one writer, one consumer, no locks; holds and snapshot planes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from vistream.ring.naming import remove_leftovers, segment_name
-from vistream.ring.shm import FrameRing, RingConsumer, RingLayout
+from vistream.ring.shm import HOLD_TTL_S, FrameRing, RingConsumer, RingLayout
 
-LAYOUT = RingLayout(n_slots=3, height=8, width=12)
+LAYOUT = RingLayout(n_slots=3, height=8, width=12, plane_width=16, plane_height=8)
 
 
 @pytest.fixture
@@ -22,12 +22,16 @@ def ring() -> Iterator[FrameRing]:
     r.unlink()
 
 
-def write(ring: FrameRing, value: int, mono: float = 0.0) -> int:
-    img = ring.begin()
+def write(ring: FrameRing, value: int, mono: float = 0.0, now: float | None = None) -> int:
+    """Frame `value`: all its model-input and plane bytes are `value % 256`, captured at `mono` (default
+    `value`), written at `now` (default: when captured)."""
+    mono = mono or float(value)
+    img = ring.begin(now=mono if now is None else now)
     img[...] = value % 256
+    ring.plane_buffer(16, 8)[...] = value % 256
     return ring.commit(
-        captured_at=1000.0 + value, captured_mono=mono or float(value), width=1920, height=1080,
-        scale=0.5, pad_x=0.0, pad_y=4.0,
+        captured_at=1000.0 + value, captured_mono=mono, width=1920, height=1080,
+        scale=0.5, pad_x=0.0, pad_y=4.0, plane_width=16, plane_height=8,
     )  # fmt: skip
 
 
@@ -148,3 +152,200 @@ def test_remove_leftovers_only_removes_dead_owners(tmp_path) -> None:  # type: i
             r.close()
         for r in (mine, other):
             r.unlink()
+
+
+# -- holds and snapshot planes -------------------------------------------------
+# Frames here come at 30 fps (frame v captured at v/30 s), so holds do not age out unless a test says so.
+
+
+def take_held(ring: FrameRing, consumer: RingConsumer | None = None) -> int:
+    """The scheduler takes the newest frame and holds it; returns its seq."""
+    consumer = consumer or RingConsumer(ring)
+    consumer.last_seq = min(consumer.last_seq, ring.head - 1)
+    meta = consumer.take(np.empty((8, 12, 3), np.uint8), hold=True)
+    assert meta is not None
+    return meta.seq
+
+
+def plane_of(ring: FrameRing, seq: int) -> int | None:
+    """The value frame `seq`'s plane was written with, or None when the ring lost the frame."""
+    got = ring.read_plane(seq)
+    if got is None:
+        return None
+    plane, meta = got
+    assert plane.shape == (12, 16) and (meta.seq, meta.plane_width, meta.plane_height) == (seq, 16, 8)
+    assert (plane == plane[0, 0]).all(), "plane mixes two frames"
+    return int(plane[0, 0])
+
+
+def test_held_frame_survives_many_newer_writes(ring: FrameRing) -> None:
+    """1. The scheduler takes frame 1 and holds it.
+    2. The writer commits 100 newer frames into the 3-slot ring (the camera at 30 fps, the result late).
+    3. The main process still reads frame 1's plane, and nothing was overwritten for want of a slot;
+       the scheduler goes on taking the newest frames."""
+    write(ring, 1, mono=1 / 30)
+    consumer = RingConsumer(ring)
+    consumer.last_seq = 0
+    assert take_held(ring, consumer) == 1
+    for v in range(2, 102):
+        write(ring, v, mono=v / 30)
+    assert plane_of(ring, 1) == 1
+    assert int(ring.header["holds_broken"]) == 0 and int(ring.header["snapshots_lost"]) == 0
+    into = np.empty((8, 12, 3), np.uint8)
+    meta = consumer.take(into)
+    assert meta is not None and meta.seq == 101 and (into == 101).all()
+
+
+def test_writer_takes_the_oldest_slot_that_is_neither_newest_nor_held() -> None:
+    """1. Frames 1 and 2 are written into a 4-slot ring; the scheduler holds 2; frames 3 and 4 follow.
+    2. Frame 5 replaces frame 1 (the oldest), frame 6 replaces 3 (2 is held), 7 replaces 4, 8 replaces 5:
+       the held frame and the newest one are never chosen."""
+    ring = FrameRing.create(f"vistream-test-{uuid.uuid4().hex[:8]}", RingLayout(4, 8, 12, 3, 16, 8))
+    try:
+        write(ring, 1, mono=1 / 30)
+        write(ring, 2, mono=2 / 30)
+        take_held(ring)
+        write(ring, 3, mono=3 / 30)
+        write(ring, 4, mono=4 / 30)
+        slot_of = {seq: ring._find(seq) for seq in (1, 2, 3, 4)}
+        for new, replaced in ((5, 1), (6, 3), (7, 4), (8, 5)):
+            before = ring._find(replaced)
+            write(ring, new, mono=new / 30)
+            assert ring._find(new) == before and ring._find(replaced) is None
+        assert ring._find(2) == slot_of[2] and plane_of(ring, 2) == 2
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+@pytest.mark.parametrize(
+    ("age", "survives"),
+    [
+        (HOLD_TTL_S - 0.5, True),  # a result late by seconds: still held
+        (HOLD_TTL_S + 0.5, False),  # its holder is gone or forgot it: the writer takes the slot back
+    ],
+)
+def test_stale_hold_is_ignored(ring: FrameRing, age: float, survives: bool) -> None:
+    """1. Frames 1-3 fill the 3-slot ring; the scheduler holds 3 (captured at 3/30 s); frames 4 and 5 follow.
+    2. Frame 6 arrives when frame 3 is `age` seconds old.
+    3. Within HOLD_TTL_S the hold keeps frame 3 (frame 4 is replaced); past it the hold is ignored,
+       frame 3 (the oldest) is replaced and the expiry is counted."""
+    for v in (1, 2, 3):
+        write(ring, v, mono=v / 30)
+    take_held(ring)
+    write(ring, 4, mono=4 / 30)
+    write(ring, 5, mono=5 / 30)
+    write(ring, 6, mono=6 / 30, now=3 / 30 + age)
+    assert (plane_of(ring, 3) == 3) is survives
+    assert (plane_of(ring, 4) == 4) is not survives
+    assert int(ring.header["holds_expired"]) == (0 if survives else 1)
+    assert int(ring.header["holds_broken"]) == 0
+
+
+def test_all_held_overwrites_the_oldest_held_frame(ring: FrameRing) -> None:
+    """1. The scheduler holds frames 1 and 2; frame 3 is the newest: no slot of the 3 is free.
+    2. Frame 4 must go somewhere: it replaces the oldest held frame (1), counted as a broken hold.
+    3. The main process asking for frame 1 gets None (counted as a lost snapshot), never frame 4;
+       frame 2 is still there."""
+    write(ring, 1, mono=1 / 30)
+    consumer = RingConsumer(ring)
+    consumer.last_seq = 0
+    take_held(ring, consumer)
+    write(ring, 2, mono=2 / 30)
+    take_held(ring, consumer)
+    write(ring, 3, mono=3 / 30)
+    write(ring, 4, mono=4 / 30)
+    assert int(ring.header["holds_broken"]) == 1
+    assert plane_of(ring, 1) is None
+    assert int(ring.header["snapshots_lost"]) == 1
+    assert plane_of(ring, 2) == 2
+
+
+@pytest.mark.parametrize("how", ["release", "release_all", "unhold"])
+def test_released_frame_is_reused(ring: FrameRing, how: str) -> None:
+    """1. The scheduler holds frame 1.
+    2. The main process releases it (its result is handled; or all holds, when the scheduler was
+       replaced), or the scheduler gives the hold up (its result could not be handed off).
+    3. The writer reuses the slot like any other: after 3 more frames, frame 1 is gone."""
+    write(ring, 1, mono=1 / 30)
+    take_held(ring)
+    if how == "unhold":
+        ring.unhold(1)
+    else:
+        attached = FrameRing.attach(ring.name)  # the main process has its own mapping
+        try:
+            attached.release(1) if how == "release" else attached.release_all()
+        finally:
+            attached.close()
+    for v in (2, 3, 4):
+        write(ring, v, mono=v / 30)
+    assert plane_of(ring, 1) is None
+    assert int(ring.header["holds_broken"]) == 0
+
+
+def test_taking_nothing_new_keeps_the_hold(ring: FrameRing) -> None:
+    """A second take while no newer frame exists returns nothing and leaves the first take's hold alone."""
+    write(ring, 1, mono=1 / 30)
+    consumer = RingConsumer(ring)
+    consumer.last_seq = 0
+    take_held(ring, consumer)
+    assert consumer.take(np.empty((8, 12, 3), np.uint8), hold=True) is None
+    for v in (2, 3, 4, 5):
+        write(ring, v, mono=v / 30)
+    assert plane_of(ring, 1) == 1
+
+
+class TornPlaneRing(FrameRing):
+    """A ring whose writer takes a frame's slot back in the middle of the main process's plane copy."""
+
+    def _copy_plane(self, i: int, nbytes: int) -> np.ndarray:
+        out = super()._copy_plane(i, nbytes)
+        self.release_all()
+        for _ in range(self.layout.n_slots):
+            write(self, self.head + 1, mono=(self.head + 1) / 30)
+        return out
+
+
+def test_torn_plane_read_is_detected() -> None:
+    """1. The main process starts copying held frame 1's plane.
+    2. Meanwhile its hold goes (released) and the writer goes round the ring, over frame 1's slot.
+    3. The version check notices: None and a lost snapshot, not a plane mixing two frames."""
+    ring = TornPlaneRing.create(f"vistream-test-{uuid.uuid4().hex[:8]}", LAYOUT)
+    try:
+        write(ring, 1, mono=1 / 30)
+        take_held(ring)
+        assert ring.read_plane(1) is None
+        assert int(ring.header["snapshots_lost"]) == 1
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+@pytest.mark.parametrize(
+    ("camera", "plane"),
+    [
+        ((1920, 1080), (1280, 720)),
+        ((3840, 2160), (1280, 720)),
+        ((1440, 1080), (960, 720)),  # 4:3
+        ((1920, 1200), (1152, 720)),  # 16:10
+        ((1080, 1920), (404, 720)),  # portrait: 405 rounded down to even
+        ((640, 480), (640, 480)),  # never upscaled
+        ((641, 481), (640, 480)),  # I420 needs even sides
+    ],
+)
+def test_plane_size(camera: tuple[int, int], plane: tuple[int, int]) -> None:
+    """The plane fits 1280x720, keeps the camera's aspect, never upscales, and has even sides."""
+    assert RingLayout(6, 640, 640).plane_size(*camera) == plane
+
+
+def test_ring_without_planes() -> None:
+    """A layout with a 0x0 plane takes no plane memory and asks for no plane."""
+    lay = RingLayout(4, 640, 640, plane_width=0, plane_height=0)
+    assert lay.plane_bytes == 0 and lay.plane_size(1920, 1080) == (0, 0)
+
+
+def test_memory_per_camera() -> None:
+    """What a camera costs in /dev/shm at 6 slots, 640x640 model input, 1280x720 planes (about 15.7 MB)."""
+    lay = RingLayout(6, 640, 640)
+    assert lay.slot_bytes == 64 * 2 + 640 * 640 * 3 + 1280 * 720 * 3 // 2
+    assert lay.total_bytes == 15_668_160

@@ -1,20 +1,36 @@
 """A per-camera frame ring in shared memory: one writer, one consumer, no locks.
 
 The camera's reader process is the only writer; the scheduler is the only
-consumer of frames, and the supervisor only reads the status fields. A segment
-looks like this:
+consumer of frames; the main process reads the snapshot plane of frames whose
+results it handles, and the status fields. A segment looks like this:
 
-    [ring header][slot 0 header][slot 0 image] ... [slot N-1 header][slot N-1 image]
+    [ring header][slot 0 header][slot 0 image][slot 0 plane] ... [slot N-1 ...]
+
+The image is the model input; the plane is the camera frame scaled to fit the
+plane's size (1280x720 by default), I420, for snapshots.
 
 Each slot is guarded seqlock style by its `version`, derived from the frame's
 sequence number so that a writer which died mid-write cannot confuse the next
 one: while frame `s` is being written the slot's version is `2*s - 1` (odd),
 once it is complete it is `2*s` (even). The ring header's `head` is the
-sequence number of the newest complete frame (0: none yet). A consumer reads
-`head`, checks that the slot still holds that frame, copies it, and checks the
-version again; a changed version means the writer lapped it mid-copy (a torn
-read) and the copy is retried with the new head. Nothing is pickled and the
-image is copied once, straight into the caller's batch buffer.
+sequence number of the newest complete frame (0: none yet) and `head_slot` the
+slot it is in. A consumer reads `head`, finds the slot whose version is
+`2*head`, copies it, and checks the version again; a changed version means the
+writer lapped it mid-copy (a torn read) and the copy is retried with the new
+head. Nothing is pickled and the image is copied once, straight into the
+caller's batch buffer.
+
+Holds keep a frame until its results have been handled. The scheduler holds a
+frame's slot when it takes the frame (`held`, written by the scheduler only)
+and the main process releases it when it has handled the frame's result
+(`released`, written by the main process only): a slot is held while
+`held` is its frame's seq and differs from `released`. The writer never
+rewrites the newest frame or a held slot while another slot is free, and it
+takes the slot with the oldest frame, so a held frame survives any number of
+newer ones. A hold older than `HOLD_TTL_S` is ignored (its holder is gone or
+forgot it); with every other slot held the writer overwrites the oldest held
+frame and counts it. The version check, not the hold, proves a copy
+consistent: a reader of a frame the writer took back sees the version change.
 
 Memory ordering: CPython does enough work between two stores that the
 reordering a weakly ordered CPU could do never spans a whole slot copy, and
@@ -24,14 +40,18 @@ x86-64 keeps stores in order anyway; the version check catches the rest.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import ClassVar
 
 import numpy as np
 
-MAGIC = 0x76697374_72656D31  # "vistrem1"
+MAGIC = 0x76697374_72656D32  # "vistrem2": slots with a snapshot plane and holds
 ALIGN = 64
+# A hold on a frame captured longer ago than this is ignored by the writer: a
+# result takes well under a second to reach the main process.
+HOLD_TTL_S = 5.0
 
 HEADER = np.dtype(
     [
@@ -40,7 +60,10 @@ HEADER = np.dtype(
         ("height", "<u4"),
         ("width", "<u4"),
         ("channels", "<u4"),
+        ("plane_width", "<u4"),  # largest snapshot plane a slot holds; 0: no planes
+        ("plane_height", "<u4"),
         ("head", "<u8"),  # seq of the newest complete frame
+        ("head_slot", "<u4"),  # the slot that holds it
         # Status, written by the reader process, read by the supervisor.
         ("writer_pid", "<i8"),
         ("state", "<i4"),
@@ -52,6 +75,11 @@ HEADER = np.dtype(
         ("frames_decoded", "<u8"),
         ("reconnects", "<u8"),
         ("errors", "<u8"),
+        # Holds, counted by the reader: ignored because stale, and overwritten for want of a free slot.
+        ("holds_expired", "<u8"),
+        ("holds_broken", "<u8"),
+        # Written by the main process: snapshots asked for whose frame was no longer in the ring.
+        ("snapshots_lost", "<u8"),
     ],
     align=True,
 )
@@ -67,6 +95,10 @@ SLOT = np.dtype(
         ("pad_x", "<f4"),  # left padding of the letterbox, model pixels
         ("pad_y", "<f4"),  # top padding
         ("motion", "<f4"),  # reserved for motion gating in the reader; -1 = not computed
+        ("plane_width", "<u4"),  # this frame's snapshot plane; 0: none
+        ("plane_height", "<u4"),
+        ("held", "<u8"),  # seq the scheduler holds in this slot (0: none); the scheduler writes it
+        ("released", "<u8"),  # seq whose hold the main process released; the main process writes it
     ],
     align=True,
 )
@@ -96,16 +128,28 @@ def _aligned(n: int) -> int:
 
 @dataclass(frozen=True)
 class RingLayout:
-    """Shape of a ring: how many slots and the model-input image each holds."""
+    """Shape of a ring: how many slots, the model-input image and the largest snapshot plane each holds."""
 
     n_slots: int
     height: int
     width: int
     channels: int = 3
+    plane_width: int = 1280  # 0 x 0: no snapshot planes
+    plane_height: int = 720
+
+    def __post_init__(self) -> None:
+        if self.n_slots < 2:
+            raise ValueError("a ring needs at least 2 slots: the newest frame and the one being written")
+        if self.plane_width % 2 or self.plane_height % 2:
+            raise ValueError("the snapshot plane is I420: its sides must be even")
 
     @property
     def image_bytes(self) -> int:
         return self.height * self.width * self.channels
+
+    @property
+    def plane_bytes(self) -> int:
+        return self.plane_width * self.plane_height * 3 // 2
 
     @property
     def header_bytes(self) -> int:
@@ -113,7 +157,15 @@ class RingLayout:
 
     @property
     def slot_bytes(self) -> int:
-        return _aligned(SLOT.itemsize) + _aligned(self.image_bytes)
+        return _aligned(SLOT.itemsize) + _aligned(self.image_bytes) + _aligned(self.plane_bytes)
+
+    def plane_size(self, width: int, height: int) -> tuple[int, int]:
+        """The snapshot plane of a width x height camera frame: fits the plane, keeps the aspect,
+        never upscales, even sides (I420). (0, 0) when the ring has no planes."""
+        if not self.plane_width or width < 2 or height < 2:
+            return 0, 0
+        scale = min(1.0, self.plane_width / width, self.plane_height / height)
+        return max(2, round(width * scale) // 2 * 2), max(2, round(height * scale) // 2 * 2)
 
     @property
     def total_bytes(self) -> int:
@@ -133,6 +185,8 @@ class FrameMeta:
     pad_x: float
     pad_y: float
     motion: float
+    plane_width: int = 0  # the snapshot plane's size; 0: the frame has none
+    plane_height: int = 0
 
 
 class FrameRing:
@@ -149,21 +203,23 @@ class FrameRing:
             int(self.header["height"]),
             int(self.header["width"]),
             int(self.header["channels"]),
+            int(self.header["plane_width"]),
+            int(self.header["plane_height"]),
         )
         lay = self.layout
         self.slots = []
         self.images = []
+        self.planes = []  # flat I420 buffers; a frame uses the first w*h*3/2 bytes
+        self._writing: int | None = None  # the slot between begin() and commit()
         for i in range(lay.n_slots):
             base = lay.header_bytes + i * lay.slot_bytes
             self.slots.append(np.ndarray((), SLOT, buffer=shm.buf, offset=base))
+            image_at = base + _aligned(SLOT.itemsize)
             self.images.append(
-                np.ndarray(
-                    (lay.height, lay.width, lay.channels),
-                    np.uint8,
-                    buffer=shm.buf,
-                    offset=base + _aligned(SLOT.itemsize),
-                )
+                np.ndarray((lay.height, lay.width, lay.channels), np.uint8, buffer=shm.buf, offset=image_at)
             )
+            plane_at = image_at + _aligned(lay.image_bytes)
+            self.planes.append(np.ndarray((lay.plane_bytes,), np.uint8, buffer=shm.buf, offset=plane_at))
 
     @property
     def name(self) -> str:
@@ -176,6 +232,7 @@ class FrameRing:
         header[...] = 0
         header["n_slots"], header["height"], header["width"] = layout.n_slots, layout.height, layout.width
         header["channels"] = layout.channels
+        header["plane_width"], header["plane_height"] = layout.plane_width, layout.plane_height
         header["magic"] = MAGIC  # last: attachers check it
         del header
         ring = cls(shm, owner=True)
@@ -202,6 +259,7 @@ class FrameRing:
         self.header = None  # type: ignore[assignment]
         self.slots.clear()
         self.images.clear()
+        self.planes.clear()
         self._shm.close()
 
     def unlink(self) -> None:
@@ -209,12 +267,48 @@ class FrameRing:
 
     # -- writer side (the reader process) ----------------------------------------
 
-    def begin(self) -> np.ndarray:
-        """Mark the next slot as being written and return its image to fill."""
-        seq = int(self.header["head"]) + 1
-        i = seq % self.layout.n_slots
-        self.slots[i]["version"] = 2 * seq - 1
+    def begin(self, now: float | None = None) -> np.ndarray:
+        """Mark the next slot as being written and return its image to fill.
+
+        `now` (time.monotonic() by default) dates the holds: older than
+        `HOLD_TTL_S` they are ignored."""
+        i = self._pick_slot(time.monotonic() if now is None else now)
+        self._writing = i
+        self.slots[i]["version"] = 2 * (int(self.header["head"]) + 1) - 1
         return self.images[i]
+
+    def plane_buffer(self, width: int, height: int) -> np.ndarray:
+        """The slot's snapshot plane being written, as an I420 (height*3/2, width) array to fill."""
+        if self._writing is None:
+            raise RuntimeError("plane_buffer() before begin()")
+        lay = self.layout
+        if width > lay.plane_width or height > lay.plane_height or width % 2 or height % 2:
+            raise ValueError(
+                f"a {width}x{height} plane does not fit {lay.plane_width}x{lay.plane_height} I420"
+            )
+        return self.planes[self._writing][: width * height * 3 // 2].reshape(height * 3 // 2, width)
+
+    def _pick_slot(self, now: float) -> int:
+        """The slot for the next frame: never the newest, a held one only when no other is left,
+        and among those the one with the oldest frame."""
+        head_slot = int(self.header["head_slot"]) if int(self.header["head"]) else -1
+        free: list[int] = []
+        held: list[int] = []
+        expired: set[int] = set()
+        for i, slot in enumerate(self.slots):
+            if i == head_slot:
+                continue
+            hold = _hold(slot)
+            if hold and now - float(slot["captured_mono"]) > HOLD_TTL_S:
+                expired.add(i)
+                hold = 0
+            (held if hold else free).append(i)
+        i = min(free or held, key=lambda j: int(self.slots[j]["version"]))
+        if not free:
+            self.header["holds_broken"] += 1
+        elif i in expired:
+            self.header["holds_expired"] += 1
+        return i
 
     def commit(
         self,
@@ -227,15 +321,24 @@ class FrameRing:
         pad_x: float,
         pad_y: float,
         motion: float = -1.0,
+        plane_width: int = 0,
+        plane_height: int = 0,
     ) -> int:
         """Publish the slot filled since `begin()`; returns its sequence number."""
+        i = self._writing
+        if i is None:
+            raise RuntimeError("commit() without begin()")
         seq = int(self.header["head"]) + 1
-        slot = self.slots[seq % self.layout.n_slots]
+        slot = self.slots[i]
         slot["captured_at"], slot["captured_mono"] = captured_at, captured_mono
         slot["width"], slot["height"] = width, height
         slot["scale"], slot["pad_x"], slot["pad_y"], slot["motion"] = scale, pad_x, pad_y, motion
+        slot["plane_width"], slot["plane_height"] = plane_width, plane_height
         slot["version"] = 2 * seq
+        # head_slot before head: a reader that sees the new head sees its slot too (and checks the version).
+        self.header["head_slot"] = i
         self.header["head"] = seq
+        self._writing = None
         return seq
 
     # -- consumer side (the scheduler) ------------------------------------------
@@ -244,6 +347,16 @@ class FrameRing:
     def head(self) -> int:
         return int(self.header["head"])
 
+    def _find(self, seq: int) -> int | None:
+        """The slot that holds complete frame `seq`, if one does; callers copy, then check the version."""
+        i = int(self.header["head_slot"])
+        if i < len(self.slots) and int(self.slots[i]["version"]) == 2 * seq:
+            return i
+        for i, slot in enumerate(self.slots):
+            if int(slot["version"]) == 2 * seq:
+                return i
+        return None
+
     def peek(self) -> tuple[int, float] | None:
         """(seq, captured_mono) of the newest complete frame, without copying it.
 
@@ -251,38 +364,85 @@ class FrameRing:
         checks again.
         """
         head = int(self.header["head"])
-        if head == 0:
+        i = self._find(head) if head else None
+        if i is None:
+            return None  # none yet, or already being rewritten: the next peek sees the newer frame
+        mono = float(self.slots[i]["captured_mono"])
+        if int(self.slots[i]["version"]) != 2 * head:
             return None
-        slot = self.slots[head % self.layout.n_slots]
-        mono = float(slot["captured_mono"])
-        if int(slot["version"]) != 2 * head:
-            return None  # already being rewritten; the next peek sees the newer frame
         return head, mono
 
-    def read(self, into: np.ndarray, retries: int = 3) -> tuple[FrameMeta | None, int]:
-        """Copy the newest complete frame into `into`.
+    def read(
+        self, into: np.ndarray, retries: int = 3, *, hold: bool = False, newer_than: int = 0
+    ) -> tuple[FrameMeta | None, int]:
+        """Copy the newest complete frame into `into`, if it is newer than `newer_than`.
 
-        Returns (meta, torn): meta is None when no consistent frame could be
-        read; torn counts copies that the writer overwrote mid-way.
+        With `hold`, the frame's slot is held before the copy (see `unhold`
+        and `release`). Returns (meta, torn): meta is None when no consistent
+        frame could be read; torn counts copies that the writer overwrote
+        mid-way.
         """
         torn = 0
         for _ in range(retries + 1):
             head = int(self.header["head"])
-            if head == 0:
+            if head <= newer_than:
                 return None, torn
-            i = head % self.layout.n_slots
-            slot = self.slots[i]
-            if int(slot["version"]) != 2 * head:
+            i = self._find(head)
+            if i is None:
                 continue  # lapped between reading head and the slot: try the new head
+            slot = self.slots[i]
+            if hold:
+                slot["held"] = head  # before the copy, so the writer leaves the slot alone from now on
             meta = slot.copy()
             self._copy_image(i, into)
             if int(slot["version"]) == 2 * head:
                 return _meta(head, meta), torn
             torn += 1
+            if hold:
+                slot["held"] = 0
         return None, torn
+
+    def unhold(self, seq: int) -> None:
+        """The scheduler gives up its hold on `seq`: the frame's result will never reach the main process."""
+        for slot in self.slots:
+            if int(slot["held"]) == seq:
+                slot["held"] = 0
+
+    # -- main process side -------------------------------------------------------
+
+    def release(self, seq: int) -> None:
+        """The result of frame `seq` has been handled: the writer may reuse its slot."""
+        for slot in self.slots:
+            if int(slot["held"]) == seq:
+                slot["released"] = seq
+
+    def release_all(self) -> None:
+        """Drop every hold (the scheduler that made them was replaced)."""
+        for slot in self.slots:
+            slot["released"] = slot["held"]
+
+    def read_plane(self, seq: int) -> tuple[np.ndarray, FrameMeta] | None:
+        """A copy of frame `seq`'s snapshot plane, I420 as a (h*3/2, w) array, and the frame's meta.
+
+        None when the ring no longer has that frame (counted in
+        `snapshots_lost`): its slot was overwritten before or during the copy.
+        """
+        i = self._find(seq)
+        if i is not None:
+            slot = self.slots[i]
+            meta = _meta(seq, slot.copy())
+            w, h = meta.plane_width, meta.plane_height
+            plane = self._copy_plane(i, w * h * 3 // 2)
+            if w and int(slot["version"]) == 2 * seq:
+                return plane.reshape(h * 3 // 2, w), meta
+        self.header["snapshots_lost"] += 1
+        return None
 
     def _copy_image(self, i: int, into: np.ndarray) -> None:
         np.copyto(into, self.images[i])
+
+    def _copy_plane(self, i: int, nbytes: int) -> np.ndarray:
+        return self.planes[i][:nbytes].copy()
 
 
 def _meta(seq: int, rec: np.ndarray) -> FrameMeta:
@@ -296,6 +456,8 @@ def _meta(seq: int, rec: np.ndarray) -> FrameMeta:
         pad_x=float(rec["pad_x"]),
         pad_y=float(rec["pad_y"]),
         motion=float(rec["motion"]),
+        plane_width=int(rec["plane_width"]),
+        plane_height=int(rec["plane_height"]),
     )
 
 
@@ -315,11 +477,14 @@ class RingConsumer:
             return None
         return newest
 
-    def take(self, into: np.ndarray) -> FrameMeta | None:
-        """Copy the newest untaken frame into `into`, counting the ones skipped."""
-        meta, torn = self.ring.read(into)
+    def take(self, into: np.ndarray, *, hold: bool = False) -> FrameMeta | None:
+        """Copy the newest untaken frame into `into`, counting the ones skipped.
+
+        With `hold`, its slot stays as it is until the main process releases
+        the frame, or `unhold` gives it up."""
+        meta, torn = self.ring.read(into, hold=hold, newer_than=self.last_seq)
         self.torn += torn
-        if meta is None or meta.seq <= self.last_seq:
+        if meta is None:
             return None
         self.skip_to(meta.seq)
         return meta
@@ -330,3 +495,11 @@ class RingConsumer:
         self.overwritten += missed
         self.last_seq = max(self.last_seq, seq)
         return missed
+
+
+def _hold(slot: np.ndarray) -> int:
+    """The seq held in `slot`, if the hold is on the frame the slot holds now and not released; else 0."""
+    held = int(slot["held"])
+    if held and held != int(slot["released"]) and int(slot["version"]) == 2 * held:
+        return held
+    return 0

@@ -182,7 +182,8 @@ class Scheduler:
         started = self.clock()
         taken: list[tuple[Feed, FrameMeta]] = []
         for feed in feeds:
-            meta = feed.consumer.take(buf[len(taken)])
+            # Held until the main process has handled the result (and rendered a snapshot, if any).
+            meta = feed.consumer.take(buf[len(taken)], hold=True)
             if meta is not None:
                 taken.append((feed, meta))
         if not taken:
@@ -193,8 +194,9 @@ class Scheduler:
         except Exception:
             self._failures += 1
             self.stats.inference_errors += 1
-            for feed, _ in taken:
+            for feed, meta in taken:
                 feed.counts.failed += 1
+                feed.ring.unhold(meta.seq)
             log.exception("inference failed on a batch of %d (%d in a row)", len(taken), self._failures)
             if self._failures >= MAX_CONSECUTIVE_FAILURES:
                 raise
@@ -214,6 +216,8 @@ class Scheduler:
             self.spec.results.put_nowait(BatchResult(frames))
         except queue.Full:
             self.stats.results_overflow += len(frames)
+            for feed, meta in taken:
+                feed.ring.unhold(meta.seq)
 
     def _send_stats(self, force: bool = False) -> None:
         self._next_stats = self.clock() + STATS_INTERVAL_S
