@@ -36,13 +36,18 @@ class Mosquitto:
 
     stop() and start() (or restart()) keep the port, so a test can take the broker away and bring it
     back where clients expect it. With `users` ({name: password}) anonymous clients are refused.
+    With `persistent=True` sessions (subscriptions of clean_session=False clients, their queued QoS 1
+    messages) are saved at stop() and restored at start(), as a broker with persistence on does.
     """
 
     host = "127.0.0.1"
 
-    def __init__(self, port: int = 0, users: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, port: int = 0, users: Mapping[str, str] | None = None, persistent: bool = False
+    ) -> None:
         self.port = port or free_port(self.host)
         self.users = dict(users or {})
+        self.persistent = persistent
         self._dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
         self._log = self._dir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -54,7 +59,11 @@ class Mosquitto:
             # Run as whoever runs the tests: as root, mosquitto would switch to user `mosquitto`,
             # which cannot read our temp dir.
             f"user {pwd.getpwuid(os.geteuid()).pw_name}",
-            "persistence false",
+            *(
+                ["persistence true", f"persistence_location {self._dir}/"]
+                if self.persistent
+                else ["persistence false"]
+            ),
             "log_dest stderr",
             "log_type all",
             "connection_messages true",
@@ -138,14 +147,19 @@ class Subscriber:
         qos: int = 1,
         username: str | None = None,
         password: str | None = None,
+        client_id: str | None = None,
+        clean_session: bool = True,
     ) -> None:
+        """`client_id` with `clean_session=False`: a persistent session that misses nothing while away."""
         self.topic, self.qos = topic, qos
         self._messages: list[Message] = []
         self._changed = threading.Condition()
         self._subscribed = threading.Event()
         self._offline = threading.Event()
         self._refused: str | None = None  # the broker's CONNACK reason when it refused us
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)  # a random client id
+        self._client = mqtt.Client(  # a random client id unless named
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "", clean_session=clean_session
+        )
         if username is not None:
             self._client.username_pw_set(username, password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=2)  # outage tests should not wait long
