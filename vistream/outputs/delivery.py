@@ -102,9 +102,8 @@ class Delivery:
         self.link.add_listener(self)
         self.outbox.watch(self.wake)
         with self._gate, self._cond:
-            if (
-                self.link.client.is_connected() and not self._connected
-            ):  # started late: no CONNACK to wait for
+            # Started after the CONNACK: none is coming to tell us we may send.
+            if self.link.client.is_connected() and not self._connected:
                 self._new_connection(connected=True)
         self._thread = threading.Thread(target=self._run, name="outbox-delivery", daemon=True)
         self._thread.start()
