@@ -96,7 +96,10 @@ class Daemon:
         self.cameras: dict[str, CameraRuntime] = {}
         self.scheduler: SchedulerRuntime | None = None
         self.scheduler_restarts = 0
-        self._sched_base = SchedulerStats()  # totals of schedulers that were replaced
+        # (totals of the schedulers that were replaced, the current one): one attribute, so that
+        # a scrape never sees a replaced scheduler's totals twice (in both) or not at all.
+        self._totals: tuple[SchedulerStats, SchedulerRuntime | None] = (SchedulerStats(), None)
+        self.results_abandoned = 0  # results left unread in the queues of replaced schedulers
         self._sched_budget = RestartBudget()
         self._wake = SPAWN.Semaphore(0)
         self._on_tick = on_tick
@@ -209,6 +212,7 @@ class Daemon:
         if isinstance(msg, Ready):
             self.pump.names = msg.names
             self.ready = msg
+            self._count_abandoned()
         elif isinstance(msg, Fatal):
             self.fatal = msg
 
@@ -216,7 +220,24 @@ class Daemon:
         self._stack.callback(self._stop_scheduler)
         self._start_scheduler()
 
-    def _start_scheduler(self) -> None:
+    def _count_abandoned(self) -> None:
+        """Count the results replaced schedulers queued and nobody read.
+
+        Runs on the pump's thread at a new scheduler's Ready: the pump is done with the old
+        queues and has read nothing else from the new one yet. A killed scheduler's results
+        after its last report are in neither figure (its successor counts those frames as
+        `unattached`); hence the floor at what was counted before.
+        """
+        base = self._totals[0]
+        sent = sum(c.inferred for c in base.cameras.values()) - base.results_overflow
+        _, published, _ = self.pump.snapshot()
+        read = sum(published.values()) + self.mqtt.dropped.get("detections", 0)
+        self.results_abandoned = max(self.results_abandoned, sent - read)
+
+    def _start_scheduler(self, base: SchedulerStats | None = None) -> None:
+        """Start a scheduler that accounts for frames from where `base` (the totals of the
+        schedulers before it) left off."""
+        base = self._totals[0] if base is None else base
         spec = SchedulerSpec(
             model=self.cfg.model,
             batching=self.cfg.batching,
@@ -226,11 +247,14 @@ class Daemon:
             stats=SPAWN.Queue(4),
             control=SPAWN.Queue(),
             beat=SPAWN.Array("d", 3, lock=False),
+            start_seqs={name: base.positions.get(name, 0) for name in self._rings},
         )
         # Fresh queues for every scheduler: a process killed while holding a
         # queue's lock would leave it locked for its successor.
         child = Child("scheduler", run_scheduler, (spec,), self.logs, self._log_level)
-        self.scheduler = SchedulerRuntime(child, spec.results, spec.stats, spec.control, spec.beat)
+        runtime = SchedulerRuntime(child, spec.results, spec.stats, spec.control, spec.beat)
+        self._totals = (base, runtime)
+        self.scheduler = runtime
         child.start()
 
     def _stop_scheduler(self) -> None:
@@ -355,10 +379,10 @@ class Daemon:
             return
         log.error("scheduler exited (code %s): starting a new one", code)
         self._drain_stats()
-        self._sched_base = self._sched_base.merged(sched.latest)
+        base = self._totals[0].merged(sched.latest)
         sched.child.close()
         self.scheduler_restarts += 1
-        self._start_scheduler()
+        self._start_scheduler(base)
 
     def _supervise_reader(self, rt: CameraRuntime, now: float) -> None:
         hdr = rt.ring.header
@@ -401,5 +425,5 @@ class Daemon:
 
     def scheduler_stats(self) -> SchedulerStats:
         """Totals over every scheduler this daemon ran."""
-        latest = self.scheduler.latest if self.scheduler else SchedulerStats()
-        return self._sched_base.merged(latest)
+        base, sched = self._totals
+        return base.merged(sched.latest) if sched else base

@@ -48,7 +48,8 @@ class DaemonCollector(Collector):
         dropped = CounterMetricFamily(
             "vistream_frames_dropped",
             "Sampled frames never inferred: stale (older than max_frame_age_ms at batch time), overwritten "
-            "(replaced by a newer frame first), failed (their batch raised).",
+            "(replaced by a newer frame first), failed (their batch raised), unattached (written while no "
+            "scheduler was attached: model loading, a restart).",
             labels=["camera", "reason"],
         )
         up = GaugeMetricFamily("vistream_camera_up", "1 while the camera delivers frames.", labels=["camera"])
@@ -68,7 +69,7 @@ class DaemonCollector(Collector):
             up.add_metric([name], 1.0 if rt.online else 0.0)
             reconnects.add_metric([name], int(hdr["reconnects"]))
             inferred.add_metric([name], c.inferred if c else 0)
-            for reason in ("stale", "overwritten", "failed"):
+            for reason in ("stale", "overwritten", "failed", "unattached"):
                 dropped.add_metric([name, reason], getattr(c, reason) if c else 0)
             torn.add_metric([name], c.torn if c else 0)
         yield from (decoded, sampled, inferred, dropped, up, reconnects, torn)
@@ -94,6 +95,12 @@ class DaemonCollector(Collector):
         )
         overflow.add_metric([], stats.results_overflow)
         yield overflow
+        abandoned = CounterMetricFamily(
+            "vistream_results_abandoned",
+            "Frame results left unread in the queue of a scheduler that was replaced.",
+        )
+        abandoned.add_metric([], d.results_abandoned)
+        yield abandoned
         errors = CounterMetricFamily("vistream_inference_errors", "Inference calls that raised.")
         errors.add_metric([], stats.inference_errors)
         yield errors

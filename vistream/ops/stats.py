@@ -66,12 +66,15 @@ class CameraCounts:
     overwritten: int = 0
     failed: int = 0  # taken into a batch whose inference raised
     torn: int = 0  # reads retried because the writer lapped the slot mid-copy
+    # Written before this scheduler attached and after what its predecessor reported: while the
+    # model loaded (at start, after a restart), or handled by a killed predecessor after its last report.
+    unattached: int = 0
 
     def merged(self, other: CameraCounts) -> CameraCounts:
         return CameraCounts(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
 
     def astuple(self) -> tuple[int, ...]:
-        return (self.inferred, self.stale, self.overwritten, self.failed, self.torn)
+        return (self.inferred, self.stale, self.overwritten, self.failed, self.torn, self.unattached)
 
 
 @dataclass
@@ -84,6 +87,9 @@ class SchedulerStats:
     frame_age_s: Buckets = field(default_factory=lambda: Buckets(SECONDS_BUCKETS))
     results_overflow: int = 0  # frames whose results did not fit the hand-off queue
     inference_errors: int = 0
+    # Camera -> the newest seq the counts above account for (the consumer's position); a
+    # successor scheduler counts from there, so no frame falls between two schedulers.
+    positions: dict[str, int] = field(default_factory=dict)
 
     def merged(self, other: SchedulerStats) -> SchedulerStats:
         cams = dict(self.cameras)
@@ -96,4 +102,5 @@ class SchedulerStats:
             self.frame_age_s.merged(other.frame_age_s),
             self.results_overflow + other.results_overflow,
             self.inference_errors + other.inference_errors,
+            {**self.positions, **other.positions},  # positions are not sums: the later one holds
         )

@@ -14,7 +14,7 @@ import copy
 import logging
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vistream.config.models import BatchingConfig, ModelConfig
@@ -48,6 +48,9 @@ class SchedulerSpec:
     stats: Any  # multiprocessing.Queue of SchedulerStats snapshots
     control: Any  # multiprocessing.Queue: AddCamera, RemoveCamera
     beat: Any  # multiprocessing.Array("d", 3): last loop time, batch start (0: idle), ready flag
+    # Camera -> the newest seq the previous schedulers accounted for (0 at start): the frames
+    # written after it and before this scheduler attaches are counted as `unattached`.
+    start_seqs: dict[str, int] = field(default_factory=dict)
 
 
 def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
@@ -89,11 +92,13 @@ def _fatal(spec: SchedulerSpec, code: int, message: str) -> int:
 class Feed:
     """One camera as the scheduler sees it."""
 
-    def __init__(self, name: str, ring_name: str) -> None:
+    def __init__(self, name: str, ring_name: str, start_seq: int | None = None) -> None:
         self.name = name
         self.ring = FrameRing.attach(ring_name)
-        self.consumer = RingConsumer(self.ring)
+        self.consumer = RingConsumer(self.ring)  # starts at the ring's head: older frames are not ours
         self.counts = CameraCounts()
+        if start_seq is not None:  # ... but they are counted, from where the last scheduler left off
+            self.counts.unattached = max(0, self.consumer.last_seq - start_seq)
 
     @property
     def streaming(self) -> bool:
@@ -118,7 +123,7 @@ class Scheduler:
     def add(self, name: str, ring_name: str) -> None:
         if name in self.feeds:
             self.remove(name)
-        self.feeds[name] = Feed(name, ring_name)
+        self.feeds[name] = Feed(name, ring_name, self.spec.start_seqs.get(name))
         self.stats.cameras[name] = self.feeds[name].counts
 
     def remove(self, name: str) -> None:
@@ -223,6 +228,7 @@ class Scheduler:
         self._next_stats = self.clock() + STATS_INTERVAL_S
         for feed in self.feeds.values():
             feed.counts.overwritten, feed.counts.torn = feed.consumer.overwritten, feed.consumer.torn
+            self.stats.positions[feed.name] = feed.consumer.last_seq
         # A copy: the queue pickles in a background thread while this one keeps counting.
         snapshot = copy.deepcopy(self.stats)
         with contextlib.suppress(queue.Full):  # cumulative: the next snapshot carries these figures too

@@ -1,0 +1,199 @@
+"""The scheduler loop on real rings with a fake detector and a fake clock: drops, failures, hand-off."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from vistream.config.models import BatchingConfig, ModelConfig
+from vistream.detector import Detector
+from vistream.ops.process import StopFlag
+from vistream.ring.shm import FrameRing, RingLayout, State
+from vistream.scheduler.loop import MAX_CONSECUTIVE_FAILURES, Scheduler, SchedulerSpec
+from vistream.scheduler.messages import BatchResult
+
+LAYOUT = RingLayout(4, 16, 16, plane_width=0, plane_height=0)
+MAX_AGE_S = 0.5
+
+
+class FakeDetector(Detector):
+    """Finds one box per frame, or raises while `failing`."""
+
+    def __init__(self, max_batch: int) -> None:
+        self.names, self.device, self.half = {0: "person"}, "cpu", False
+        self.input_buffer = np.zeros((max_batch, LAYOUT.height, LAYOUT.width, 3), np.uint8)
+        self.failing = False
+        self.calls: list[int] = []
+
+    def infer(self, n: int) -> list[np.ndarray]:
+        self.calls.append(n)
+        if self.failing:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return [np.array([[1, 2, 8, 9, 0.9, 0]], np.float32) for _ in range(n)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Rig:
+    """Two cameras' rings, a scheduler on them, and ways to feed frames."""
+
+    def __init__(self, *, queue_size: int = 8, start_seqs: dict[str, int] | None = None) -> None:
+        self.rings = {
+            cam: FrameRing.create(f"vistream-test-{uuid.uuid4().hex[:8]}", LAYOUT) for cam in ("a", "b")
+        }
+        for ring in self.rings.values():
+            ring.header["state"] = State.STREAMING
+        self.results: queue.Queue = queue.Queue(queue_size)
+        self.spec = SchedulerSpec(
+            model=ModelConfig(path="fake.pt"),
+            batching=BatchingConfig(max_batch=4, max_wait_ms=10, max_frame_age_ms=int(MAX_AGE_S * 1000)),
+            rings={cam: ring.name for cam, ring in self.rings.items()},
+            wake=threading.Semaphore(0),
+            results=self.results,
+            stats=queue.Queue(),
+            control=queue.Queue(),
+            beat=[0.0, 0.0, 0.0],
+            start_seqs=start_seqs or {},
+        )
+        self.clock = Clock()
+        self.detector = FakeDetector(4)
+        self.scheduler: Scheduler | None = None
+
+    def start(self) -> Scheduler:
+        self.scheduler = Scheduler(self.spec, self.detector, StopFlag(), clock=self.clock)
+        return self.scheduler
+
+    def write(self, cam: str, age: float = 0.0) -> int:
+        ring = self.rings[cam]
+        ring.begin(now=self.clock.t)
+        return ring.commit(
+            captured_at=1e9, captured_mono=self.clock.t - age, width=64, height=64, scale=0.25,
+            pad_x=0.0, pad_y=0.0,
+        )  # fmt: skip
+
+    def counts(self, cam: str):  # type: ignore[no-untyped-def]
+        assert self.scheduler is not None
+        return self.scheduler.stats.cameras[cam]
+
+    def close(self) -> None:
+        if self.scheduler:
+            self.scheduler.close()
+        for ring in self.rings.values():
+            ring.close()
+            ring.unlink()
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig()
+    yield r
+    r.close()
+
+
+def accounted(rig: Rig, cam: str) -> int:
+    c = rig.counts(cam)
+    return c.inferred + c.stale + c.overwritten + c.failed + c.unattached
+
+
+def test_fresh_frames_of_both_cameras_go_in_one_batch(rig: Rig) -> None:
+    """Both streaming cameras have a fresh frame: one batch of 2, one BatchResult with boxes
+    mapped back to camera pixels, both counted as inferred."""
+    s = rig.start()
+    rig.write("a"), rig.write("b")
+    s.step()
+    assert rig.detector.calls == [2]
+    batch = rig.results.get_nowait()
+    assert isinstance(batch, BatchResult) and {f.camera for f in batch.frames} == {"a", "b"}
+    assert batch.frames[0].detections[0][2:] == pytest.approx((4.0, 8.0, 32.0, 36.0))
+    assert (rig.counts("a").inferred, rig.counts("b").inferred) == (1, 1)
+
+
+def test_stale_frames_are_dropped_and_counted_never_inferred(rig: Rig) -> None:
+    """A frame older than max_frame_age_ms at decision time is dropped as stale: the model
+    never sees it, and it is not counted anywhere else."""
+    s = rig.start()
+    rig.write("a", age=MAX_AGE_S + 0.1)
+    s.step()
+    assert rig.detector.calls == []
+    assert rig.counts("a").stale == 1 and rig.counts("a").inferred == 0
+    assert rig.results.empty()
+
+
+def test_failed_batch_counts_its_frames_and_the_error(rig: Rig) -> None:
+    """1. Inference raises: both frames of the batch are counted `failed`, one inference error,
+       no result is queued and the scheduler carries on.
+    2. The next batch succeeds: the failure streak resets."""
+    s = rig.start()
+    rig.detector.failing = True
+    rig.write("a"), rig.write("b")
+    s.step()
+    assert (rig.counts("a").failed, rig.counts("b").failed) == (1, 1)
+    assert s.stats.inference_errors == 1 and rig.results.empty()
+    rig.detector.failing = False
+    rig.write("a"), rig.write("b")
+    s.step()
+    assert rig.counts("a").inferred == 1 and s._failures == 0
+
+
+def test_ten_failures_in_a_row_end_the_scheduler(rig: Rig) -> None:
+    """Nine failing batches are counted and survived; the tenth in a row raises, so the
+    process exits and the supervisor starts a fresh scheduler (a wedged GPU context)."""
+    s = rig.start()
+    rig.rings["b"].header["state"] = State.CONNECTING  # only `a` streams: no waiting for `b`
+    rig.detector.failing = True
+    for _ in range(MAX_CONSECUTIVE_FAILURES - 1):
+        rig.write("a")
+        s.step()
+    assert rig.counts("a").failed == MAX_CONSECUTIVE_FAILURES - 1
+    rig.write("a")
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        s.step()
+    assert rig.counts("a").failed == MAX_CONSECUTIVE_FAILURES
+
+
+def test_results_overflow_is_counted_not_waited_for() -> None:
+    """The hand-off to the main process is full (MQTT side stalled): the batch's results are
+    dropped and counted per frame; the scheduler never blocks on the queue."""
+    rig = Rig(queue_size=1)
+    try:
+        s = rig.start()
+        rig.results.put_nowait("someone else's result")
+        rig.write("a"), rig.write("b")
+        s.step()
+        assert s.stats.results_overflow == 2
+        assert rig.counts("a").inferred == 1  # the model did run on it
+    finally:
+        rig.close()
+
+
+def test_frames_before_attach_are_counted_unattached_from_the_previous_position() -> None:
+    """1. Camera `a` wrote 7 frames; the previous scheduler accounted for the first 3 of them
+       (its last report), `b` 2 frames with nothing accounted; then this scheduler attaches.
+    2. The 4 and 2 frames it never saw are counted `unattached`; frames after attach are its own.
+    3. Every frame is accounted for exactly once: position == all counts + the previous position."""
+    rig = Rig(start_seqs={"a": 3, "b": 0})
+    try:
+        for _ in range(7):
+            rig.write("a")
+        rig.write("b"), rig.write("b")
+        s = rig.start()
+        assert (rig.counts("a").unattached, rig.counts("b").unattached) == (4, 2)
+        rig.write("a"), rig.write("a"), rig.write("b")  # one `a` overwritten before the batch
+        s.step()
+        s._send_stats()
+        assert s.stats.positions == {"a": 9, "b": 3}
+        assert accounted(rig, "a") == 9 - 3 and accounted(rig, "b") == 3
+        assert rig.counts("a").overwritten == 1
+    finally:
+        rig.close()
