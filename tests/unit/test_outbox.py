@@ -515,3 +515,54 @@ def test_stop_waits_for_in_flight_acks_then_leaves_the_rest(delivery: Any) -> No
     d.stop(0.3)
     assert time.monotonic() - t0 < 1.0
     assert [r.payload for r in box.pending_rows()] == [b"2"]
+
+
+def test_a_reconnect_waits_for_a_publish_in_progress_and_the_row_goes_again(delivery: Any) -> None:
+    """1. The sender is inside publish() of row 0 when paho starts a new connection (on_pre_connect).
+    2. mqtt_connecting waits until that publish has returned, so the publish belongs wholly to the old
+       connection, and row 0 is not counted as in flight on the new one.
+    3. After the CONNACK row 0 goes out again, first."""
+    box, link, d = delivery()
+    inside, release = threading.Event(), threading.Event()
+
+    def block(mid: int) -> None:
+        link.client.before_return = None
+        inside.set()
+        release.wait(5)
+
+    link.client.before_return = block
+    box.add("a", "t", b"0")
+    d.start()
+    assert inside.wait(5)
+    connecting = threading.Thread(target=d.mqtt_connecting)
+    connecting.start()
+    connecting.join(0.2)
+    assert connecting.is_alive(), "a new connection began while a publish was in progress"
+    release.set()
+    connecting.join(5)
+    assert d.in_flight == 0
+    link.client.sent.clear()
+    box.add("a", "t", b"1")
+    d.mqtt_connected()
+    wait_until(lambda: len(link.client.sent) == 2)
+    assert [p for _, _, p in link.client.sent] == [b"0", b"1"]
+
+
+def test_a_row_paho_refuses_outright_is_dropped_and_counted(delivery: Any) -> None:
+    """A topic paho rejects (a wildcard in it) can never be delivered: it is dropped with an error and
+    counted in `rejected`, and the rows after it still go out."""
+    box, link, d = delivery()
+
+    def refuse(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> FakeInfo:
+        if "+" in topic:
+            raise ValueError("Publish topic cannot contain wildcards.")
+        return FakeClient.publish(link.client, topic, payload, qos, retain)
+
+    link.client.publish = refuse
+    box.add("a", "p/+/bad", b"x")
+    box.add("a", "p/a/events", b"ok")
+    d.start()
+    wait_until(lambda: len(link.client.sent) == 1)
+    ack_all(link, d)
+    wait_until(lambda: box.pending == 0)
+    assert d.rejected == 1
