@@ -17,7 +17,8 @@ What it shows about consuming vistream's events:
   names that topic. We keep the latest one per camera and rule as `DIR/{camera}_{rule}.jpg`.
 
 Exit status: 0 after Ctrl-C, SIGTERM, `--count` events or `--timeout` (without `--count`);
-1 when `--timeout` passed before `--count` events came; 2 when the broker refused us.
+1 when `--timeout` passed before `--count` events came; 2 when the broker refused the connection
+or the subscription.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class AlertsSubscriber:
         self.snapshot_topic = f"{self.prefix}/+/+/snapshot"
         self.seen: dict[tuple[str, ...], None] = {}  # a dict keeps insertion order: oldest first
         self.distinct = 0
+        self.pending: dict[int, list[str]] = {}  # SUBSCRIBE message id -> its topics, until the SUBACK
         self.exit_code: int | None = None  # set from paho's thread or a signal handler: time to stop
 
         # clean_session=False + a fixed client id = a persistent session (MQTT 3.1.1).
@@ -75,6 +77,7 @@ class AlertsSubscriber:
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self.on_connect
         self.client.on_connect_fail = self.on_connect_fail
+        self.client.on_subscribe = self.on_subscribe
         self.client.on_disconnect = self.on_disconnect
         self.client.on_message = self.on_message
 
@@ -120,8 +123,21 @@ class AlertsSubscriber:
         topics = [(self.events_topic, 1)]
         if self.args.snapshots is not None:
             topics.append((self.snapshot_topic, 1))
-        client.subscribe(topics)
-        log("subscribed to " + ", ".join(topic for topic, _ in topics))
+        result, mid = client.subscribe(topics)
+        if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:  # else the connection just dropped again
+            self.pending[mid] = [topic for topic, _ in topics]
+
+    def on_subscribe(
+        self, _client: mqtt.Client, _userdata: Any, mid: int, reasons: list, _props: Any
+    ) -> None:
+        # Only the broker's SUBACK says the subscription holds; events published before it are not ours.
+        topics = self.pending.pop(mid, [])
+        refused = [topic for topic, reason in zip(topics, reasons, strict=False) if reason.is_failure]
+        if refused:
+            log(f"broker refused the subscription to {', '.join(refused)} (not allowed for this user?)")
+            self.stop(2)
+        else:
+            log("subscribed to " + ", ".join(topics))
 
     def on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         log(f"cannot reach {self.args.host}:{self.args.port}; retrying")
