@@ -13,6 +13,7 @@ from typing import Any
 
 from vistream.config.models import Config
 from vistream.events.engine import EventEngine, FrameOutcome
+from vistream.events.tracking import CameraTracker
 from vistream.scheduler.messages import Detection, FrameResult
 
 WALL0 = 1_763_700_000.0
@@ -185,3 +186,37 @@ def test_tick_ends_events_when_the_camera_goes_quiet() -> None:
     assert [ev.type for ev in out.events] == ["end"] and out.active == [
         ("front", "person_in_driveway", False)
     ]
+
+
+def test_tracker_predicts_across_a_gap_of_dropped_frames() -> None:
+    """1. A person walks right at 40 px a frame (10 fps) for 1 s.
+    2. The next 10 frames are dropped (the scheduler shed load); the person walked on meanwhile, so
+       their box is 440 px away from the last one and does not overlap it at all.
+    3. The tracker predicts 11 intervals ahead, not one: the same track id goes on.
+    """
+    tracker = CameraTracker(detect_fps=10)
+    ids = [tracker.update([person_at(300 + 40 * i, 900)], i / 10) for i in range(10)]
+    ids += [tracker.update([person_at(300 + 40 * i, 900)], i / 10) for i in range(20, 25)]
+    assert ids == [[1]] * 15
+
+
+def test_tracker_ids_need_a_second_frame_and_expire_after_the_buffer() -> None:
+    """1. Objects of a camera's very first frame get ids at once.
+    2. An object that appears later has no id on its first frame, and one from its second.
+    3. A person missing for 1.5 s comes back with their id (the buffer is 2 s); one missing for
+       more than 2 s is removed (reported in `removed`) and comes back with a new id.
+    """
+    tracker = CameraTracker(detect_fps=10)
+    still, other = person_at(400, 900), person_at(1400, 900)
+    assert tracker.update([still], 0.0) == [1]
+    assert tracker.update([still, other], 0.1) == [1, None]
+    assert tracker.update([still, other], 0.2) == [1, 2]
+    assert tracker.update([other], 1.7) == [2]  # `still` not seen for 1.5 s
+    assert tracker.update([still, other], 1.8) == [1, 2]
+    removed: list[int] = []
+    for i in range(19, 45):
+        tracker.update([other], i / 10)
+        removed += tracker.removed
+    assert removed == [1]
+    assert tracker.update([still, other], 4.5)[1] == 2
+    assert tracker.update([still, other], 4.6) == [3, 2]

@@ -15,7 +15,7 @@ Semantics (the events page of the docs repeats them):
   An `update` goes out when the box moved or changed size materially (IoU with the last published
   box below 0.7) or `max_confidence` rose by 0.05 or more, at most one a second per event (a change
   held back goes out with the next frame that allows it). The event ends when the rule has not held
-  for its track for `end_after_s` (track lost, left the zone, confidence too low).
+  for its track for `end_after_s` (track lost, left the zone, confidence too low). `count` is null.
 - **Zone or whole-frame rule, `min_count` > 1: one count event per (camera, rule).** It starts when
   at least `min_count` matching tracks have been in the zone for `min_duration_s` (gaps as above);
   `track_id` is null, `count` the number of objects, `box` the union of their boxes, `label` theirs

@@ -102,6 +102,7 @@ class CameraTracker:
         )
         self._last_mono: float | None = None
         self.removed: list[int] = []  # ids of the tracks the last update gave up (they never return)
+        self._removed_before: set[int] = set()
 
     def steps_since_last(self, now_mono: float) -> int:
         """Nominal frame intervals since the previous update (at least 1)."""
@@ -122,7 +123,9 @@ class CameraTracker:
         # Beyond the buffer every lost track is removed anyway: predicting further is wasted work.
         tracker.steps = min(steps, self.track_buffer + 1)
         rows = tracker.update(_Detections.of(detections))
-        self.removed = [int(t.track_id) for t in getattr(tracker, "removed_stracks_frame", [])]
+        # A removed track stays in the lost pool for one more update and is removed again then.
+        gone = {int(t.track_id) for t in getattr(tracker, "removed_stracks_frame", [])}
+        self.removed, self._removed_before = sorted(gone - self._removed_before), gone
         ids: list[int | None] = [None] * len(detections)
         for row in rows:
             ids[int(row[7])] = int(row[4])
