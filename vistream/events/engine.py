@@ -3,7 +3,8 @@
 It runs in the main process, where results arrive in capture order per camera. Per camera it
 keeps a `CameraTracker`, the camera's zones and lines, and one rule state machine per alert rule
 that applies there. It is pure apart from the tracker: clocks come from the frames (`captured_mono`
-for durations, `captured_at` for payloads) and from the caller (`tick`).
+for durations, `captured_at` for payloads) and from the caller (`tick`, with `time.monotonic()`,
+the clock `captured_mono` is taken on). Not thread-safe: call `process` and `tick` from one thread.
 
 Line counters `{camera}/{line}/{direction}` count every crossing, in and out, by a tracked object
 whose label matches a rule on that line (the union of their labels; any label when one of them
