@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +256,29 @@ def test_subscriber_gets_events_published_while_away(
     assert second.wait(30) == 0, second.output
     assert [line.split()[1] for line in second.event_lines()] == ["START", "END"], second.output
     assert all(event_id in line for line in second.event_lines())
+
+
+def test_subscriber_password_file(
+    make_mosquitto: Callable[..., Mosquitto], subscribers: list[SubscriberProcess], tmp_path: Path
+) -> None:
+    """1. A broker that only lets user `alerts` in.
+    2. With a wrong password in `--password-file` the subscriber exits 2 and names the refusal.
+    3. With the right one (and its trailing newline) it connects and subscribes."""
+    broker = make_mosquitto(users={"alerts": "s3cret"})
+    secret = tmp_path / "password"
+
+    secret.write_text("wrong\n")
+    refused = SubscriberProcess(broker, "--username", "alerts", "--password-file", str(secret))
+    subscribers.append(refused)
+    assert refused.wait(20) == 2, refused.output
+    assert any("refused the connection" in line for line in refused.stderr), refused.output
+
+    secret.write_text("s3cret\n")
+    accepted = SubscriberProcess(broker, "--username", "alerts", "--password-file", str(secret))
+    subscribers.append(accepted)
+    accepted.wait_stderr("subscribed to")
+    accepted.proc.terminate()
+    assert accepted.wait(10) == 0, accepted.output
 
 
 ENTITY_RE = re.compile(r"(?<![a-z0-9_])(?:binary_sensor|sensor|image)\.[a-z0-9_]+")
