@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class AlertsSubscriber:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, password: str | None = None) -> None:
         self.args = args
         self.prefix = args.prefix.rstrip("/")
         self.events_topic = f"{self.prefix}/events"
@@ -73,7 +73,7 @@ class AlertsSubscriber:
             mqtt.CallbackAPIVersion.VERSION2, client_id=args.client_id, clean_session=False
         )
         if args.username is not None:
-            self.client.username_pw_set(args.username, read_password(args.password_file))
+            self.client.username_pw_set(args.username, password)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self.on_connect
         self.client.on_connect_fail = self.on_connect_fail
@@ -258,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.password_file is not None and args.username is None:
         log("--password-file needs --username")
         return 2
-    subscriber = AlertsSubscriber(args)
+    try:
+        password = read_password(args.password_file)
+    except OSError as exc:
+        log(f"cannot read the password file: {exc}")
+        return 2
+    subscriber = AlertsSubscriber(args, password)
 
     def on_signal(_signum: int, _frame: object) -> None:
         subscriber.stop(0)  # only record it: the main loop notices within 0.1 s and disconnects
