@@ -96,6 +96,8 @@ class Daemon:
         self.cameras: dict[str, CameraRuntime] = {}
         self.scheduler: SchedulerRuntime | None = None
         self.scheduler_restarts = 0
+        self.thread_restarts = {"results": 0, "log-hub": 0}  # threads of this process found dead
+        self._thread_budgets = {name: RestartBudget() for name in self.thread_restarts}
         # (totals of the schedulers that were replaced, the current one): one attribute, so that
         # a scrape never sees a replaced scheduler's totals twice (in both) or not at all.
         self._totals: tuple[SchedulerStats, SchedulerRuntime | None] = (SchedulerStats(), None)
@@ -322,6 +324,7 @@ class Daemon:
             self.exit_code = self.fatal.exit_code
             self.stop_flag.set()
             return
+        self._supervise_threads(now)
         for rt in self.cameras.values():
             self._supervise_reader(rt, now)
             self._set_online(rt, self._is_online(rt, now))
@@ -342,11 +345,38 @@ class Daemon:
             and now - sched.beat[BEAT_TIME] < PROGRESS_WINDOW_S
         )
 
+    def flowing(self, now: float) -> bool:
+        """Do results flow end to end: the scheduler looping, the result pump and the log hub turning?
+
+        Idle is fine (no camera streams: nothing is due, and every stage still turns); a stage
+        that is dead or stuck is not, whichever it is.
+        """
+        return self.progressing(now) and all(
+            part.alive and now - part.beat < PROGRESS_WINDOW_S for part in (self.pump, self.logs)
+        )
+
+    def _supervise_threads(self, now: float) -> None:
+        """The result pump and the log hub: started again when dead (at most 5 a minute each).
+
+        A thread cannot be killed: one stuck for the stall limit stops the daemon with exit 1,
+        for the service manager to restart it (the watchdog is starved by then as well).
+        """
+        for name, part in (("results", self.pump), ("log-hub", self.logs)):
+            if part.alive:
+                if now - part.beat > SCHEDULER_STALL_S:
+                    log.error("the %s thread made no progress for %.0fs: stopping", name, now - part.beat)
+                    self.exit_code = 1
+                    self.stop_flag.set()
+            elif self._thread_budgets[name].take():
+                log.error("the %s thread died: starting it again", name)
+                self.thread_restarts[name] += 1
+                part.start()
+
     def _notify_systemd(self, now: float) -> None:
         n = self.notifier
         if not n.enabled:
             return
-        if n.watchdog_interval and now - self._last_ping >= n.watchdog_interval and self.progressing(now):
+        if n.watchdog_interval and now - self._last_ping >= n.watchdog_interval and self.flowing(now):
             n.watchdog()
             self._last_ping = now
         if now - self._last_status >= STATUS_EVERY_S:

@@ -107,12 +107,14 @@ class DaemonCollector(Collector):
 
         restarts = CounterMetricFamily(
             "vistream_process_restarts",
-            "Child processes restarted after dying or hanging.",
+            "Child processes restarted after dying or hanging, and threads of the daemon found dead.",
             labels=["process"],
         )
         restarts.add_metric(["scheduler"], d.scheduler_restarts)
         for name, rt in d.cameras.items():
             restarts.add_metric([f"reader/{name}"], rt.restarts)
+        for name, n in d.thread_restarts.items():
+            restarts.add_metric([f"thread/{name}"], n)
         yield restarts
         ready = GaugeMetricFamily("vistream_ready", "1 once the model is warm and the readers are started.")
         ready.add_metric([], 1.0 if d.ready else 0.0)

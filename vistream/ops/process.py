@@ -97,7 +97,8 @@ def _bootstrap(setup: ProcessSetup, target: Callable[..., int | None], args: tup
     from vistream.ops.logs import PipeHandler
 
     root = logging.getLogger()
-    root.handlers[:] = [PipeHandler(setup.log_conn)]
+    handler = PipeHandler(setup.log_conn)
+    root.handlers[:] = [handler]
     root.setLevel(setup.log_level)
     if setup.nice:
         os.nice(setup.nice)
@@ -106,6 +107,7 @@ def _bootstrap(setup: ProcessSetup, target: Callable[..., int | None], args: tup
     except Exception:
         logging.getLogger(target.__module__).exception("%s crashed", setup.title)
         code = 1
+    handler.close(timeout=1.0)  # its last words (a crash's traceback) reach the parent, within a bound
     sys.exit(code or 0)
 
 

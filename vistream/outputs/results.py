@@ -42,15 +42,24 @@ class ResultPump:
         self.last_objects: dict[str, Counter[str]] = {}
         self._lock = threading.Lock()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="results", daemon=True)
+        self.beat = time.monotonic()  # the thread's last turn (at least every 0.1 s while it is well)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the thread, or a new one after it died (the daemon's supervisor does that)."""
+        self.beat = time.monotonic()
+        self._thread = threading.Thread(target=self._main, name="results", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
 
     def stop(self, timeout: float = 1.0) -> None:
         """Publish what is still queued (up to `timeout`), then stop."""
         self._stopping = True
-        self._thread.join(timeout)
+        if self._thread:
+            self._thread.join(timeout)
 
     def snapshot(self) -> tuple[Buckets, dict[str, int], dict[str, Counter[str]]]:
         with self._lock:
@@ -60,8 +69,15 @@ class ResultPump:
                 {k: Counter(v) for k, v in self.last_objects.items()},
             )
 
+    def _main(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            log.exception("the result pump crashed")  # the supervisor sees it dead and starts another
+
     def _run(self) -> None:
         while True:
+            self.beat = time.monotonic()
             q = self._source()
             try:
                 msg = q.get(timeout=0.1) if q is not None else None

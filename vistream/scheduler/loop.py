@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 STATS_INTERVAL_S = 1.0
 IDLE_WAKE_S = 0.25  # heartbeat and control messages are handled at least this often
 MAX_CONSECUTIVE_FAILURES = 10  # then exit and let the supervisor start a fresh scheduler
+FLUSH_S = 1.0  # how long an exiting scheduler lets its queues hand their last messages over
 
 # Slots of the shared heartbeat array (multiprocessing.Array of doubles).
 BEAT_TIME, BEAT_BATCH_START, BEAT_READY = 0, 1, 2
@@ -76,17 +78,30 @@ def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
     finally:
         scheduler.close()
         detector.close()
-        # Let the queue's feeder thread flush the last results before exiting.
-        spec.results.close()
-        spec.results.join_thread()
+        _flush(spec.results)
+        _flush(spec.stats)
     return 0
 
 
 def _fatal(spec: SchedulerSpec, code: int, message: str) -> int:
     spec.results.put(Fatal(code, message))
-    spec.results.close()
-    spec.results.join_thread()
+    _flush(spec.results)
     return code
+
+
+def _flush(q: Any, timeout: float = FLUSH_S) -> None:
+    """Close `q` and let its feeder thread hand what is buffered to the pipe, for at most `timeout` s.
+
+    `join_thread()` alone waits as long as the pipe is full: forever, if the main process
+    stopped reading. Past the deadline the rest is given up (the main process counts
+    results it never read as abandoned) and the process may exit without waiting for it.
+    """
+    q.close()
+    joiner = threading.Thread(target=q.join_thread, name="flush", daemon=True)
+    joiner.start()
+    joiner.join(timeout)
+    if joiner.is_alive():
+        q.cancel_join_thread()
 
 
 class Feed:
