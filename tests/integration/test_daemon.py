@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 CAMERAS = ("street1", "street2", "crowd1", "crowd2")
 PAYLOAD_KEYS = {"camera", "seq", "captured_at", "published_at", "width", "height", "objects"}
-OBJECT_KEYS = {"label", "class_id", "confidence", "box"}
+OBJECT_KEYS = {"label", "class_id", "confidence", "box", "track_id"}
 
 
 def detections(sub: Subscriber, prefix: str) -> dict[str, list[Message]]:

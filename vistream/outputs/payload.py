@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
+from vistream.events.engine import TrackedObject
 from vistream.scheduler.messages import FrameResult
 
 
-def detections_payload(frame: FrameResult, names: dict[int, str], published_at: float) -> bytes:
-    objects = [
-        {
-            "label": names.get(cls, str(cls)),
-            "class_id": cls,
-            "confidence": round(conf, 3),
-            "box": [round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)],
-        }
-        for cls, conf, x1, y1, x2, y2 in frame.detections
-    ]
+def detections_payload(
+    frame: FrameResult,
+    names: dict[int, str],
+    published_at: float,
+    tracked: Sequence[TrackedObject] | None = None,
+) -> bytes:
+    """The JSON; `tracked` (the event engine's view of the same detections) adds their track ids."""
+    if tracked is None:
+        tracked = [
+            TrackedObject(names.get(cls, str(cls)), cls, conf, (x1, y1, x2, y2), None)
+            for cls, conf, x1, y1, x2, y2 in frame.detections
+        ]
+    objects = [obj.payload() for obj in tracked]
     doc = {
         "camera": frame.camera,
         "seq": frame.seq,

@@ -1,9 +1,12 @@
 """The bounded hand-off from the scheduler process to MQTT.
 
-A thread of the main process takes results from the scheduler's queue and
-publishes them. The queue is bounded on the scheduler's side (`put_nowait`,
-overflow counted there), so a slow or absent broker never reaches back into
-the scheduler.
+A thread of the main process takes results from the scheduler's queue, runs the
+event engine on them (tracking, zones, lines, rules: results arrive here in
+capture order per camera), publishes the detections and hands events to the
+outbox. Then it releases the frame's hold on its ring slot, so a snapshot can
+show the very frame an event started on. The queue is bounded on the
+scheduler's side (`put_nowait`, overflow counted there), so a slow or absent
+broker never reaches back into the scheduler.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 from vistream.ops.stats import SECONDS_BUCKETS, Buckets
+from vistream.outputs.alerts import Alerts
 from vistream.outputs.mqtt import MqttPublisher
 from vistream.outputs.payload import detections_payload
-from vistream.scheduler.messages import BatchResult
+from vistream.scheduler.messages import BatchResult, FrameResult
 
 log = logging.getLogger(__name__)
+
+TICK_S = 0.5  # how often events of cameras without frames are checked for their end
 
 
 class ResultPump:
@@ -30,12 +36,19 @@ class ResultPump:
         publisher: MqttPublisher,
         source: Callable[[], Any],
         on_control: Callable[[Any], None],
+        alerts: Alerts | None = None,
+        release: Callable[[str, int], None] = lambda camera, seq: None,
     ) -> None:
         """`source()` returns the current scheduler's results queue (it changes when
-        the scheduler is restarted); messages that are not results go to `on_control`."""
+        the scheduler is restarted); messages that are not results go to `on_control`.
+        `release(camera, seq)` gives a frame's ring slot back once its result is handled."""
         self.publisher = publisher
         self._source = source
         self._on_control = on_control
+        self.alerts = alerts
+        self._release = release
+        self.alert_errors = 0  # frames whose event processing raised (their detections still go out)
+        self._next_tick = 0.0
         self.names: dict[int, str] = {}
         self.latency = Buckets(SECONDS_BUCKETS)  # capture -> publish
         self.published: Counter[str] = Counter()  # camera -> detection messages handed to MQTT
@@ -78,6 +91,7 @@ class ResultPump:
     def _run(self) -> None:
         while True:
             self.beat = time.monotonic()
+            self._tick()
             q = self._source()
             try:
                 msg = q.get(timeout=0.1) if q is not None else None
@@ -95,10 +109,33 @@ class ResultPump:
             else:
                 self._on_control(msg)
 
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.alerts is None or now < self._next_tick:
+            return
+        self._next_tick = now + TICK_S
+        try:
+            self.alerts.tick(now)
+        except Exception:
+            self.alert_errors += 1
+            log.exception("ending events of silent cameras failed")
+
+    def _events(self, frame: FrameResult) -> Any:
+        """Track and evaluate rules; a failure there must not stop detections, so it is logged and counted."""
+        try:
+            return self.alerts.process(frame) if self.alerts is not None else None
+        except Exception:
+            self.alert_errors += 1
+            log.exception("camera %s: event processing failed on frame %d", frame.camera, frame.seq)
+            return None
+        finally:
+            self._release(frame.camera, frame.seq)
+
     def _publish(self, batch: BatchResult) -> None:
         for frame in batch.frames:
+            objects = self._events(frame)
             now = time.time()
-            payload = detections_payload(frame, self.names, now)
+            payload = detections_payload(frame, self.names, now, objects)
             topic = f"{self.publisher.prefix}/{frame.camera}/detections"
             sent = self.publisher.publish(topic, payload, kind="detections")
             with self._lock:

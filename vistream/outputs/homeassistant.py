@@ -1,0 +1,141 @@
+"""Home Assistant MQTT discovery: the daemon's alerts appear in Home Assistant without any YAML there.
+
+One device per daemon (its `client_id`); per camera and rule a `binary_sensor` on the rule's
+`active` topic and an `image` on its snapshot topic; per line and direction a `sensor` on the
+counter. Every entity is available only while `{prefix}/status` is `online`. The configs are
+retained and published again on every connect (Home Assistant may have restarted and lost
+them); configs of rules, lines and cameras that left the config file are removed with an empty
+retained message, as Home Assistant's discovery protocol asks.
+
+Entity ids are predictable so automations can name them: `binary_sensor.{client_id}_{camera}_{rule}`,
+`image.{client_id}_{camera}_{rule}_snapshot`, `sensor.{client_id}_{camera}_{line}_{direction}`
+(Home Assistant turns `-` into `_`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from vistream import __version__
+from vistream.config.models import Config
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("in", "out")
+STATE_KEY = "homeassistant/topics"  # the discovery topics the last run published (JSON list)
+
+
+@dataclass(frozen=True)
+class Discovery:
+    topic: str
+    payload: bytes
+
+
+def discovery_messages(cfg: Config) -> list[Discovery]:
+    """The retained config message of every entity this config has."""
+    prefix, node = cfg.mqtt.topic_prefix, _slug(cfg.mqtt.client_id)
+    device = {
+        "identifiers": [f"vistream_{node}"],
+        "name": cfg.mqtt.client_id,
+        "manufacturer": "vistream",
+        "model": "vistream video analytics daemon",
+        "sw_version": __version__,
+    }
+    base = {
+        "device": device,
+        "availability": [{"topic": f"{prefix}/status"}],
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
+    out: list[Discovery] = []
+
+    def add(component: str, object_id: str, name: str, extra: dict[str, object]) -> None:
+        unique = f"{node}_{object_id}"
+        doc = {
+            **base,
+            "name": name,
+            "unique_id": unique,
+            "default_entity_id": f"{component}.{unique}",
+            **extra,
+        }
+        topic = f"{cfg.mqtt.discovery_prefix}/{component}/{node}/{object_id}/config"
+        out.append(Discovery(topic, json.dumps(doc, separators=(",", ":")).encode()))
+
+    for rule in cfg.alerts:
+        for camera in cfg.rule_cameras(rule):
+            object_id = _slug(f"{camera}_{rule.name}")
+            add(
+                "binary_sensor",
+                object_id,
+                f"{camera} {rule.name}",
+                {
+                    "state_topic": f"{prefix}/{camera}/{rule.name}/active",
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
+                    "device_class": "occupancy" if rule.line is None else "motion",
+                },
+            )
+            add(
+                "image",
+                f"{object_id}_snapshot",
+                f"{camera} {rule.name} snapshot",
+                {"image_topic": f"{prefix}/{camera}/{rule.name}/snapshot", "content_type": "image/jpeg"},
+            )
+    for cam in cfg.enabled_cameras:
+        for line in cam.lines:
+            for direction in DIRECTIONS:
+                add(
+                    "sensor",
+                    _slug(f"{cam.name}_{line}_{direction}"),
+                    f"{cam.name} {line} {direction}",
+                    {
+                        "state_topic": f"{prefix}/{cam.name}/{line}/{direction}/count",
+                        "state_class": "total_increasing",
+                        "icon": "mdi:counter",
+                    },
+                )
+    return out
+
+
+def removals(previous: list[str], current: list[Discovery]) -> list[Discovery]:
+    """Empty retained configs for topics published before that this config no longer has."""
+    keep = {d.topic for d in current}
+    return [Discovery(topic, b"") for topic in previous if topic not in keep]
+
+
+def _slug(text: str) -> str:
+    return text.replace("-", "_").replace(".", "_").lower()
+
+
+class DiscoveryPublisher:
+    """Publishes the discovery configs (and removals) on every connect, retained, QoS 1.
+
+    A `ConnectionListener` of the MQTT publisher. Straight through paho rather than the outbox:
+    the whole set goes out again on every connect anyway, so nothing needs to survive a restart.
+    """
+
+    def __init__(self, client: Any, messages: list[Discovery]) -> None:
+        self.client = client
+        self.messages = messages
+
+    def publish_all(self) -> None:
+        for d in self.messages:
+            self.client.publish(d.topic, d.payload, qos=1, retain=True)
+
+    def mqtt_connecting(self) -> None:
+        pass
+
+    def mqtt_connected(self) -> None:
+        try:
+            self.publish_all()
+        except Exception:  # paho would stop its network loop on an exception from a callback
+            log.exception("could not publish Home Assistant discovery")
+
+    def mqtt_published(self, mid: int, reason: Any) -> None:
+        pass
+
+    def mqtt_disconnected(self) -> None:
+        pass
