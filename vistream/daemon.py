@@ -26,7 +26,7 @@ from vistream.ops.logs import LogHub
 from vistream.ops.process import SPAWN, Child, StopFlag
 from vistream.ops.stats import SchedulerStats
 from vistream.ops.summary import Summary
-from vistream.ops.supervise import RestartBudget
+from vistream.ops.supervise import Limits, RestartBudget
 from vistream.ops.systemd import Notifier
 from vistream.outputs.mqtt import MqttPublisher
 from vistream.outputs.results import ResultPump
@@ -44,9 +44,7 @@ READER_STOP_S = 2.0
 SCHEDULER_STOP_S = 3.0
 PUMP_DRAIN_S = 1.0
 MQTT_GOODBYE_S = 1.5
-SCHEDULER_STALL_S = 60.0  # one batch (or one loop) taking longer than this is a hang
 READER_GRACE_S = 10.0  # on top of the camera's open/read timeouts before a silent reader counts as hung
-PROGRESS_WINDOW_S = 10.0  # the systemd watchdog is fed only if the scheduler looped this recently
 STATUS_EVERY_S = 5.0
 # What a scheduler exits with when it cannot load the model (3) or the config does not fit the
 # model (2): its own verdict, final however often it is restarted.
@@ -109,6 +107,9 @@ class Daemon:
         self._announced: set[str] = set()  # cameras whose status MQTT has been told
         self._hup = False
         self.notifier = Notifier()
+        # Stall limits and watchdog pings derived from systemd's WatchdogSec, so that a hang is
+        # recovered from inside before systemd gives up on the service (docs/operations.md).
+        self.limits = Limits.for_watchdog(self.notifier.watchdog_timeout)
         self._summary = Summary()
         self._last_ping = self._last_status = 0.0
         self._log_level = logging.getLogger().getEffectiveLevel()
@@ -300,6 +301,13 @@ class Daemon:
             fp16 = " fp16" if self.ready.half else ""
             status = f"{len(self.cameras)} camera(s), model on {self.ready.device}{fp16}"
             log.info("ready: %s, warm in %.1fs", status, self.ready.load_s)
+            lim, timeout = self.limits, self.notifier.watchdog_timeout
+            if lim.ping_s and timeout:
+                log.info(
+                    "systemd watchdog %.0fs: WATCHDOG=1 every %.0fs while results flow; a scheduler stuck "
+                    "for %.0fs is restarted and has %.0fs to make progress before systemd steps in",
+                    timeout, lim.ping_s, lim.stall_s, lim.reload_budget_s(timeout),
+                )  # fmt: skip
             self.notifier.ready(status)
 
     # -- supervision ----------------------------------------------------------------
@@ -342,7 +350,7 @@ class Daemon:
             sched
             and sched.child.alive
             and sched.beat[BEAT_READY]
-            and now - sched.beat[BEAT_TIME] < PROGRESS_WINDOW_S
+            and now - sched.beat[BEAT_TIME] < self.limits.window_s
         )
 
     def flowing(self, now: float) -> bool:
@@ -352,7 +360,7 @@ class Daemon:
         that is dead or stuck is not, whichever it is.
         """
         return self.progressing(now) and all(
-            part.alive and now - part.beat < PROGRESS_WINDOW_S for part in (self.pump, self.logs)
+            part.alive and now - part.beat < self.limits.window_s for part in (self.pump, self.logs)
         )
 
     def _supervise_threads(self, now: float) -> None:
@@ -363,7 +371,7 @@ class Daemon:
         """
         for name, part in (("results", self.pump), ("log-hub", self.logs)):
             if part.alive:
-                if now - part.beat > SCHEDULER_STALL_S:
+                if now - part.beat > self.limits.stall_s:
                     log.error("the %s thread made no progress for %.0fs: stopping", name, now - part.beat)
                     self.exit_code = 1
                     self.stop_flag.set()
@@ -376,7 +384,8 @@ class Daemon:
         n = self.notifier
         if not n.enabled:
             return
-        if n.watchdog_interval and now - self._last_ping >= n.watchdog_interval and self.flowing(now):
+        ping = self.limits.ping_s
+        if ping and now - self._last_ping >= ping and self.flowing(now):
             n.watchdog()
             self._last_ping = now
         if now - self._last_status >= STATUS_EVERY_S:
@@ -389,13 +398,13 @@ class Daemon:
         sched = self.scheduler
         if sched is None:
             return
-        beat = sched.beat
+        beat, stall = sched.beat, self.limits.stall_s
+        batch_start = beat[BEAT_BATCH_START]
         hung = beat[BEAT_READY] and (
-            (beat[BEAT_BATCH_START] and now - beat[BEAT_BATCH_START] > SCHEDULER_STALL_S)
-            or now - beat[BEAT_TIME] > SCHEDULER_STALL_S
+            (batch_start and now - batch_start > stall) or now - beat[BEAT_TIME] > stall
         )
         if hung:
-            log.error("scheduler made no progress for %.0fs: killing it", SCHEDULER_STALL_S)
+            log.error("scheduler made no progress for %.0fs: killing it", stall)
             sched.child.stop(1.0)
         if sched.child.alive:
             return

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from vistream.config.models import Config
-from vistream.daemon import PROGRESS_WINDOW_S, Daemon
+from vistream.daemon import Daemon
 from vistream.ops import logs as logs_mod
 from vistream.ops.logs import LogHub, PipeHandler
 from vistream.ops.process import SPAWN
+from vistream.ops.supervise import Limits
 from vistream.ops.systemd import Notifier
 from vistream.outputs.results import ResultPump
 from vistream.scheduler.loop import _flush
@@ -111,7 +112,8 @@ def test_stuck_result_pump_starves_the_watchdog(tmp_path: Path, daemon: Any) -> 
     sock.bind(str(path))
     sock.settimeout(0.2)
     daemon.notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"})
-    daemon.pump = SimpleNamespace(alive=True, beat=time.monotonic() - PROGRESS_WINDOW_S - 1)
+    daemon.limits = Limits.for_watchdog(2.0)
+    daemon.pump = SimpleNamespace(alive=True, beat=time.monotonic() - daemon.limits.window_s - 1)
     daemon._last_status = time.monotonic()  # no STATUS= line in the way
     daemon._notify_systemd(time.monotonic())
     with pytest.raises(TimeoutError):

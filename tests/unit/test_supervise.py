@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
-from vistream.ops.supervise import RestartBudget
+import pytest
+
+from vistream.config.models import Config
+from vistream.daemon import Daemon
+from vistream.ops.supervise import Limits, RestartBudget
 from vistream.ops.systemd import Notifier
 
 
@@ -61,3 +67,55 @@ def test_watchdog_belongs_to_its_pid_only() -> None:
     """WATCHDOG_PID naming another process means the watchdog is not ours to feed."""
     n = Notifier({"NOTIFY_SOCKET": "/nonexistent", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
     assert n.watchdog_interval is None
+
+
+@pytest.mark.parametrize(
+    ("watchdog_s", "stall_s", "window_s", "ping_s"),
+    [
+        (None, 60.0, 10.0, None),
+        (60.0, 15.0, 7.5, 15.0),
+        (120.0, 30.0, 10.0, 30.0),
+        (600.0, 60.0, 10.0, 150.0),
+    ],
+)
+def test_limits_follow_the_watchdog(
+    watchdog_s: float | None, stall_s: float, window_s: float, ping_s: float | None
+) -> None:
+    """Without a watchdog the stall limit is 60 s; under one of W seconds it is W/4 (at most 60 s),
+    pings go out every W/4, and the pipeline stops counting as flowing half a stall after its
+    last progress."""
+    lim = Limits.for_watchdog(watchdog_s)
+    assert (lim.stall_s, lim.window_s, lim.ping_s) == (stall_s, window_s, ping_s)
+
+
+@pytest.mark.parametrize("watchdog_s", [8.0, 30.0, 60.0, 180.0, 600.0])
+def test_a_hang_is_recovered_from_inside_before_systemd_steps_in(watchdog_s: float) -> None:
+    """The chain: a hang at T starves the watchdog from T + window; the last ping went out after
+    T + window - ping, so systemd acts after T + window - ping + W. The daemon kills the hung
+    scheduler at T + stall, and the new one has the rest (at least half of W) to load the model."""
+    lim = Limits.for_watchdog(watchdog_s)
+    assert lim.ping_s is not None
+    systemd_acts = lim.window_s - lim.ping_s + watchdog_s
+    assert lim.stall_s + 1.0 < systemd_acts  # + a supervision tick and the kill's grace
+    assert lim.reload_budget_s(watchdog_s) == pytest.approx(systemd_acts - lim.stall_s)
+    assert lim.reload_budget_s(watchdog_s) >= watchdog_s / 2
+
+
+def test_daemon_kills_a_hung_scheduler_before_the_unit_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. The daemon runs under the unit's WatchdogSec=60 (WATCHDOG_USEC in its environment).
+    2. The scheduler has been stuck in one batch for 20 s: the daemon kills it now (at 15 s),
+       not at 60 s, by which time systemd would have killed the whole service."""
+    monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify")
+    monkeypatch.setenv("WATCHDOG_USEC", "60000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    cfg = Config.model_validate(
+        {"mqtt": {"client_id": "tlimits"}, "cameras": [{"name": "a", "url": "/dev/null"}]}
+    )
+    d = Daemon(cfg)
+    now = time.monotonic()
+    stopped: list[float] = []
+    child = SimpleNamespace(alive=True, exitcode=None, stop=stopped.append)
+    d.scheduler = SimpleNamespace(child=child, beat=[now, now - 20, 1.0])  # type: ignore[assignment]
+    d._supervise_scheduler(now)
+    assert stopped, "the hung scheduler was not killed"
+    assert d.limits.stall_s == 15.0

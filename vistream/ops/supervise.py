@@ -1,10 +1,50 @@
-"""Supervision helpers: how often a dead child may be restarted."""
+"""Supervision helpers: how often a dead child may be restarted, and how long a stall may last."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+
+STALL_S = 60.0  # without a systemd watchdog: one batch (or loop, or thread turn) this long is a hang
+PROGRESS_WINDOW_S = 10.0  # the pipeline flows if every stage turned this recently
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a stage may make no progress before the daemon acts, and how often it pings systemd.
+
+    Under a systemd watchdog of W seconds (WATCHDOG_USEC), the daemon must restart a hung
+    scheduler itself, and have it back, well before systemd gives up on the whole service:
+
+    * WATCHDOG=1 goes out every W/4 while results flow (`ping_s`);
+    * a stage that made no progress for W/4 (at most 60 s) is a hang: a scheduler is killed
+      and started again, a stuck thread stops the daemon (`stall_s`);
+    * the pipeline stops counting as flowing half of that after its last progress (`window_s`).
+
+    A hang at time T starves the watchdog from T + window_s, so the last ping went out no
+    earlier than T + window_s - ping_s and systemd acts no earlier than T + window_s - ping_s + W;
+    the daemon kills the scheduler at T + stall_s. What is left in between (`reload_budget_s`:
+    5W/8 up to W = 80 s, so 37.5 s of the unit's 60) is how long the new scheduler may take to
+    load the model and make progress again; a model that loads slower needs a longer WatchdogSec.
+    """
+
+    stall_s: float = STALL_S
+    window_s: float = PROGRESS_WINDOW_S
+    ping_s: float | None = None  # None: no watchdog to feed
+
+    @classmethod
+    def for_watchdog(cls, timeout_s: float | None) -> Limits:
+        if not timeout_s:
+            return cls()
+        stall = min(STALL_S, timeout_s / 4)
+        return cls(stall_s=stall, window_s=min(PROGRESS_WINDOW_S, stall / 2), ping_s=timeout_s / 4)
+
+    def reload_budget_s(self, timeout_s: float) -> float:
+        """Seconds a restarted scheduler has to make progress before systemd's watchdog fires."""
+        ping = self.ping_s or 0.0
+        return self.window_s - ping + timeout_s - self.stall_s
 
 
 class RestartBudget:

@@ -26,8 +26,11 @@ class Notifier:
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         owns = not pid or pid == str(os.getpid())
-        # Pinging at half the timeout leaves one missed tick of slack, as sd_watchdog_enabled(3) suggests.
-        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and owns else None
+        # The watchdog's timeout in seconds (WatchdogSec=), when it is ours to feed.
+        self.watchdog_timeout = int(usec) / 1e6 if usec.isdigit() and owns else None
+        # Pinging at half the timeout leaves one missed tick of slack, as sd_watchdog_enabled(3) suggests
+        # (the daemon pings more often: vistream.ops.supervise.Limits).
+        self.watchdog_interval = self.watchdog_timeout / 2 if self.watchdog_timeout else None
 
     @property
     def enabled(self) -> bool:
