@@ -103,8 +103,8 @@ def make_mosquitto(_mosquitto_available: None) -> Iterator[Callable[..., Mosquit
     """A factory for private brokers (for outages, passwords); each is closed after the test."""
     brokers: list[Mosquitto] = []
 
-    def make(port: int = 0, users: Mapping[str, str] | None = None) -> Mosquitto:
-        brokers.append(Mosquitto(port, users))
+    def make(port: int = 0, users: Mapping[str, str] | None = None, persistent: bool = False) -> Mosquitto:
+        brokers.append(Mosquitto(port, users, persistent))
         return brokers[-1].start()
 
     yield make

@@ -10,9 +10,11 @@ Every stop step has a deadline; together they fit in systemd's 10 s.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import queue
 import signal
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -28,7 +30,11 @@ from vistream.ops.stats import SchedulerStats
 from vistream.ops.summary import Summary
 from vistream.ops.supervise import Limits, RestartBudget
 from vistream.ops.systemd import Notifier
+from vistream.outputs.alerts import Alerts
+from vistream.outputs.delivery import Delivery
 from vistream.outputs.mqtt import MqttPublisher
+from vistream.outputs.outbox import FILENAME as OUTBOX_FILE
+from vistream.outputs.outbox import Outbox
 from vistream.outputs.results import ResultPump
 from vistream.ring.naming import instance_id, remove_leftovers, segment_name, shm_shortage
 from vistream.ring.shm import FrameRing, RingLayout, State
@@ -38,11 +44,14 @@ from vistream.sources.reader import ReaderSpec, run_reader
 
 log = logging.getLogger(__name__)
 
-RING_SLOTS = 4  # newest frame + the one being written + slack for a slow copy
+# The newest frame, the one being written, the one in the running batch, and results on their way to
+# the main process, whose frames stay held for their snapshots (docs/architecture.md, "Holds").
+RING_SLOTS = 6
 TICK_S = 0.2
 READER_STOP_S = 2.0
 SCHEDULER_STOP_S = 3.0
 PUMP_DRAIN_S = 1.0
+DELIVERY_STOP_S = 1.0
 MQTT_GOODBYE_S = 1.5
 READER_GRACE_S = 10.0  # on top of the camera's open/read timeouts before a silent reader counts as hung
 STATUS_EVERY_S = 5.0
@@ -133,6 +142,7 @@ class Daemon:
     def start(self) -> None:
         self._init_logs()
         self._init_rings()
+        self._init_outbox()
         self._init_mqtt()
         self._init_pump()
         self._init_metrics()
@@ -185,13 +195,64 @@ class Daemon:
             raise BootError(2, str(exc)) from None
         except (ssl.SSLError, OSError, ValueError) as exc:  # files that exist but are no TLS material
             raise BootError(2, f"mqtt.tls: cannot use the certificate or key files: {exc}") from None
+        # Every camera is offline until its frames flow: the first connection says so, replacing
+        # the `online` a crashed earlier run may have left retained (its Last Will covers only
+        # {prefix}/status), long before the model is loaded and the first tick runs.
+        for cam in self.cfg.enabled_cameras:
+            self.mqtt.camera_status(cam.name, False)
+        # Listeners first: they must hear of the very first connection.
+        if self.cfg.mqtt.home_assistant:
+            self._init_discovery()
+        self.delivery = Delivery(self.outbox, self.mqtt) if self.outbox else None
+        if self.delivery:
+            self.delivery.start()
         self.mqtt.start()
         self._stack.callback(self.mqtt.stop, MQTT_GOODBYE_S)
+        if self.delivery:  # stops first: what is in flight gets its PUBACK, the rest stays for next time
+            self._stack.callback(self.delivery.stop, DELIVERY_STOP_S)
+
+    def _init_outbox(self) -> None:
+        """The durable outbox of events and counters, when the config has anything to deliver."""
+        self.outbox: Outbox | None = None
+        cfg = self.cfg
+        if not (cfg.alerts or cfg.mqtt.home_assistant or any(c.lines for c in cfg.enabled_cameras)):
+            return
+        path = cfg.state_dir / OUTBOX_FILE
+        try:
+            self.outbox = Outbox(path, max_rows=cfg.outbox.max_rows, max_age_s=cfg.outbox.max_age_s)
+        except (OSError, sqlite3.Error) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise BootError(2, f"state_dir: cannot keep the event outbox in {path}: {reason}") from None
+        self._stack.callback(self.outbox.close)
+
+    def _init_discovery(self) -> None:
+        from vistream.outputs import homeassistant as ha
+
+        current = ha.discovery_messages(self.cfg)
+        assert self.outbox is not None  # home_assistant: true always opens it
+        previous = json.loads(self.outbox.get_state(ha.STATE_KEY) or "[]")
+        gone = ha.removals(previous, current)
+        if gone:
+            log.info("Home Assistant: removing %d entities no longer configured", len(gone))
+        self.outbox.set_state(ha.STATE_KEY, json.dumps([d.topic for d in current]))
+        self.mqtt.add_listener(ha.DiscoveryPublisher(self.mqtt.client, gone + current))
 
     def _init_pump(self) -> None:
-        self.pump = ResultPump(self.mqtt, lambda: self.scheduler and self.scheduler.results, self._on_control)
+        self.alerts = Alerts(self.cfg, self.outbox, self._rings.get)
+        self.pump = ResultPump(
+            self.mqtt,
+            lambda: self.scheduler and self.scheduler.results,
+            self._on_control,
+            alerts=self.alerts,
+            release=self._release_frame,
+        )
         self.pump.start()
         self._stack.callback(self.pump.stop, PUMP_DRAIN_S)
+
+    def _release_frame(self, camera: str, seq: int) -> None:
+        ring = self._rings.get(camera)
+        if ring is not None:
+            ring.release(seq)
 
     def _init_metrics(self) -> None:
         if not self.cfg.metrics.enabled:
@@ -213,6 +274,10 @@ class Daemon:
 
     def _on_control(self, msg: Any) -> None:
         if isinstance(msg, Ready):
+            problems = self.alerts.bind(msg.names)
+            if problems:  # rule labels the loaded model does not have: the config must change
+                self.fatal = Fatal(2, "\n".join(problems))
+                return
             self.pump.names = msg.names
             self.ready = msg
             self._count_abandoned()
@@ -417,6 +482,8 @@ class Daemon:
         if not self._sched_budget.take():
             return
         log.error("scheduler exited (code %s): starting a new one", code)
+        for ring in self._rings.values():
+            ring.release_all()  # its holds: the results they waited for will never come
         self._drain_stats()
         base = self._totals[0].merged(sched.latest)
         sched.child.close()

@@ -119,6 +119,54 @@ class DaemonCollector(Collector):
         ready = GaugeMetricFamily("vistream_ready", "1 once the model is warm and the readers are started.")
         ready.add_metric([], 1.0 if d.ready else 0.0)
         yield ready
+        yield from _alert_metrics(d)
+
+
+def _alert_metrics(d: Daemon) -> Iterator[Metric]:
+    """Events, the outbox, snapshots and frame holds."""
+    started, _, _ = d.alerts.figures()
+    events = CounterMetricFamily(
+        "vistream_events", "Events started, per camera and rule.", labels=["camera", "rule"]
+    )
+    for (camera, rule), n in sorted(started.items()):
+        events.add_metric([camera, rule], n)
+    yield events
+    pending = GaugeMetricFamily(
+        "vistream_outbox_pending", "Event, counter and snapshot messages not yet acknowledged by the broker."
+    )
+    pending.add_metric([], d.outbox.pending if d.outbox else 0)
+    yield pending
+    evicted = CounterMetricFamily(
+        "vistream_outbox_evicted",
+        "Messages dropped undelivered because the outbox was full (outbox.max_rows) or they were too old "
+        "(outbox.max_age_s).",
+    )
+    evicted.add_metric([], d.outbox.evicted if d.outbox else 0)
+    yield evicted
+    errors = CounterMetricFamily(
+        "vistream_event_errors", "Frames whose event processing raised (their detections still went out)."
+    )
+    errors.add_metric([], d.pump.alert_errors)
+    yield errors
+    snapshots = CounterMetricFamily(
+        "vistream_snapshots",
+        "Event snapshots rendered (ok) or lost (the frame left the ring first).",
+        labels=["result"],
+    )
+    snapshots.add_metric(["ok"], d.alerts.snapshots)
+    snapshots.add_metric(["lost"], d.alerts.snapshots_lost)
+    yield snapshots
+    holds = CounterMetricFamily(
+        "vistream_ring_holds_broken",
+        "Frames held for their result that the reader overwrote anyway: expired (held over 5 s) or "
+        "broken (no free slot).",
+        labels=["camera", "reason"],
+    )
+    for name, rt in d.cameras.items():
+        hdr = rt.ring.header
+        holds.add_metric([name, "expired"], int(hdr["holds_expired"]))
+        holds.add_metric([name, "broken"], int(hdr["holds_broken"]))
+    yield holds
 
 
 def serve_metrics(daemon: Daemon, host: str, port: int) -> Any:
