@@ -235,3 +235,35 @@ def test_accounting_holds_across_a_scheduler_restart(
         assert scraper.scrapes > 10
         assert scraper.backwards == []
         assert daemon.terminate()[0] == 0
+
+
+def test_camera_status_after_a_crash_is_corrected_at_the_next_start(
+    tmp_path: Path, samples_dir: Path, mosquitto: Mosquitto, model_path: Path
+) -> None:
+    """1. A daemon with camera `a` runs; `a` is online (retained).
+    2. The daemon is SIGKILLed: its Last Will turns `{prefix}/status` offline; `a`'s retained
+       status still says online (the documented contract: camera status is meaningful only
+       while `{prefix}/status` is online).
+    3. A new daemon starts: with its first connection, before its model is even loaded, it
+       says `a` is offline; `a` goes online again once its frames flow."""
+    prefix = "itestcrashstatus"
+    cfg = base_config(model_path, mosquitto.port, free_port(), prefix, file_cameras(samples_dir, "a"))
+    daemon_topic, cam_topic = f"{prefix}/status", f"{prefix}/a/status"
+    with Subscriber(mosquitto.host, mosquitto.port, f"{prefix}/#") as sub:
+        with DaemonProcess(cfg, tmp_path) as first:
+            sub.wait_for(lambda m: m.topic == cam_topic and m.payload == b"online", timeout=90)
+            assert first.proc is not None
+            os.kill(first.proc.pid, signal.SIGKILL)
+            first.proc.wait(5)
+            sub.wait_for(lambda m: m.topic == daemon_topic and m.payload == b"offline", timeout=60)
+        with Subscriber(mosquitto.host, mosquitto.port, cam_topic) as late:
+            late.wait_for(lambda m: m.retain, timeout=10)
+            assert [m.payload for m in late.messages] == [b"online"]  # stale, as documented
+        sub.clear()
+        with DaemonProcess(cfg, tmp_path) as second:
+            sub.wait_for(lambda m: m.topic == cam_topic and m.payload == b"online", timeout=90)
+            statuses = [(m.topic, m.payload) for m in sub.messages if m.topic in (daemon_topic, cam_topic)]
+            expected = [(daemon_topic, b"online"), (cam_topic, b"offline"), (cam_topic, b"online")]
+            assert statuses[:3] == expected
+            assert "ready:" in second.log
+            assert second.terminate()[0] == 0

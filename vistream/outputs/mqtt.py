@@ -95,13 +95,18 @@ class MqttPublisher:
         self.client.loop_stop()
 
     def camera_status(self, name: str, online: bool) -> None:
-        """Record a camera's status; it is published now if connected and again on every connect."""
+        """Record a camera's status; it is published now if connected and again on every connect.
+
+        Record every camera before `start()`: the first connection then says where each one
+        stands (offline until its frames flow), replacing what a crashed earlier run left retained.
+        """
         status = ONLINE if online else OFFLINE
         with self._lock:
             if self._camera_status.get(name) == status:
                 return
             self._camera_status[name] = status
-        if self.connected:
+            connected = self.connected  # read with the change: _on_connect copies under the same lock
+        if connected:
             self._publish_status(name, status)
 
     def add_listener(self, listener: ConnectionListener) -> None:
@@ -136,11 +141,20 @@ class MqttPublisher:
             listener.mqtt_connected()
         log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
         client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
+        # `connected` goes true with the copy, under the lock camera_status() holds for its change:
+        # a change made before the copy is in it, one made after is published by camera_status().
+        # Either may be handed to paho after an older value from the other thread, so the copy is
+        # compared again until it holds still (duplicates are harmless: the topics are retained).
+        published: dict[str, str] = {}
         with self._lock:
-            statuses = list(self._camera_status.items())
-        for name, status in statuses:
-            self._publish_status(name, status)
-        self.connected = True
+            self.connected = True
+            statuses = dict(self._camera_status)
+        while statuses:
+            for name, status in statuses.items():
+                self._publish_status(name, status)
+            published.update(statuses)
+            with self._lock:
+                statuses = {n: s for n, s in self._camera_status.items() if published.get(n) != s}
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
