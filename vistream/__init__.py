@@ -2,7 +2,8 @@
 
 The frame's path through the package: sources (decode) -> ring (shared
 memory) -> scheduler (batching, staleness) -> detector (model backends) ->
-outputs (MQTT) with ops (supervision, metrics) and config around them.
+events (tracking, zones, rules) -> outputs (MQTT, outbox, snapshots) with ops
+(supervision, metrics) and config around them.
 """
 
 from importlib.metadata import PackageNotFoundError, version
