@@ -134,7 +134,7 @@ class Alerts:
             messages.append(self._active(camera, rule, False))
         for (camera, line, direction), value in self.counters.items():
             messages.append(self._counter(camera, line, direction, value))
-        self.outbox.add_many(messages, state=state)  # type: ignore[arg-type]
+        self.outbox.add_many(messages, state=state)
 
     def _queue(self, outcome: FrameOutcome) -> None:
         """Queue what one frame (or a tick) caused, snapshots first, in one transaction."""
@@ -157,7 +157,7 @@ class Alerts:
         for camera, line, direction, value in outcome.counters:
             messages.append(self._counter(camera, line, direction, value))
             state[COUNTER_KEY.format(camera, line, direction)] = str(value)
-        self.outbox.add_many(messages, state=state)  # type: ignore[arg-type]
+        self.outbox.add_many(messages, state=state)
         with self._lock:
             for ev in outcome.events:
                 if ev.type == "start":

@@ -175,13 +175,15 @@ class Outbox:
         retain: bool = False,
         kind: str = "event",
         qos: int = 1,
-        state: Mapping[str, str] | None = None,
+        state: Mapping[str, str | None] | None = None,
     ) -> int:
         """Queue one message (and set `state` keys in the same transaction); returns its row id."""
         return self.add_many([Message(camera, topic, payload, retain, kind, qos)], state=state)[0]
 
-    def add_many(self, messages: Iterable[Message], *, state: Mapping[str, str] | None = None) -> list[int]:
-        """Queue messages in order in one transaction, with `state` keys; returns their row ids."""
+    def add_many(
+        self, messages: Iterable[Message], *, state: Mapping[str, str | None] | None = None
+    ) -> list[int]:
+        """Queue messages in order in one transaction, with `state` keys (None deletes); returns row ids."""
         ids: list[int] = []
         now = self._clock()
         with self._lock:
