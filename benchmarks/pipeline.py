@@ -48,7 +48,7 @@ MODEL = SHARED / "models" / "yolov8n.pt"
 CLIPS = {"street": SHARED / "samples" / "street-1080p.mp4", "crowd": SHARED / "samples" / "crowd-480p.mp4"}
 PREFIX = "vsbench"
 MIB = 1024 * 1024
-REASONS = ("stale", "overwritten", "failed")
+REASONS = ("stale", "overwritten", "failed", "unattached")
 LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
 # Distribution names: Ultralytics is installed as its headless build.
 DISTS = {"vistream": "vistream", "torch": "torch", "ultralytics": "ultralytics-opencv-headless", "av": "av"}
@@ -305,6 +305,13 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         broker = stack.enter_context(Mosquitto())
         rtsp = stack.enter_context(RtspServer(mounts))
         cams = [{"name": c, "url": rtsp.url(c), "detect_fps": args.detect_fps} for c in cameras]
+        # Cameras whose URL points at nothing: the live cameras' rates show whether they slow them down.
+        dead = [f"dead{i}" for i in range(args.dead)]
+        cams += [
+            {"name": c, "url": f"rtsp://127.0.0.1:{free_port()}/nothing", "detect_fps": args.detect_fps,
+             "reconnect_max_s": 2}
+            for c in dead
+        ]  # fmt: skip
         config = base_config(MODEL, broker.port, free_port(), PREFIX, cams)
         config["model"].update(device=args.device, imgsz=args.imgsz)
         config["batching"] = {"max_batch": args.max_batch, "max_wait_ms": 10, "max_frame_age_ms": 500}
@@ -330,8 +337,8 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         result["processes"] = watch.stop()
         check_alive(daemon)
         result["window_s"] = t1 - t0
-        result["metrics"] = metric_figures(before, after, cameras, t1 - t0)
-        result["detections"] = detection_figures(sub.messages, cameras, (t0, t1))
+        result["metrics"] = metric_figures(before, after, cameras + dead, t1 - t0)
+        result["detections"] = detection_figures(sub.messages, cameras + dead, (t0, t1))
 
         code, took = daemon.terminate()
         leftover = sorted(p.name for p in Path("/dev/shm").glob(f"vistream.{PREFIX}.*"))
@@ -401,12 +408,11 @@ def print_summary(r: dict[str, Any]) -> None:
     for cam, c in [*m["per_camera"].items(), ("total", m["total"])]:
         d = det["per_camera"].get(cam, det)
         rates = [c[k] / secs for k in ("decoded", "sampled", "inferred")]
-        counts = [
-            int(c[k]) for k in ("dropped_stale", "dropped_overwritten", "dropped_failed", "unaccounted")
-        ]
+        counts = [int(c[f"dropped_{r}"]) for r in REASONS] + [int(c["unaccounted"])]
         rows.append([cam, d["fps"], *rates, *counts, d["objects_per_frame"] or 0.0])
     print("\nframes per second, then frames dropped (counts over the window)")
-    header = ["camera", "mqtt", "decoded", "sampled", "inferred", "stale", "overwr", "failed", "unacc."]
+    header = ["camera", "mqtt", "decoded", "sampled", "inferred", "stale", "overwr", "failed", "unatt."]
+    header.append("unacc.")
     table([*header, "obj/frame"], rows)
     size = m["batch_size_mean"] or 0.0
     print(f"\n{m['batches']:.0f} batches ({m['batches_per_s']:.2f}/s), mean size {size:.2f}")
@@ -440,6 +446,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=15, help="seconds after ready before measuring")
     parser.add_argument("--cameras", default="street1,street2,crowd1,crowd2", help="street<N>/crowd<N>")
     parser.add_argument("--detect-fps", type=float, default=15)
+    parser.add_argument("--dead", type=int, default=0, help="also N cameras whose URL answers nothing")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-batch", type=int, default=8)
