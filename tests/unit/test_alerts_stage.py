@@ -1,0 +1,166 @@
+"""The alerts stage (vistream/outputs/alerts.py): engine results into the outbox, snapshots, restarts.
+
+A real Outbox in tmp_path and a real ring in /dev/shm; frames are 320x240 at 10 fps on a fake
+clock. Camera `front` has its lower half as zone `yard` and a horizontal line `mid` across it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from vistream.config.models import CameraConfig, Config
+from vistream.ops.process import StopFlag
+from vistream.outputs.alerts import Alerts
+from vistream.outputs.outbox import Outbox, Row
+from vistream.ring.shm import FrameRing, RingLayout
+from vistream.scheduler.messages import FrameResult
+from vistream.sources.reader import CameraReader, ReaderSpec
+
+W, H = 320, 240
+WALL0 = 1_763_700_000.0
+NAMES = {0: "person"}
+
+
+def config(model: str = "yolov8n.pt", labels: list[str] | None = None) -> Config:
+    return Config.model_validate(
+        {
+            "model": {"path": model},
+            "mqtt": {"topic_prefix": "vs"},
+            "cameras": [
+                {
+                    "name": "front",
+                    "url": "rtsp://cam.local/front",
+                    "detect_fps": 10,
+                    "zones": {"yard": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]},
+                    "lines": {"mid": [[0, 0.5], [1, 0.5]]},
+                }
+            ],
+            "alerts": [
+                {"name": "in_yard", "labels": labels or ["person"], "zone": "yard", "end_after_s": 1},
+            ],
+        }
+    )
+
+
+@pytest.fixture
+def ring() -> Iterator[FrameRing]:
+    r = FrameRing.create(f"vistream-test-{uuid.uuid4().hex[:8]}", RingLayout(6, 64, 64))
+    yield r
+    r.close()
+    r.unlink()
+
+
+def write_frames(ring: FrameRing, tmp_path: Path, n: int) -> None:
+    """n grey camera frames into the ring: seq 1..n."""
+    cam = CameraConfig(name="front", url=str(tmp_path / "clip.mp4"), detect_fps=10)
+    reader = CameraReader(ReaderSpec(cam, ring.name, threading.Semaphore(0)), ring, StopFlag())
+    grey = av.VideoFrame.from_ndarray(np.full((H, W, 3), 128, np.uint8), format="rgb24")
+    for i in range(n):
+        reader._write(grey.reformat(format="yuv420p"), WALL0 + i / 10, i / 10)
+
+
+def frame(seq: int, y: float | None) -> FrameResult:
+    """Frame `seq` (t = seq / 10 s) with a person whose bottom-centre is at (160, y), or nobody."""
+    dets = [] if y is None else [(0, 0.9, 140.0, y - 60, 180.0, y)]
+    return FrameResult("front", seq, WALL0 + seq / 10, seq / 10, W, H, dets)
+
+
+def rows(outbox: Outbox) -> list[Row]:
+    return outbox.pending_rows(limit=10_000)
+
+
+def test_an_event_goes_into_the_outbox_snapshot_first(ring: FrameRing, tmp_path: Path) -> None:
+    """1. Start: every rule's `active` is OFF and every line counter at 0, retained.
+    2. A person walks down into the yard (crossing `mid` in): the frame that starts the event is
+       rendered from the ring, and its snapshot row comes before the start event's rows.
+    3. The person vanishes: 1 s later the event ends; the open event is gone from the state."""
+    write_frames(ring, tmp_path, 6)  # a 6-slot ring keeps them all
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    alerts = Alerts(config(), outbox, {"front": ring}.get)
+    assert alerts.bind(NAMES) == []
+    start = [(r.topic, r.payload) for r in rows(outbox)]
+    last = rows(outbox)[-1].id
+    assert start == [
+        ("vs/front/in_yard/active", b"OFF"),
+        ("vs/front/mid/in/count", b"0"),
+        ("vs/front/mid/out/count", b"0"),
+    ]
+    for seq, y in enumerate([100, 110, 130, 150, 160, 170], start=1):
+        objects = alerts.process(frame(seq, y))
+        assert objects is not None and len(objects) == 1
+    for seq in range(7, 20):
+        alerts.process(frame(seq, None))
+    topics = [r.topic for r in rows(outbox) if r.id > last]
+    snap = topics.index("vs/front/in_yard/snapshot")
+    assert topics[snap + 1 : snap + 3] == ["vs/events", "vs/front/events"]
+    assert "vs/front/mid/in/count" in topics
+    events = [json.loads(r.payload) for r in rows(outbox) if r.topic == "vs/events"]
+    assert events[0]["type"] == "start" and events[-1]["type"] == "end"
+    assert events[0]["snapshot"] == "vs/front/in_yard/snapshot"
+    jpeg = next(r.payload for r in rows(outbox) if r.kind == "snapshot")
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (H, W, 3)
+    assert outbox.states("open/") == {}
+    assert outbox.get_state("counter/front/mid/in") == "1"
+    started, counters, recent = alerts.figures()
+    assert started == {("front", "in_yard"): 1} and counters[("front", "mid", "in")] == 1
+    assert recent[-1]["type"] == "end"
+
+
+def test_a_frame_gone_from_the_ring_gives_an_event_without_snapshot(ring: FrameRing, tmp_path: Path) -> None:
+    """The start frame was never in the ring (or was overwritten): the event says `snapshot: null`,
+    also in its later messages, and the loss is counted."""
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    alerts = Alerts(config(), outbox, {"front": ring}.get)
+    alerts.bind(NAMES)
+    for seq in range(1, 4):
+        alerts.process(frame(seq, 200))
+    events = [json.loads(r.payload) for r in rows(outbox) if r.topic == "vs/events"]
+    assert events and all(e["snapshot"] is None for e in events)
+    assert alerts.snapshots_lost == 1 and not any(r.kind == "snapshot" for r in rows(outbox))
+
+
+def test_after_a_restart_counters_go_on_and_open_events_are_ended(ring: FrameRing, tmp_path: Path) -> None:
+    """1. A run counts a crossing and starts an event, then stops without ending it (killed).
+    2. The next run on the same outbox publishes the counter's stored value (not 0) and ends
+       the open event with reason `restart`; its engine counts on from there."""
+    write_frames(ring, tmp_path, 6)
+    path = tmp_path / "outbox.sqlite3"
+    first = Alerts(config(), Outbox(path), {"front": ring}.get)
+    first.bind(NAMES)
+    for seq, y in enumerate([100, 110, 130, 150], start=1):
+        first.process(frame(seq, y))
+    open_ids = set(first.outbox.states("open/")) if first.outbox else set()
+    assert len(open_ids) == 1
+    first.outbox.close()  # type: ignore[union-attr]
+
+    outbox = Outbox(path)
+    last = rows(outbox)[-1].id
+    second = Alerts(config(), outbox, {"front": ring}.get)
+    second.bind(NAMES)
+    new = [r for r in rows(outbox) if r.id > last]
+    ends = [json.loads(r.payload) for r in new if r.topic == "vs/events"]
+    assert [(e["type"], e["reason"]) for e in ends] == [("end", "restart")]
+    assert {f"open/{e['id']}" for e in ends} == open_ids
+    assert ("vs/front/mid/in/count", b"1") in [(r.topic, r.payload) for r in new]
+    assert outbox.states("open/") == {}
+    assert second.engine is not None and second.engine.counters[("front", "mid", "in")] == 1
+
+
+def test_labels_a_custom_model_lacks_are_reported_at_bind(tmp_path: Path) -> None:
+    """A custom model's labels are only known once loaded: a rule naming another is a problem by key."""
+    alerts = Alerts(config(model="custom.pt", labels=["person"]), None, lambda _: None)
+    assert alerts.bind({0: "widget", 1: "gadget"}) == [
+        "alerts[0].labels[0]: 'person' is not a class the model reports"
+    ]
+    assert alerts.engine is None
+    assert alerts.bind({0: "person"}) == [] and alerts.engine is not None
