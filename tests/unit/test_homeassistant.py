@@ -1,0 +1,68 @@
+"""Home Assistant discovery (vistream/outputs/homeassistant.py): entity ids, topics, removals."""
+
+from __future__ import annotations
+
+import json
+
+from vistream.config.models import Config
+from vistream.outputs.homeassistant import Discovery, discovery_messages, removals
+
+
+def config(alerts: list[dict], lines: dict | None = None) -> Config:
+    return Config.model_validate(
+        {
+            "mqtt": {"topic_prefix": "home/vs", "client_id": "vs-garage", "home_assistant": True},
+            "cameras": [
+                {
+                    "name": "front-door",
+                    "url": "rtsp://h/x",
+                    "zones": {"porch": [[0, 0.5], [1, 0.5], [1, 1]]},
+                    "lines": lines if lines is not None else {"gate": [[0.5, 0], [0.5, 1]]},
+                },
+                {"name": "back", "url": "rtsp://h/y", "enabled": False},
+            ],
+            "alerts": alerts,
+        }
+    )
+
+
+def test_entities_per_rule_camera_and_line_direction() -> None:
+    """A zone rule on one camera and a line: a binary sensor and an image for the rule, a sensor per
+    line direction; ids predictable (`-` -> `_`), states on the daemon's topics, availability bound
+    to `{prefix}/status`, one device for the daemon. A disabled camera has no entities."""
+    docs = {
+        d.topic: json.loads(d.payload)
+        for d in discovery_messages(config([{"name": "person", "zone": "porch"}]))
+    }
+    assert set(docs) == {
+        "homeassistant/binary_sensor/vs_garage/front_door_person/config",
+        "homeassistant/image/vs_garage/front_door_person_snapshot/config",
+        "homeassistant/sensor/vs_garage/front_door_gate_in/config",
+        "homeassistant/sensor/vs_garage/front_door_gate_out/config",
+    }
+    sensor = docs["homeassistant/binary_sensor/vs_garage/front_door_person/config"]
+    assert sensor["state_topic"] == "home/vs/front-door/person/active"
+    assert (sensor["payload_on"], sensor["payload_off"]) == ("ON", "OFF")
+    assert sensor["default_entity_id"] == "binary_sensor.vs_garage_front_door_person"
+    assert sensor["availability"] == [{"topic": "home/vs/status"}]
+    image = docs["homeassistant/image/vs_garage/front_door_person_snapshot/config"]
+    assert image["image_topic"] == "home/vs/front-door/person/snapshot"
+    assert image["content_type"] == "image/jpeg"
+    counter = docs["homeassistant/sensor/vs_garage/front_door_gate_in/config"]
+    assert counter["state_topic"] == "home/vs/front-door/gate/in/count"
+    assert counter["state_class"] == "total_increasing"
+    assert len({json.dumps(d["device"]) for d in docs.values()}) == 1
+    assert len({d["unique_id"] for d in docs.values()}) == len(docs)
+
+
+def test_entities_no_longer_configured_are_removed() -> None:
+    """The last run published a rule and a line that are gone now: their configs are emptied
+    (retained, as Home Assistant's discovery asks); what still exists is not touched."""
+    before = discovery_messages(config([{"name": "person", "zone": "porch"}]))
+    now = discovery_messages(config([{"name": "car", "zone": "porch"}], lines={}))
+    gone = removals([d.topic for d in before], now)
+    assert all(d.payload == b"" for d in gone)
+    assert {d.topic for d in gone} == {d.topic for d in before} - {d.topic for d in now}
+    assert len(gone) == 4
+    assert removals([d.topic for d in now], now) == []
+    assert isinstance(gone[0], Discovery)
