@@ -220,3 +220,31 @@ def test_tracker_ids_need_a_second_frame_and_expire_after_the_buffer() -> None:
     assert removed == [1]
     assert tracker.update([still, other], 4.5)[1] == 2
     assert tracker.update([still, other], 4.6) == [3, 2]
+
+
+def test_a_reload_keeps_what_did_not_change_and_ends_what_did() -> None:
+    """1. A person stands in the driveway: the zone rule's event runs (track 1); counters are 3 in.
+    2. Reload with the same config: nothing ends, the event and the track go on, counters stay.
+    3. Reload with the zone rule changed (longer dwell): its running event ends now, active OFF;
+       the track id is kept (same camera rate), and the new rule starts its own event later."""
+    eng = engine(counters={("front", "gate", "in"): 3})
+    first = feed(eng, "front", [[person_at(1000, 900)]] * 12)
+    start = next(ev for out in first for ev in out.events)
+    assert eng.reconfigure(config(**DEFAULT_ALERTS)).events == []
+    more = feed(eng, "front", [[person_at(1000, 900)]] * 3, t0=1.2)
+    assert [o.track_id for out in more for o in out.objects] == [1, 1, 1]
+    assert all(ev.type == "update" and ev.id == start.id for out in more for ev in out.events)
+    assert eng.counters[("front", "gate", "in")] == 3
+
+    changed = {
+        **DEFAULT_ALERTS,
+        "person_in_driveway": {**DEFAULT_ALERTS["person_in_driveway"], "min_duration_s": 2},
+    }
+    out = eng.reconfigure(config(**changed))
+    assert [(ev.type, ev.id) for ev in out.events] == [("end", start.id)]
+    assert out.active == [("front", "person_in_driveway", False)]
+    later = feed(eng, "front", [[person_at(1000, 900)]] * 25, t0=1.5)
+    assert {o.track_id for out in later for o in out.objects} == {1}
+    starts = [ev for out in later for ev in out.events if ev.type == "start"]
+    assert len(starts) == 1 and starts[0].id != start.id
+    assert eng.counters[("front", "gate", "in")] == 3

@@ -94,6 +94,23 @@ class _Camera:
         self.lines = {name: LineCrossings(Line(name, p1, p2)) for name, (p1, p2) in cam.lines.items()}
         self.line_labels = line_labels
         self.machines = machines
+        self.config = cam
+
+    def take_over(self, old: _Camera) -> None:
+        """Keep the tracker, line states and rule machines of the same camera that did not change."""
+        if old.config.detect_fps == self.config.detect_fps:
+            self.tracker = old.tracker
+        for name in self.lines:
+            if old.config.lines.get(name) == self.config.lines[name]:
+                self.lines[name] = old.lines[name]
+        if self.tracker is not old.tracker or old.config.zones != self.config.zones:
+            return  # a rule's running events need the same tracks in the same zones
+        previous = {m.rule.name: m for m in old.machines}
+        for i, machine in enumerate(self.machines):
+            kept, line = previous.get(machine.rule.name), machine.rule.line
+            same_line = line is None or self.lines[line] is old.lines.get(line)
+            if kept is not None and kept.rule == machine.rule and same_line:
+                self.machines[i] = kept
 
 
 class EventEngine:
@@ -107,20 +124,47 @@ class EventEngine:
         new_id: Callable[[], str] = new_event_id,
     ) -> None:
         self.names = names
+        self._new_id = new_id
         self._counters: dict[CounterKey, int] = {}
         self._cameras: dict[str, _Camera] = {}
+        self._build(cfg, counters or {}, {})
+
+    def _build(self, cfg: Config, counters: Mapping[CounterKey, int], old: dict[str, _Camera]) -> None:
+        """Cameras, rules and counters of `cfg`, taking over what `old` has that did not change."""
         prefix = cfg.mqtt.topic_prefix
+        self._cameras, self._counters = {}, {}
         for cam in cfg.enabled_cameras:
             rules = [r for r in cfg.alerts if cam.name in cfg.rule_cameras(r)]
             machines = [
-                machine_for(cam.name, r, f"{prefix}/{cam.name}/{r.name}/snapshot", new_id) for r in rules
+                machine_for(cam.name, r, f"{prefix}/{cam.name}/{r.name}/snapshot", self._new_id)
+                for r in rules
             ]
             labels = {line: _line_labels(line, rules) for line in cam.lines}
             self._cameras[cam.name] = _Camera(cam, machines, labels)
+            if cam.name in old:
+                self._cameras[cam.name].take_over(old[cam.name])
             for line in cam.lines:
                 for direction in ("in", "out"):
                     key = (cam.name, line, direction)
-                    self._counters[key] = (counters or {}).get(key, 0)
+                    self._counters[key] = counters.get(key, 0)
+
+    def reconfigure(self, cfg: Config) -> FrameOutcome:
+        """Apply a reloaded config without losing what did not change.
+
+        Trackers of cameras whose rate is the same keep their tracks, unchanged lines keep where
+        each track was, and rule machines whose rule, camera and geometry are the same keep their
+        running events; the events of rules that changed or went away end now. Counters go on.
+        """
+        old, counters = self._cameras, self._counters
+        self._build(cfg, counters, old)
+        kept = {id(m) for c in self._cameras.values() for m in c.machines}
+        out = FrameOutcome()
+        for cam in old.values():
+            for machine in cam.machines:
+                if id(machine) not in kept:
+                    was_active = machine.active
+                    out.add_events(machine, machine.close(), was_active)
+        return out
 
     @property
     def counters(self) -> dict[CounterKey, int]:

@@ -222,6 +222,12 @@ class RuleMachine:
         self._expire(now_mono)
         return out
 
+    def close(self) -> list[Event]:
+        """End every running event now (the rule was changed or removed by a reload)."""
+        out = [self._message("end", ev, ev.last_wall, ev.last_seq) for ev in self._open.values()]
+        self._open.clear()
+        return out
+
     def _step(self, clock: Clock, seen: Sequence[Seen]) -> list[Event]:
         raise NotImplementedError
 
