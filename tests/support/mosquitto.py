@@ -31,6 +31,15 @@ def missing_dependency() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """Makes the broker's listener a TLS one: the CA bundle it trusts, its certificate and its key."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+
+
 class Mosquitto:
     """`with Mosquitto() as broker:` a broker on broker.host:broker.port until the block ends.
 
@@ -38,16 +47,22 @@ class Mosquitto:
     back where clients expect it. With `users` ({name: password}) anonymous clients are refused.
     With `persistent=True` sessions (subscriptions of clean_session=False clients, their queued QoS 1
     messages) are saved at stop() and restored at start(), as a broker with persistence on does.
+    With `tls` the listener speaks TLS only (clients then need the CA that signed `tls.certfile`).
     """
 
     host = "127.0.0.1"
 
     def __init__(
-        self, port: int = 0, users: Mapping[str, str] | None = None, persistent: bool = False
+        self,
+        port: int = 0,
+        users: Mapping[str, str] | None = None,
+        persistent: bool = False,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.port = port or free_port(self.host)
         self.users = dict(users or {})
         self.persistent = persistent
+        self.tls = tls
         self._dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
         self._log = self._dir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -56,6 +71,11 @@ class Mosquitto:
     def _write_config(self) -> None:
         lines = [
             f"listener {self.port} {self.host}",
+            *(
+                [f"cafile {self.tls.cafile}", f"certfile {self.tls.certfile}", f"keyfile {self.tls.keyfile}"]
+                if self.tls
+                else []
+            ),
             # Run as whoever runs the tests: as root, mosquitto would switch to user `mosquitto`,
             # which cannot read our temp dir.
             f"user {pwd.getpwuid(os.geteuid()).pw_name}",
@@ -149,8 +169,11 @@ class Subscriber:
         password: str | None = None,
         client_id: str | None = None,
         clean_session: bool = True,
+        ca_file: Path | None = None,
     ) -> None:
-        """`client_id` with `clean_session=False`: a persistent session that misses nothing while away."""
+        """`client_id` with `clean_session=False`: a persistent session that misses nothing while away.
+
+        `ca_file`: connect with TLS, verifying the broker against this CA bundle."""
         self.topic, self.qos = topic, qos
         self._messages: list[Message] = []
         self._changed = threading.Condition()
@@ -162,6 +185,8 @@ class Subscriber:
         )
         if username is not None:
             self._client.username_pw_set(username, password)
+        if ca_file is not None:
+            self._client.tls_set(ca_certs=str(ca_file))
         self._client.reconnect_delay_set(min_delay=1, max_delay=2)  # outage tests should not wait long
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

@@ -7,6 +7,10 @@ true only in a successful CONNACK and false at the first sign of loss, and a
 detection offered while disconnected is dropped and counted, not queued
 (it would be stale by the time the broker is back; status topics are
 retained and re-sent on every connect instead).
+
+A connection attempt that fails before the CONNACK (broker unreachable, a TLS handshake the
+broker's certificate fails: wrong CA, host name not in it) is one warning line per attempt, naming
+the broker and the cause; paho's thread survives it and tries again after its backoff.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import sys
 import threading
 import time
 from typing import Any, Protocol
@@ -48,6 +53,7 @@ class MqttPublisher:
         self.availability_topic = f"{self.prefix}/status"
         self.connected = False
         self.connects = 0
+        self.failed_attempts = 0  # connection attempts in a row that ended before a CONNACK
         self.dropped: dict[str, int] = {}  # kind -> messages that could not be handed to the broker
         self._camera_status: dict[str, str] = {}
         self._listeners: list[ConnectionListener] = []
@@ -72,6 +78,7 @@ class MqttPublisher:
             c.tls_insecure_set(cfg.tls.insecure)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_pre_connect = self._on_pre_connect
         c.on_publish = self._on_publish
@@ -136,6 +143,7 @@ class MqttPublisher:
             self.connected = False
             return
         self.connects += 1
+        self.failed_attempts = 0
         # First, so the outbox's stale copies are dropped before anything is published on this connection.
         for listener in self._listeners:
             listener.mqtt_connected()
@@ -156,6 +164,19 @@ class MqttPublisher:
             with self._lock:
                 statuses = {n: s for n, s in self._camera_status.items() if published.get(n) != s}
 
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        # paho 2.x calls this inside its `except OSError:` around reconnect() (Client.loop_forever),
+        # so the failure is the exception being handled; it passes none. A TLS verification failure
+        # is an ssl.SSLCertVerificationError, an OSError, so it lands here too and is retried.
+        self.failed_attempts += 1
+        log.warning(
+            "MQTT broker %s:%d: connection attempt %d failed: %s; retrying",
+            self.cfg.host,
+            self.cfg.port,
+            self.failed_attempts,
+            _connect_error(sys.exc_info()[1]),
+        )
+
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
@@ -175,6 +196,23 @@ class MqttPublisher:
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
         for listener in self._listeners:
             listener.mqtt_published(mid, reason)
+
+
+_NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+
+
+def _connect_error(exc: BaseException | None) -> str:
+    """The cause of a failed connection attempt in a few words (no `_ssl.c:1006` location)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # verify_message: "Hostname mismatch, certificate is not valid for 'x'." says it all; a wrong
+        # CA reads "self-signed certificate in certificate chain", which wants the hint.
+        hint = "" if exc.verify_code in _NAME_MISMATCH else " (is mqtt.tls.ca_file the broker's CA?)"
+        return f"TLS certificate verify failed: {exc.verify_message}{hint}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return "connection failed" if exc is None else str(exc)
 
 
 def _str(path: Any) -> str | None:
