@@ -79,6 +79,7 @@ class RtspServer:
         return f"rtsp://{HOST}:{self.port}/{name}"
 
     def start(self, timeout: float = 20.0) -> Self:
+        """Start the server; after `stop()`, on the port it had (a camera's server coming back)."""
         args = [SYSTEM_PYTHON, str(SCRIPT), "--port", str(self.port)]
         for name, path in self.mounts.items():
             args += ["--mount", f"{name}={path}"]
@@ -87,7 +88,9 @@ class RtspServer:
         self._proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1
         )
-        threading.Thread(target=self._read_stdout, args=(self._proc.stdout,), daemon=True).start()
+        # A queue of this run's own: the previous run's reader thread ends it with None.
+        self._lines = queue.Queue()
+        threading.Thread(target=self._read_stdout, args=(self._proc.stdout, self._lines), daemon=True).start()
         ready = self._expect("READY ", timeout)
         self.port = int(ready.split()[1])
         return self
@@ -144,10 +147,10 @@ class RtspServer:
         if answer != f"OK {verb} {name}":
             raise RuntimeError(f"RTSP test server answered {answer!r} to {verb} {name}")
 
-    def _read_stdout(self, stdout: IO[str]) -> None:
+    def _read_stdout(self, stdout: IO[str], lines: queue.Queue[str | None]) -> None:
         for line in stdout:
-            self._lines.put(line.strip())
-        self._lines.put(None)
+            lines.put(line.strip())
+        lines.put(None)
 
     def _expect(self, prefix: str, timeout: float) -> str:
         """The next line the server prints; it must start with `prefix`."""

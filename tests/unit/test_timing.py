@@ -1,15 +1,20 @@
-"""The reader's small clocks: frame throttling, capture-time estimation, reconnect backoff."""
+"""The reader's small clocks: frame throttling, capture-time estimation, reconnect backoff, and the
+port probe that cuts a backoff short when a camera comes back."""
 
 from __future__ import annotations
 
 import contextlib
 import random
+import socket
+from collections.abc import Callable
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from vistream.config.models import CameraConfig
 from vistream.sources import reader as reader_mod
+from vistream.sources.probe import PortWatch, camera_address, port_open
 from vistream.sources.timing import Backoff, CaptureClock, Throttle
 
 
@@ -132,3 +137,202 @@ def test_capture_clock_stamp_keeps_age_across_wall_steps() -> None:
     wall, mono = c.stamp(1.0, 5000 + 1.0 + 1.5 + 5.0, 100 + 1.0 + 1.5)  # 1.5 s late, wall stepped +5 s
     assert mono == pytest.approx(101.0, abs=0.01)
     assert wall == pytest.approx(5006.0, abs=0.01)
+
+
+# --- Reconnecting: the backoff spaces full opens, a cheap port probe notices a return ----------
+
+
+def inline(work: Callable[[], None]) -> None:
+    work()
+
+
+def test_port_watch_probes_one_at_a_time() -> None:
+    """A probe that hangs (a name lookup has no timeout) is never stacked with more probes."""
+    started: list[Callable[[], None]] = []
+    watch = PortWatch(lambda: True, every=2.0, spawn=started.append)
+    for k in range(40):
+        assert not watch.came_back(k * 0.5)
+    assert len(started) == 1
+    started[0]()  # it ends, at last: the next is due at once
+    watch.came_back(20.0)
+    assert len(started) == 2
+
+
+@pytest.mark.parametrize(
+    ("found", "came_back_after"),
+    [
+        ([False, False, True, True], [2]),  # closed, then open: back once
+        ([True, True, True], []),  # open all along (the stream fails behind it): never
+        ([False, True, False, True], [1, 3]),  # each return counts
+        ([False, False, False], []),  # stays down
+    ],
+)
+def test_port_watch_reports_a_port_that_opens_after_being_closed(
+    found: list[bool], came_back_after: list[int]
+) -> None:
+    """Probes every 2 s, polled every 0.5 s: `came_back` is True right after each probe that found
+    the port open when the one before found it closed, and only then."""
+    results = iter(found)
+    watch = PortWatch(lambda: next(results), every=2.0, spawn=inline)
+    backs = [t for t in np.arange(0.0, 2.0 * len(found), 0.5) if watch.came_back(float(t))]
+    assert backs == [2.0 * k + 0.5 for k in came_back_after]
+
+
+def test_port_watch_takes_a_full_open_as_the_port_open() -> None:
+    """An older probe found the port closed, then a full open succeeded: an open port afterwards is
+    no return (it would bring a full open forward for nothing)."""
+    results = iter([False, True])
+    watch = PortWatch(lambda: next(results), every=2.0, spawn=inline)
+    watch.came_back(0.0)
+    watch.came_back(0.5)
+    watch.answered()
+    watch.came_back(2.0)
+    assert not watch.came_back(2.5)
+
+
+def test_port_watch_reports_a_return_at_most_once_per_quiet_period() -> None:
+    """A port that flaps (closed, open, closed, open... every 2 s) is reported back once per `quiet`."""
+    flips = iter([k % 2 == 1 for k in range(40)])
+    watch = PortWatch(lambda: next(flips), every=2.0, quiet=30.0, spawn=inline)
+    backs = [t for t in np.arange(0.0, 80.0, 0.5) if watch.came_back(float(t))]
+    assert backs == [2.5, 34.5, 66.5]
+
+
+@pytest.mark.parametrize(
+    ("url", "address"),
+    [
+        ("rtsp://10.0.0.9/live", ("10.0.0.9", 554)),
+        ("rtsps://cam.lan/live", ("cam.lan", 322)),
+        ("rtsp://user:secret@[fe80::1]:8554/x", ("fe80::1", 8554)),
+        ("/dev/null", None),  # a file: nothing to probe
+    ],
+)
+def test_camera_address(url: str, address: tuple[str, int] | None) -> None:
+    assert camera_address(CameraConfig(name="c", url=url)) == address
+
+
+def test_port_open_on_real_ports() -> None:
+    """A listening port is open; a bound port nobody listens on is not (refused at once)."""
+    with socket.socket() as listening, socket.socket() as bound:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        bound.bind(("127.0.0.1", 0))
+        (host, port), (_, closed) = listening.getsockname(), bound.getsockname()
+        assert port_open(host, port, timeout=1.0)
+        assert not port_open(host, closed, timeout=1.0)
+
+
+class SimClock:
+    """The reader's `time` module and stop flag on one simulated clock: sleeping advances it."""
+
+    def __init__(self, until: float) -> None:
+        self.now = 0.0
+        self.until = until  # the stop flag is set from then on
+        self.stopped = False
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1.7e9 + self.now
+
+    def __bool__(self) -> bool:
+        return self.stopped or self.now >= self.until
+
+    def sleep(self, seconds: float, step: float = 0.1) -> bool:
+        self.now += seconds
+        return bool(self)
+
+
+class SimReader(reader_mod.CameraReader):
+    """A reader of a simulated RTSP camera: `stream_ok(t)` says whether a full open at t streams,
+    `port_open(t)` what a probe at t finds. A full open takes 50 ms; one that streams ends the run."""
+
+    def __init__(
+        self, clock: SimClock, stream_ok: Callable[[float], bool], port_up: Callable[[float], bool] | None
+    ) -> None:
+        self.cam = CameraConfig(name="c", url="rtsp://10.0.0.9/live")
+        self.url, self.stop, self.sim = self.cam.url, clock, clock
+        self.hdr = {"reconnects": 0, "errors": 0, "state": 0, "heartbeat": 0.0, "writer_pid": 0}
+        self.backoff = Backoff(cap=30, rng=random.Random(7))
+        self.watch = (
+            None if port_up is None else PortWatch(lambda: port_up(clock.now), quiet=30, spawn=inline)
+        )
+        self.stream_ok = stream_ok
+        self.opens: list[float] = []
+
+    def _session(self, quiet: bool = False) -> int:
+        self.opens.append(self.sim.now)
+        self.sim.now += 0.05
+        if not self.stream_ok(self.opens[-1]):
+            raise OSError("Connection refused")
+        self.sim.stopped = True
+        return 100
+
+
+def simulate(
+    monkeypatch: pytest.MonkeyPatch,
+    stream_ok: Callable[[float], bool],
+    port_up: Callable[[float], bool] | None,
+    until: float = 600.0,
+) -> SimReader:
+    clock = SimClock(until)
+    monkeypatch.setattr(reader_mod, "time", clock)
+    reader = SimReader(clock, stream_ok, port_up)
+    reader.run()
+    assert reader.hdr["reconnects"] == len(reader.opens) - 1  # every full open after the first
+    return reader
+
+
+def test_camera_back_after_30s_is_reconnected_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. A camera is down (port closed, opens refused) for 30 s, then back.
+    2. While down, the reader makes exactly the full opens the backoff alone makes.
+    3. It reconnects within 3 s of the return (a probe every 2 s), where the backoff alone,
+       grown to 15-30 s, has it wait longer."""
+    up = lambda t: t >= 30.0  # noqa: E731
+    probed = simulate(monkeypatch, up, up)
+    alone = simulate(monkeypatch, up, None)
+    assert [t for t in probed.opens if t < 30] == [t for t in alone.opens if t < 30]
+    assert 30.0 <= probed.opens[-1] <= 33.0
+    assert alone.opens[-1] > 33.0
+
+
+def test_camera_whose_port_opens_before_its_stream_is_reconnected_soon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1. A camera reboots: down for 30 s, then its port accepts connections 4 s before its stream
+       is ready (opens fail meanwhile, as a booting camera's 503s do).
+    2. The first open after the return fails; the backoff starts over, so the camera is
+       reconnected within seconds of its stream being ready, not after another 15-30 s."""
+    probed = simulate(monkeypatch, lambda t: t >= 34.0, lambda t: t >= 30.0)
+    assert 34.0 <= probed.opens[-1] <= 38.0
+    assert len([t for t in probed.opens if t >= 30]) <= 6  # 0, then 0.25-0.5, 0.5-1, 1-2, 2-4 s later
+
+
+@pytest.mark.parametrize(
+    "port_up",
+    [
+        pytest.param(lambda t: False, id="port closed"),
+        pytest.param(lambda t: True, id="port open, stream failing (404, bad password, no camera behind it)"),
+    ],
+)
+def test_camera_that_stays_down_gets_only_the_backoffs_full_opens(
+    monkeypatch: pytest.MonkeyPatch, port_up: Callable[[float], bool]
+) -> None:
+    """For 10 minutes no open streams: the probe brings no full open forward (the same opens at the
+    same times as without it), about one every 15-30 s once the backoff reached its cap."""
+    never = lambda t: False  # noqa: E731
+    probed = simulate(monkeypatch, never, port_up)
+    assert probed.opens == simulate(monkeypatch, never, None).opens
+    assert len(probed.opens) <= 8 + 600 / 15
+
+
+def test_flapping_port_starts_the_backoff_over_at_most_once_per_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worst case: for 10 minutes a port is open 2 s, closed 2 s, while opens keep failing.
+    A return starts the backoff over at most once per `reconnect_max_s` (30 s), so the reader makes
+    no more full opens than one started afresh every 30 s (8 each: after 0.25, 0.5, 1, 2, 4, 8,
+    15 s), never two within the backoff's smallest delay."""
+    flapping = lambda t: int(t // 2) % 2 == 1  # noqa: E731
+    opens = simulate(monkeypatch, lambda t: False, flapping).opens
+    assert len(opens) <= 600 / 30 * 8
+    assert min(np.diff(opens)) >= 0.25

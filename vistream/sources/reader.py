@@ -25,6 +25,7 @@ from vistream.config.secrets import redact_text, redact_url
 from vistream.ops.process import StopFlag
 from vistream.ring.shm import FrameRing, State
 from vistream.sources.letterbox import letterbox
+from vistream.sources.probe import PortWatch
 from vistream.sources.stream import STREAM_ERRORS, decoded_frames, open_camera, stream_info
 from vistream.sources.timing import Backoff, CaptureClock, Throttle
 
@@ -64,6 +65,7 @@ class CameraReader:
         self.throttle = Throttle(self.cam.detect_fps)
         self.clock = CaptureClock()
         self.backoff = Backoff(cap=self.cam.reconnect_max_s)
+        self.watch = PortWatch.for_camera(self.cam)  # None for a file: nothing to probe
         self.url = redact_url(self.cam.url)
         self.scaler = FrameScaler()
 
@@ -97,18 +99,38 @@ class CameraReader:
                 continue
             if frames >= 0:
                 log.warning("camera %s: stream ended after %d frames", self.cam.name, frames)
+                if self.watch is not None:
+                    self.watch.answered()
             if time.monotonic() - started > HEALTHY_SESSION_S and frames > 0:
                 self.backoff.reset()
             delay = self.backoff.next()
             self._state(State.BACKOFF)
             log.info("camera %s: reconnecting in %.1fs", self.cam.name, delay)
-            self._sleep(delay)
+            if self._sleep(delay):
+                # Back after a long outage is like new: a camera whose port opens before its stream
+                # is ready (booting, 503 for a few seconds) is tried again soon, not in 30 s.
+                self.backoff.reset()
 
-    def _sleep(self, seconds: float) -> None:
+    def _sleep(self, seconds: float) -> bool:
+        """Wait out a backoff; True when it was cut short because the camera came back.
+
+        An RTSP camera came back when its port accepts connections after refusing them. The
+        backoff still spaces the full opens of a camera that stays down (or whose port is open
+        while its stream fails); the probe only says when waiting longer is pointless.
+        """
         deadline = time.monotonic() + seconds
-        while not self.stop and time.monotonic() < deadline:
-            self.hdr["heartbeat"] = time.monotonic()
-            self.stop.sleep(min(0.5, deadline - time.monotonic()))
+        while not self.stop and (now := time.monotonic()) < deadline:
+            self.hdr["heartbeat"] = now
+            if self.watch is not None and self.watch.came_back(now):
+                log.info(
+                    "camera %s: %s accepts connections again: reconnecting now, %.1fs early",
+                    self.cam.name,
+                    self.url,
+                    deadline - now,
+                )
+                return True
+            self.stop.sleep(min(0.5, deadline - now))
+        return False
 
     def _session(self, quiet: bool = False) -> int:
         """One connection to the camera; returns how many frames it decoded."""
