@@ -1,8 +1,8 @@
 """Fixtures for the real resources tests run against, and the rule for when one is missing.
 
-A missing dependency (mosquitto, the system python3 with GStreamer's RTSP server, the sample clips,
-the model) skips the tests that need it, with the reason; with CI=true it fails them instead, so a
-CI machine that lacks one cannot pass by skipping.
+A missing dependency (mosquitto, prometheus, the system python3 with GStreamer's RTSP server, the
+sample clips, the model) skips the tests that need it, with the reason; with CI=true it fails them
+instead, so a CI machine that lacks one cannot pass by skipping.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import pytest
 from support import mosquitto as mosquitto_support
+from support import prometheus as prometheus_support
 from support import rtsp_server as rtsp_support
 from support.mosquitto import Mosquitto
 from support.rtsp_server import RtspServer
@@ -61,6 +62,14 @@ def _rtsp_available() -> None:
 @pytest.fixture(scope="session")
 def _mosquitto_available() -> None:
     reason = mosquitto_support.missing_dependency()
+    if reason:
+        missing(reason)
+
+
+@pytest.fixture(scope="session")
+def _prometheus_available() -> None:
+    """Debian's prometheus and promtool: the tests start the server and check the sample rules."""
+    reason = prometheus_support.missing_dependency()
     if reason:
         missing(reason)
 
