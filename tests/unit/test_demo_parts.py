@@ -14,9 +14,18 @@ import av
 import paho.mqtt.client as mqtt
 import pytest
 
-from vistream.demo import footage
+from vistream.demo import footage, run
 from vistream.demo.broker import EmbeddedBroker
-from vistream.demo.table import CameraRow, LiveTable, format_objects, render
+from vistream.demo.table import (
+    CameraRow,
+    LiveTable,
+    RecentEvents,
+    SeenEvent,
+    describe_event,
+    format_objects,
+    render,
+)
+from vistream.events.geometry import Line, Zone, anchor
 
 CLIP_SECONDS = 2
 MODEL = Path(os.environ.get("VISTREAM_TEST_MODEL", Path(__file__).parents[3] / "shared/models/yolov8n.pt"))
@@ -25,6 +34,14 @@ MODEL = Path(os.environ.get("VISTREAM_TEST_MODEL", Path(__file__).parents[3] / "
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return footage.ensure_clips(tmp_path_factory.mktemp("demo-cache"), 2, seconds=CLIP_SECONDS)
+
+
+def _model() -> Path:
+    if not MODEL.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"test model missing at {MODEL}")
+        pytest.skip(f"test model missing at {MODEL}")
+    return MODEL
 
 
 # --- footage ---------------------------------------------------------------------------------
@@ -84,13 +101,9 @@ def test_default_cache_dir_honours_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path
 def test_yolo_sees_people_and_the_bus(clips: list[Path]) -> None:
     """YOLOv8n finds persons (and the bus in the bus clip) at conf > 0.5 in frames across each
     clip, so the demo shows detections and not an empty table."""
-    if not MODEL.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"test model missing at {MODEL}")
-        pytest.skip(f"test model missing at {MODEL}")
     from ultralytics import YOLO
 
-    model = YOLO(str(MODEL))
+    model = YOLO(str(_model()))
     for path, expected in zip(clips, ({"person", "bus"}, {"person"}), strict=True):
         with av.open(str(path)) as container:
             frames = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
@@ -98,6 +111,48 @@ def test_yolo_sees_people_and_the_bus(clips: list[Path]) -> None:
         for result in model(picks, verbose=False, conf=0.5):
             labels = {result.names[int(c)] for c in result.boxes.cls}
             assert expected <= labels, f"{path.name}: {labels}"
+
+
+def test_scenes_fit_the_footage(clips: list[Path]) -> None:
+    """Over one loop of each clip (every 5th frame), YOLOv8n puts people's feet (the bottom-centre
+    the rules use) both inside and outside the clip's zone, and on both sides of its line within
+    the line's extent: the demo's zone and line rules have something to fire on."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(_model()))
+    every = footage.ensure_clips(clips[0].parent, footage.MAX_CLIPS, seconds=CLIP_SECONDS)
+    for index, path in enumerate(every):
+        scene = footage.scene(index)
+        zone, line = Zone("area", scene.zone), Line("line", *scene.line)
+        with av.open(str(path)) as container:
+            frames = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)][::5]
+        feet = [
+            anchor(tuple(box), footage.WIDTH, footage.HEIGHT)
+            for result in model(frames, verbose=False, conf=0.5)
+            for box, cls in zip(result.boxes.xyxy.tolist(), result.boxes.cls.tolist(), strict=True)
+            if result.names[int(cls)] == "person"
+        ]
+        assert {zone.covers(p) for p in feet} == {True, False}, path.name
+        assert {line.side(p) for p in feet if _within(line, p)} >= {-1, 1}, path.name
+
+
+def _within(line: Line, point: tuple[float, float]) -> bool:
+    """Whether the point's projection onto the line falls between its two ends."""
+    (x1, y1), (x2, y2) = line.p1, line.p2
+    t = ((point[0] - x1) * (x2 - x1) + (point[1] - y1) * (y2 - y1)) / ((x2 - x1) ** 2 + (y2 - y1) ** 2)
+    return 0 <= t <= 1
+
+
+def test_demo_config_watches_every_camera(clips: list[Path], tmp_path: Path) -> None:
+    """The demo's config is valid, gives each camera its clip's zone and line, applies both rules
+    to every camera, and keeps its state in the directory it is given (not /var/lib/vistream)."""
+    cfg = run.demo_config("yolov8n.pt", clips, 1883, "cpu", tmp_path / "state")
+    assert cfg.state_dir == tmp_path / "state"
+    for index, cam in enumerate(cfg.cameras):
+        scene = footage.scene(index)
+        assert cam.zones == {run.ZONE: list(scene.zone)}
+        assert cam.lines == {run.LINE: scene.line}
+    assert [cfg.rule_cameras(rule) for rule in cfg.alerts] == [[c.name for c in cfg.cameras]] * 2
 
 
 # --- broker ----------------------------------------------------------------------------------
@@ -182,14 +237,15 @@ def test_broker_falls_back_when_port_busy() -> None:
 
 def _rows() -> list[CameraRow]:
     return [
-        CameraRow("front", True, 25.0, 5.0, 2, 1, {"bus": 1, "person": 3}),
+        CameraRow("front", True, 25.0, 5.0, 2, 1, {"bus": 1, "person": 3}, events=4, line_in=12, line_out=3),
         CameraRow("yard", False, 0.0, 0.0, 0, 7, {}),
     ]
 
 
 def test_render_shows_every_cell() -> None:
     """Header with elapsed time and broker, one line per camera with status, rates, both drop
-    counters and objects most frequent first, then the totals footer."""
+    counters, events started, line crossings in/out (`-`: the camera has no line) and objects most
+    frequent first, then the totals footer."""
     text = render(
         _rows(),
         elapsed_s=3725,
@@ -200,8 +256,9 @@ def test_render_shows_every_cell() -> None:
     header, columns, front, yard, footer = text.splitlines()
     assert "1:02:05" in header and "127.0.0.1:1883" in header
     assert columns.split()[:2] == ["camera", "status"]
-    assert front.split() == ["front", "online", "25.0", "5.0", "2", "1", "person×3", "bus×1"]
-    assert yard.split() == ["yard", "offline", "0.0", "0.0", "0", "7"]
+    assert columns.split()[-3:] == ["events", "in/out", "objects"]
+    assert front.split() == ["front", "online", "25.0", "5.0", "2", "1", "4", "12/3", "person×3", "bus×1"]
+    assert yard.split() == ["yard", "offline", "0.0", "0.0", "0", "7", "0", "-"]
     assert "10.0 fps" in footer and "2.00" in footer and "42 ms" in footer
 
 
@@ -214,7 +271,85 @@ def test_long_object_lists_are_cut_to_the_width(width: int) -> None:
     lines = render(rows, elapsed_s=0, broker="b", width=width).splitlines()
     assert max(len(line) for line in lines) <= width
     assert lines[2].endswith("…")
-    assert width < 60 or "label0×20" in lines[2]
+    assert width < 80 or "label0×20" in lines[2]
+
+
+def _event(**fields: object) -> dict[str, object]:
+    doc: dict[str, object] = {"type": "start", "id": "e1", "camera": "front", "rule": "person_in_area"}
+    doc |= {"label": "person", "track_id": 7, "zone": "area", "count": None}
+    return doc | fields
+
+
+def _line_event(**fields: object) -> dict[str, object]:
+    doc = _event(rule="person_crossing", line="gate", direction="both", count=1)
+    del doc["zone"]
+    return doc | fields
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (_event(), "person #7 in area"),
+        (_event(track_id=None, count=3), "3 person in area"),  # a min_count event
+        (_event(track_id=None, count=2, label=None), "2 objects in area"),
+        (_event(zone=None), "person #7"),  # a whole-frame rule
+        (_line_event(), "person #7 crossed gate"),
+        (_line_event(type="update", count=4, track_id=9), "person #9 crossed gate (4 crossings)"),
+    ],
+)
+def test_describe_event(doc: dict[str, object], expected: str) -> None:
+    """One event payload in a few words: who (label and track, or the count), where."""
+    assert describe_event(doc) == expected
+
+
+def test_render_lists_recent_events_under_the_table() -> None:
+    """1. Without events yet the section says so in one line.
+    2. With events, one line each, oldest first: the time the demo saw it, camera, rule, type and
+       what it is about, in aligned columns.
+    3. A narrow terminal cuts the event lines too; none is longer than the width."""
+    empty = render(_rows(), elapsed_s=1, broker="b", recent=[], width=100)
+    assert empty.splitlines()[-1] == "recent events: none yet"
+
+    at = 1_700_000_000.0
+    recent = [
+        SeenEvent(at, _event()),
+        SeenEvent(at + 61, _line_event(type="update", count=3, camera="yard")),
+    ]
+    lines = render(_rows(), elapsed_s=1, broker="b", recent=recent, width=100).splitlines()
+    assert lines[-3] == "recent events"
+    first, second = lines[-2], lines[-1]
+    clock = [time.strftime("%H:%M:%S", time.localtime(t)) for t in (at, at + 61)]
+    assert first.split() == [clock[0], "front", "person_in_area", "start", "person", "#7", "in", "area"]
+    assert second.split()[:4] == [clock[1], "yard", "person_crossing", "update"]
+    assert second.endswith("person #7 crossed gate (3 crossings)")
+    assert first.index("start") == second.index("update")  # columns line up
+
+    narrow = render(_rows(), elapsed_s=1, broker="b", recent=recent, width=40).splitlines()
+    assert max(len(line) for line in narrow) <= 40 and narrow[-1].endswith("…")
+
+
+def test_recent_events_stamps_each_event_once() -> None:
+    """The daemon hands over its whole recent list (bounded: old ones fall off the front) each tick.
+    1. The first list: every event is new, stamped with the clock.
+    2. The same list again: nothing new, stamps unchanged.
+    3. Two events appended and the oldest fallen off: only those two are new, with the new time.
+    4. Only the last `keep` are returned, oldest first."""
+    now = [100.0]
+    recent = RecentEvents(keep=3, clock=lambda: now[0])
+    a, b, c, d = (_event(id=x) for x in "abcd")
+    assert recent.update([a, b]) == [SeenEvent(100.0, a), SeenEvent(100.0, b)]
+    now[0] = 101.0
+    assert recent.update([a, b]) == [SeenEvent(100.0, a), SeenEvent(100.0, b)]
+    now[0] = 102.0
+    b_update = _event(id="b", type="update")
+    assert recent.update([b, c, b_update]) == [
+        SeenEvent(100.0, b),
+        SeenEvent(102.0, c),
+        SeenEvent(102.0, b_update),
+    ]
+    now[0] = 103.0
+    shown = recent.update([c, b_update, d])
+    assert shown == [SeenEvent(102.0, c), SeenEvent(102.0, b_update), SeenEvent(103.0, d)]
 
 
 @pytest.mark.parametrize(

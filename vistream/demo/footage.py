@@ -3,6 +3,9 @@
 Each clip moves a virtual camera over `bus.jpg` or `zidane.jpg` (pan, modest zoom, sliding in and
 out) so the detector sees people and a bus that move. Every motion path is periodic over the clip,
 so the last frame leads smoothly back into the first when a file camera loops.
+
+Each clip also has a `Scene`: a zone its people walk into and out of and a line they cross, placed
+by looking at where YOLOv8n puts their feet over the loop, so the demo's alert rules fire.
 """
 
 from __future__ import annotations
@@ -39,11 +42,27 @@ class _Pose:
     y: float
 
 
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Where the demo watches a clip, in the config's normalised coordinates (0..1, y down).
+
+    People's feet (the bottom-centre of their boxes) enter and leave `zone` within each loop and
+    cross `line`; the comment on each clip says when.
+    """
+
+    zone: tuple[Point, ...]
+    line: tuple[Point, Point]
+
+
 @dataclass(frozen=True)
 class _ClipSpec:
     image: str
     focus: tuple[float, float]  # source pixel the camera centres on: the middle of the people/bus
     path: Callable[[float], _Pose]  # loop phase u in [0, 1) -> pose; path(0) == path(1)
+    scene: Scene
 
 
 def _smoothstep(a: float, b: float, t: float) -> float:
@@ -98,12 +117,46 @@ def _zidane_drift(u: float) -> _Pose:
     )
 
 
+# Feet positions below are YOLOv8n's over one loop (u in 0..1) of each path; x, y as fractions.
 _CLIPS = (
-    _ClipSpec("bus.jpg", (405.0, 565.0), _bus_ken_burns),
-    _ClipSpec("zidane.jpg", (640.0, 360.0), _zidane_ken_burns),  # centred: the pan slack assumes it
-    _ClipSpec("bus.jpg", (405.0, 565.0), _bus_drive_by),
-    _ClipSpec("zidane.jpg", (640.0, 380.0), _zidane_drift),
+    # Three people on the pavement (feet at y 0.74-0.90) pan right, left and back: each crosses
+    # x = 0.5 once each way; the two on the left are in x < 0.3 for about u 0.55-0.95.
+    _ClipSpec(
+        "bus.jpg",
+        (405.0, 565.0),
+        _bus_ken_burns,
+        Scene(zone=((0.0, 0.6), (0.3, 0.6), (0.3, 1.0), (0.0, 1.0)), line=((0.5, 0.55), (0.5, 1.0))),
+    ),
+    # Cut off by the bottom edge (feet at y 0.99): Zidane crosses x = 0.5 at about u 0.25 and 0.75,
+    # Ancelotti is in x > 0.75 for about u 0.8-1.3.
+    _ClipSpec(
+        "zidane.jpg",
+        (640.0, 360.0),  # centred: the pan slack assumes it
+        _zidane_ken_burns,
+        Scene(zone=((0.75, 0.5), (1.0, 0.5), (1.0, 1.0), (0.75, 1.0)), line=((0.5, 0.4), (0.5, 1.0))),
+    ),
+    # Everyone slides in from the right, creeps left and slides out: they cross x = 0.5 right to
+    # left only (`in`) at u 0.15-0.85, and the first is in x < 0.4 from about u 0.45 until it leaves.
+    _ClipSpec(
+        "bus.jpg",
+        (405.0, 565.0),
+        _bus_drive_by,
+        Scene(zone=((0.0, 0.6), (0.4, 0.6), (0.4, 1.0), (0.0, 1.0)), line=((0.5, 0.55), (0.5, 1.0))),
+    ),
+    # The figure of eight takes both men's feet (y 0.76-0.96) across y = 0.85 four times a loop,
+    # down and up; Ancelotti is in x > 0.65 for about u 0.95-1.55.
+    _ClipSpec(
+        "zidane.jpg",
+        (640.0, 380.0),
+        _zidane_drift,
+        Scene(zone=((0.65, 0.5), (1.0, 0.5), (1.0, 1.0), (0.65, 1.0)), line=((0.2, 0.85), (0.95, 0.85))),
+    ),
 )
+
+
+def scene(index: int) -> Scene:
+    """The zone and line of clip `index` (the order `ensure_clips` returns them in)."""
+    return _CLIPS[index].scene
 
 
 def default_cache_dir() -> Path:

@@ -3,20 +3,27 @@
 Nothing beyond the Python packages is needed: the footage is rendered at
 first run from the images Ultralytics ships, the broker is amqtt in a thread,
 and the daemon is the same `Daemon` that `vistream run` starts.
+
+Each camera has a zone and a line where its footage's people walk (`footage.Scene`) and two alert
+rules on them, so the table shows events and line counts. The state directory (event outbox, line
+counters) is a fresh one under the cache dir for every run, removed at exit: the broker is a new,
+empty one each run too, so carrying counters over would only show numbers nobody saw being made.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from vistream.config.models import Config
 from vistream.daemon import Daemon
 from vistream.demo.broker import EmbeddedBroker
-from vistream.demo.footage import default_cache_dir, ensure_clips
-from vistream.demo.table import CameraRow, LiveTable, render
+from vistream.demo.footage import default_cache_dir, ensure_clips, scene
+from vistream.demo.table import CameraRow, LiveTable, RecentEvents, render
 
 CAMERA_NAMES = (
     "bus_pan",
@@ -26,6 +33,19 @@ CAMERA_NAMES = (
 )  # the order ensure_clips renders them in
 DEFAULT_MODEL = "yolov8n.pt"
 RATE_WINDOW_S = 3.0
+ZONE, LINE = "area", "line"  # every camera's zone and line have these names, so one rule covers all
+# Short end and no cooldown so that a demo of a minute shows events starting and ending again.
+RULES: list[dict[str, Any]] = [
+    {
+        "name": "person_in_area",
+        "labels": ["person"],
+        "zone": ZONE,
+        "min_duration_s": 1,
+        "end_after_s": 2,
+        "cooldown_s": 0,
+    },
+    {"name": "person_crossing", "labels": ["person"], "line": LINE, "end_after_s": 2, "cooldown_s": 0},
+]
 
 
 def fetch_model(model: str | None) -> str | None:
@@ -41,7 +61,7 @@ def fetch_model(model: str | None) -> str | None:
     return str(path) if path.exists() else None
 
 
-def demo_config(model: str, clips: list[Path], port: int, device: str) -> Config:
+def demo_config(model: str, clips: list[Path], port: int, device: str, state_dir: Path) -> Config:
     return Config.model_validate(
         {
             "model": {"path": model, "device": device},
@@ -54,12 +74,22 @@ def demo_config(model: str, clips: list[Path], port: int, device: str) -> Config
             },
             "metrics": {"port": 0},
             "log_level": "warning",
-            "cameras": [
-                {"name": name, "url": str(clip), "detect_fps": 5}
-                for name, clip in zip(CAMERA_NAMES, clips, strict=False)
-            ],
+            "cameras": [_camera(i, CAMERA_NAMES[i], clip) for i, clip in enumerate(clips)],
+            "alerts": RULES,
+            "state_dir": str(state_dir),
         }
     )
+
+
+def _camera(index: int, name: str, clip: Path) -> dict[str, Any]:
+    where = scene(index)
+    return {
+        "name": name,
+        "url": str(clip),
+        "detect_fps": 5,
+        "zones": {ZONE: [list(p) for p in where.zone]},
+        "lines": {LINE: [list(p) for p in where.line]},
+    }
 
 
 class DemoView:
@@ -69,6 +99,7 @@ class DemoView:
         self.broker = broker
         self.seconds = seconds
         self.table = LiveTable()
+        self.recent = RecentEvents()
         self.started = time.monotonic()
         # Recent (time, decoded, inferred) samples per camera: rates over a few seconds, not one tick.
         self._history: dict[str, deque[tuple[float, int, int]]] = {}
@@ -79,6 +110,8 @@ class DemoView:
         last = self.seconds is not None and elapsed >= self.seconds
         stats = daemon.scheduler_stats()
         latency, _, objects = daemon.pump.snapshot()
+        events, counters, recent = daemon.alerts.figures()
+        has_lines = {cam.name for cam in daemon.cfg.enabled_cameras if cam.lines}
         rows = []
         for name, rt in daemon.cameras.items():
             counts = stats.cameras.get(name)
@@ -99,6 +132,9 @@ class DemoView:
                     dropped_stale=counts.stale if counts else 0,
                     dropped_overwritten=counts.overwritten if counts else 0,
                     objects=dict(objects.get(name, {})),
+                    events=sum(n for (camera, _), n in events.items() if camera == name),
+                    line_in=_crossings(counters, name, "in") if name in has_lines else None,
+                    line_out=_crossings(counters, name, "out") if name in has_lines else None,
                 )
             )
         totals = {
@@ -106,9 +142,16 @@ class DemoView:
             "mean_batch": stats.batch_size.sum / stats.batch_size.count if stats.batch_size.count else 0.0,
             "p50_latency_ms": 1000 * latency.quantile(0.5),
         }
-        self.table.update(render(rows, elapsed_s=elapsed, broker=self.broker, totals=totals), force=last)
+        shown = self.recent.update(recent)
+        text = render(rows, elapsed_s=elapsed, broker=self.broker, totals=totals, recent=shown)
+        self.table.update(text, force=last)
         if last:
             daemon.stop_flag.set()
+
+
+def _crossings(counters: dict[tuple[str, str, str], int], camera: str, direction: str) -> int:
+    """Crossings of all the camera's lines in one direction."""
+    return sum(n for (cam, _, d), n in counters.items() if cam == camera and d == direction)
 
 
 def run_demo(
@@ -125,7 +168,10 @@ def run_demo(
     cache = default_cache_dir()
     print(f"preparing {cameras} demo clip(s) in {cache} ...", file=sys.stderr, flush=True)
     clips = ensure_clips(cache, cameras)
-    with EmbeddedBroker(port=port) as broker:
+    with (
+        tempfile.TemporaryDirectory(prefix="state-", dir=cache) as state,
+        EmbeddedBroker(port=port) as broker,
+    ):
         bound = broker.port or port
         print(
             f"MQTT broker on 127.0.0.1:{bound}; watch it with: mosquitto_sub -p {bound} -t 'vistream/#' -v",
@@ -133,5 +179,5 @@ def run_demo(
             flush=True,
         )
         view = DemoView(f"127.0.0.1:{bound}", seconds)
-        daemon = Daemon(demo_config(weights, clips, bound, device), on_tick=view.tick)
+        daemon = Daemon(demo_config(weights, clips, bound, device, Path(state)), on_tick=view.tick)
         return daemon.run()

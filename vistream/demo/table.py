@@ -1,13 +1,17 @@
-"""The live per-camera table `vistream demo` prints: plain text, fixed columns, fits the terminal."""
+"""The live per-camera table `vistream demo` prints: plain text, fixed columns, fits the terminal.
+
+Under the table, the most recent alert events, one line each.
+"""
 
 from __future__ import annotations
 
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 _ELLIPSIS = "…"
 _MAX_NAME_WIDTH = 20
@@ -18,7 +22,11 @@ _NUMERIC_COLUMNS = (
     ("fps_inferred", "fps inf", 7),
     ("dropped_stale", "stale", 6),
     ("dropped_overwritten", "overwr", 6),
+    ("events", "events", 6),
+    ("crossings", "in/out", 7),  # one column, not two: an 80-column terminal keeps room for objects
 )
+_MAX_RULE_WIDTH = 24
+RECENT_LINES = 5  # events shown under the table
 # Footer items the daemon reports, in display order; other keys are shown after them as `key value`.
 _TOTALS = (
     ("fps_inferred", "inferred {:.1f} fps"),
@@ -38,6 +46,17 @@ class CameraRow:
     dropped_stale: int  # frames dropped because they were too old at batch time
     dropped_overwritten: int  # frames the reader overwrote in the ring before anyone took them
     objects: dict[str, int] = field(default_factory=dict)  # label -> count in the latest inferred frame
+    events: int = 0  # alert events started, all rules
+    line_in: int | None = None  # crossings `in` of the camera's lines, all lines; None: it has no line
+    line_out: int | None = None
+
+
+@dataclass(frozen=True)
+class SeenEvent:
+    """An event message (`Alerts.figures()` payload) and the Unix time the demo first saw it."""
+
+    at: float
+    payload: dict[str, Any]
 
 
 def render(
@@ -46,9 +65,13 @@ def render(
     elapsed_s: float,
     broker: str,
     totals: dict[str, float] | None = None,
+    recent: list[SeenEvent] | None = None,
     width: int | None = None,
 ) -> str:
-    """The table as text, no line longer than `width` (default: the terminal's width, else 100)."""
+    """The table as text, no line longer than `width` (default: the terminal's width, else 100).
+
+    With `recent` (a list, also an empty one) a "recent events" section follows, oldest first.
+    """
     if width is None:
         width = shutil.get_terminal_size((100, 24)).columns
     name_width = min(max([len("camera"), *(len(r.name) for r in rows)]), _MAX_NAME_WIDTH)
@@ -66,14 +89,88 @@ def render(
             f"{'online' if row.online else 'offline':>7}",
         ]
         cells += [f"{row.fps_in:>6.1f}", f"{row.fps_inferred:>7.1f}"]
-        cells += [f"{row.dropped_stale:>6d}", f"{row.dropped_overwritten:>6d}"]
+        cells += [f"{row.dropped_stale:>6d}", f"{row.dropped_overwritten:>6d}", f"{row.events:>6d}"]
+        cells.append(f"{_crossings(row):>7}")
         cells.append(format_objects(row.objects, objects_width))
         # Terminals narrower than the fixed columns get cut lines rather than wrapped ones, which
         # would break the in-place redraw.
         lines.append(_clip("  ".join(cells).rstrip(), width))
     if totals:
         lines.append(_clip(_format_totals(totals), width))
+    if recent is not None:
+        lines += _recent_lines(recent, name_width, width)
     return "\n".join(lines)
+
+
+def _crossings(row: CameraRow) -> str:
+    if row.line_in is None or row.line_out is None:
+        return "-"
+    return f"{row.line_in}/{row.line_out}"
+
+
+def _recent_lines(recent: list[SeenEvent], name_width: int, width: int) -> list[str]:
+    lines = ["recent events" if recent else "recent events: none yet"]
+    rule_width = min(max([len("rule"), *(len(str(e.payload.get("rule"))) for e in recent)]), _MAX_RULE_WIDTH)
+    for event in recent:
+        doc = event.payload
+        cells = [
+            time.strftime("%H:%M:%S", time.localtime(event.at)),
+            f"{_clip(str(doc.get('camera')), name_width):<{name_width}}",
+            f"{_clip(str(doc.get('rule')), rule_width):<{rule_width}}",
+            f"{doc.get('type')!s:<6}",
+            describe_event(doc),
+        ]
+        lines.append(_clip("  " + "  ".join(cells), width))
+    return lines
+
+
+def describe_event(doc: dict[str, Any]) -> str:
+    """What an event is about, from its payload: `person #7 in yard`, `3 person in yard`,
+    `person #7 crossed gate` (`... (4 crossings)` once a line event counts more than one)."""
+    label, track, count = doc.get("label"), doc.get("track_id"), doc.get("count")
+    if "line" in doc:
+        who = label or "object"
+        who += f" #{track}" if track is not None else ""
+        more = f" ({count} crossings)" if isinstance(count, int) and count > 1 else ""
+        return f"{who} crossed {doc['line']}{more}"
+    if count is not None:  # a count event: min_count objects or more, no single track
+        who = f"{count} {label or 'objects'}"
+    else:
+        who = (label or "object") + (f" #{track}" if track is not None else "")
+    zone = doc.get("zone")
+    return f"{who} in {zone}" if zone else who
+
+
+class RecentEvents:
+    """The last few events with the time the demo first saw each.
+
+    `Alerts.figures()` hands over its whole list of recent payloads (at most 50, oldest first) on
+    every tick, and a payload carries no time of its own when it is an update. So each call lines
+    the new list up with the previous one: the longest tail of the previous list that the new one
+    starts with is old, whatever follows it is new and gets `clock()`.
+    """
+
+    def __init__(self, keep: int = RECENT_LINES, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._previous: list[dict[str, Any]] = []
+        self._shown: deque[SeenEvent] = deque(maxlen=keep)
+
+    def update(self, recent: list[dict[str, Any]]) -> list[SeenEvent]:
+        """Take the daemon's current list of recent payloads; return the last `keep`, oldest first."""
+        fresh = recent[_overlap(self._previous, recent) :]
+        if fresh:
+            now = self._clock()
+            self._shown.extend(SeenEvent(now, doc) for doc in fresh)
+        self._previous = recent
+        return list(self._shown)
+
+
+def _overlap(previous: list[dict[str, Any]], current: list[dict[str, Any]]) -> int:
+    """How many entries `current` starts with that end `previous` (the ones seen before)."""
+    for m in range(min(len(previous), len(current)), 0, -1):
+        if current[:m] == previous[-m:]:
+            return m
+    return 0
 
 
 def format_objects(objects: dict[str, int], width: int) -> str:
