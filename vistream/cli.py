@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(cfg.log_level)
     from vistream.daemon import Daemon
 
-    return Daemon(cfg).run()
+    return Daemon(cfg, config_path=path).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ Every stop step has a deadline; together they fit in systemd's 10 s.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import queue
 import signal
@@ -20,12 +19,15 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from vistream.config.loader import load_config
 from vistream.config.models import CameraConfig, Config, ConfigError
 from vistream.config.secrets import mqtt_password
 from vistream.ops.logs import LogHub
 from vistream.ops.process import SPAWN, Child, StopFlag
+from vistream.ops.reload import diff as reload_diff
 from vistream.ops.stats import SchedulerStats
 from vistream.ops.summary import Summary
 from vistream.ops.supervise import Limits, RestartBudget
@@ -39,7 +41,7 @@ from vistream.outputs.results import ResultPump
 from vistream.ring.naming import instance_id, remove_leftovers, segment_name, shm_shortage
 from vistream.ring.shm import FrameRing, RingLayout, State
 from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME, SchedulerSpec, run_scheduler
-from vistream.scheduler.messages import Fatal, Ready
+from vistream.scheduler.messages import AddCamera, Fatal, Ready, RemoveCamera
 from vistream.sources.reader import ReaderSpec, run_reader
 
 log = logging.getLogger(__name__)
@@ -93,8 +95,16 @@ class SchedulerRuntime:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, *, on_tick: Callable[[Daemon], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_path: str | Path | None = None,
+        on_tick: Callable[[Daemon], None] | None = None,
+    ) -> None:
+        """`config_path`: the file SIGHUP reads again (without it, SIGHUP only logs)."""
         self.cfg = cfg
+        self.config_path = config_path
         self.instance = instance_id(cfg.mqtt.client_id)
         self.stop_flag = StopFlag()
         self.exit_code = 0
@@ -226,19 +236,14 @@ class Daemon:
         self._stack.callback(self.outbox.close)
 
     def _init_discovery(self) -> None:
-        from vistream.outputs import homeassistant as ha
+        from vistream.outputs.homeassistant import DiscoveryPublisher
 
-        current = ha.discovery_messages(self.cfg)
         assert self.outbox is not None  # home_assistant: true always opens it
-        previous = json.loads(self.outbox.get_state(ha.STATE_KEY) or "[]")
-        gone = ha.removals(previous, current)
-        if gone:
-            log.info("Home Assistant: removing %d entities no longer configured", len(gone))
-        self.outbox.set_state(ha.STATE_KEY, json.dumps([d.topic for d in current]))
-        self.mqtt.add_listener(ha.DiscoveryPublisher(self.mqtt.client, gone + current))
+        self.discovery = DiscoveryPublisher(self.cfg, self.outbox, self.mqtt.client)
+        self.mqtt.add_listener(self.discovery)
 
     def _init_pump(self) -> None:
-        self.alerts = Alerts(self.cfg, self.outbox, self._rings.get)
+        self.alerts = Alerts(self.cfg, self.outbox, lambda name: self._rings.get(name))
         self.pump = ResultPump(
             self.mqtt,
             lambda: self.scheduler and self.scheduler.results,
@@ -333,11 +338,23 @@ class Daemon:
     def _start_readers(self) -> None:
         self._stack.callback(self._stop_readers)
         for cam in self.cfg.enabled_cameras:
-            ring = self._rings[cam.name]
-            spec = ReaderSpec(cam, ring.name, self._wake)
-            child = Child(f"reader {cam.name}", run_reader, (spec,), self.logs, self._log_level)
-            self.cameras[cam.name] = CameraRuntime(cam, ring, child)
-            child.start()
+            self._start_reader(cam)
+
+    def _start_reader(self, cam: CameraConfig) -> None:
+        ring = self._rings[cam.name]
+        child = Child(f"reader {cam.name}", run_reader, (ReaderSpec(cam, ring.name, self._wake),), self.logs,
+                      self._log_level)  # fmt: skip
+        # A new dict, never changed in place: other threads (metrics, HTTP) iterate the old one.
+        self.cameras = {**self.cameras, cam.name: CameraRuntime(cam, ring, child)}
+        child.start()
+
+    def _stop_reader(self, name: str) -> CameraRuntime | None:
+        rt = self.cameras.get(name)
+        if rt is not None:
+            self.cameras = {k: v for k, v in self.cameras.items() if k != name}
+            rt.child.stop(READER_STOP_S)
+            rt.child.close()
+        return rt
 
     def _stop_readers(self) -> None:
         for rt in self.cameras.values():
@@ -375,6 +392,90 @@ class Daemon:
                 )  # fmt: skip
             self.notifier.ready(status)
 
+    # -- reload (SIGHUP) ----------------------------------------------------------
+
+    def reload(self) -> None:
+        """Read the config file again; apply what changed, one camera at a time, or keep the old one.
+
+        Unchanged cameras keep their reader, ring and sequence numbers; model or batching changes
+        restart the scheduler only; zones, lines and rules apply without restarting anything.
+        """
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file to read again (the daemon was given a config object)")
+            return
+        self.notifier.reloading()
+        try:
+            self._apply(load_config(self.config_path))
+        except ConfigError as exc:
+            for line in exc.problems:
+                log.error("reload: %s", line)
+            log.error("reload: %s is invalid; still running the previous config, unchanged", self.config_path)
+        finally:
+            self.notifier.ready()
+
+    def _apply(self, new: Config) -> None:
+        change = reload_diff(self.cfg, new)
+        if change.needs_restart:
+            log.warning(
+                "reload: %s changed; a restart of the service applies that", ", ".join(change.needs_restart)
+            )
+        log.info("reload: %s", change.describe())
+        # Sections only a restart applies stay as they run, so self.cfg keeps describing the daemon.
+        kept = {key.split(".")[0] for key in change.needs_restart}
+        self.cfg = new.model_copy(update={k: getattr(self.cfg, k) for k in kept})
+        for name in change.removed:
+            self._remove_camera(name)
+        for name in change.restarted:
+            self._stop_reader(name)
+            self._start_reader(next(c for c in self.cfg.enabled_cameras if c.name == name))
+        for cam in change.added:
+            self._add_camera(cam)
+        if change.scheduler:
+            self._replace_scheduler()
+        if change.rules:
+            self.alerts.reconfigure(self.cfg)
+            if self.cfg.mqtt.home_assistant:
+                self.discovery.update(self.cfg)
+                if self.mqtt.connected:
+                    self.discovery.publish_all()
+
+    def _add_camera(self, cam: CameraConfig) -> None:
+        shortage = shm_shortage(self._layout.total_bytes)
+        if shortage:
+            log.error("reload: camera %s not started: %s", cam.name, shortage)
+            return
+        ring = FrameRing.create(segment_name(self.instance, cam.name), self._layout)
+        self._rings = {**self._rings, cam.name: ring}
+        self._start_reader(cam)
+        if self.scheduler:
+            self.scheduler.control.put(AddCamera(cam.name, ring.name))
+
+    def _remove_camera(self, name: str) -> None:
+        if self.scheduler:
+            self.scheduler.control.put(RemoveCamera(name))
+        self._stop_reader(name)
+        log.info("camera %s: removed, offline", name)
+        self.mqtt.camera_status(name, False)
+        self.mqtt.forget_camera(name)
+        self._announced.discard(name)
+        ring = self._rings.get(name)
+        self._rings = {k: v for k, v in self._rings.items() if k != name}
+        if ring is not None:
+            ring.close()
+            ring.unlink()
+
+    def _replace_scheduler(self) -> None:
+        """A new scheduler for a new model or batching; readers and rings stay as they are."""
+        sched = self.scheduler
+        if sched is not None:
+            sched.child.stop(SCHEDULER_STOP_S)
+            self._drain_stats()
+            for ring in self._rings.values():
+                ring.release_all()
+            base = self._totals[0].merged(sched.latest)
+            sched.child.close()
+            self._start_scheduler(base)
+
     # -- supervision ----------------------------------------------------------------
 
     def loop(self) -> None:
@@ -387,9 +488,7 @@ class Daemon:
         now = time.monotonic()
         if self._hup:
             self._hup = False
-            log.warning(
-                "SIGHUP: live reload is not implemented yet; restart the service to apply config changes"
-            )
+            self.reload()
         self._drain_stats()
         self._supervise_scheduler(now)
         if self.fatal:  # the model cannot be loaded (again): reloading forever would not help

@@ -51,7 +51,7 @@ def test_zones_lines_and_rules_restart_nothing() -> None:
     [
         ({"model": {"conf": 0.5}}, ["model.conf"]),
         ({"batching": {"max_batch": 2}}, ["batching.max_batch"]),
-        ({"model": {"imgsz": 320}, "batching": {"max_wait_ms": 5}}, ["model.imgsz", "batching.max_wait_ms"]),
+        ({"model": {"iou": 0.6}, "batching": {"max_wait_ms": 5}}, ["model.iou", "batching.max_wait_ms"]),
     ],
 )
 def test_model_or_batching_restart_the_scheduler_only(top: dict[str, Any], scheduler: list[str]) -> None:
@@ -67,3 +67,9 @@ def test_what_only_a_restart_applies_is_reported() -> None:
 def test_same_config_changes_nothing() -> None:
     d = diff(cfg(), cfg())
     assert d.empty and d.describe() == "nothing changed"
+
+
+def test_a_new_model_input_size_needs_a_restart() -> None:
+    """The rings hold frames letterboxed to the model's input: a new imgsz is not applied by a reload."""
+    d = diff(cfg(), cfg(model={"imgsz": 320, "conf": 0.5}))
+    assert d.needs_restart == ["model.imgsz"] and d.scheduler == []

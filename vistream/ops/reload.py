@@ -62,12 +62,16 @@ def diff(old: Config, new: Config) -> ConfigDiff:
                 out.restarted[name] = keys
     out.scheduler = [f"model.{k}" for k in _changed(old.model, new.model)]
     out.scheduler += [f"batching.{k}" for k in _changed(old.batching, new.batching)]
+    if old.model.input_hw != new.model.input_hw:
+        # The rings hold frames at the model's input size: a new size means new rings and readers.
+        out.needs_restart.append("model.imgsz")
+        out.scheduler = [k for k in out.scheduler if not k.startswith("model.")]
     geometry = any(
         (before[n].zones, before[n].lines) != (after[n].zones, after[n].lines) for n in after if n in before
     )
     # Cameras coming or going, or changing rate, change trackers and the cameras rules apply to.
     out.rules = old.alerts != new.alerts or geometry or bool(out.added or out.removed or out.restarted)
-    out.needs_restart = [key for key in RESTART_KEYS if getattr(old, key) != getattr(new, key)]
+    out.needs_restart += [key for key in RESTART_KEYS if getattr(old, key) != getattr(new, key)]
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class Notifier:
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1", f"STATUS={status}") if status else self.notify("READY=1")
+
+    def reloading(self) -> None:
+        # MONOTONIC_USEC lets systemd (Type=notify-reload, v253+) tell this reload from an older one.
+        self.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
 
     def stopping(self) -> None:
         self.notify("STOPPING=1")

@@ -62,6 +62,7 @@ class Alerts:
         self._clock = clock
         self._no_snapshot: set[str] = set()  # events whose start frame was gone from the ring
         self._lock = threading.Lock()  # the figures below are read from other threads (metrics, demo)
+        self._new_cfg: Config | None = None  # a reloaded config for the result thread to apply
         self.events_total: Counter[tuple[str, str]] = Counter()  # (camera, rule) -> events started
         self.snapshots = 0
         self.snapshots_lost = 0
@@ -86,13 +87,43 @@ class Alerts:
         ]
         if problems:
             return problems
-        if self.engine is None:  # a restarted scheduler loads the same model: keep tracks and counters
+        if self.engine is None:
             self.engine = EventEngine(self.cfg, names, self._restored_counters())
             self._start(self.engine.counters)
+        else:  # a restarted scheduler (perhaps a reloaded model): keep tracks, events and counters
+            self.engine.names = names
         return []
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Take a reloaded config; the result thread applies it before its next frame (the engine
+        is that thread's alone)."""
+        with self._lock:
+            self._new_cfg = cfg
+
+    def _apply_reload(self) -> None:
+        with self._lock:
+            cfg, self._new_cfg = self._new_cfg, None
+        if cfg is None:
+            return
+        self.cfg = cfg
+        self._rules = [(cam, rule.name) for rule in cfg.alerts for cam in cfg.rule_cameras(rule)]
+        self._lines = [
+            (cam.name, line, d) for cam in cfg.enabled_cameras for line in cam.lines for d in ("in", "out")
+        ]
+        if self.engine is None:
+            return
+        ended = self.engine.reconfigure(cfg)
+        self._queue(ended)
+        if self.outbox is not None:  # every state topic of the new config gets its value
+            flags = [self._active(c, r, on) for c, r, on in self.engine.active_states()]
+            counts = [self._counter(*key, value) for key, value in self.engine.counters.items()]
+            self.outbox.add_many(flags + counts)
+        with self._lock:
+            self.counters = self.engine.counters
 
     def process(self, frame: FrameResult) -> list[TrackedObject] | None:
         """Track and evaluate one frame; its objects with track ids (None before `bind`)."""
+        self._apply_reload()
         if self.engine is None:
             return None
         outcome = self.engine.process(frame)
@@ -101,6 +132,7 @@ class Alerts:
 
     def tick(self, now_mono: float) -> None:
         """End events of cameras whose frames stopped coming."""
+        self._apply_reload()
         if self.engine is not None:
             self._queue(self.engine.tick(now_mono))
 

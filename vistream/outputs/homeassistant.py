@@ -21,6 +21,7 @@ from typing import Any
 
 from vistream import __version__
 from vistream.config.models import Config
+from vistream.outputs.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +115,25 @@ class DiscoveryPublisher:
     """Publishes the discovery configs (and removals) on every connect, retained, QoS 1.
 
     A `ConnectionListener` of the MQTT publisher. Straight through paho rather than the outbox:
-    the whole set goes out again on every connect anyway, so nothing needs to survive a restart.
+    the whole set goes out again on every connect anyway. The outbox's state table remembers which
+    topics were published, so entities that left the config are removed at the next start.
     """
 
-    def __init__(self, client: Any, messages: list[Discovery]) -> None:
-        self.client = client
-        self.messages = messages
+    def __init__(self, cfg: Config, state: Outbox, client: Any) -> None:
+        self.state, self.client = state, client
+        self.messages: list[Discovery] = []
+        self.update(cfg, json.loads(state.get_state(STATE_KEY) or "[]"))
+
+    def update(self, cfg: Config, previous: list[str] | None = None) -> None:
+        """The entities of `cfg` (at start, or after a reload), and removals of the others."""
+        if previous is None:
+            previous = [d.topic for d in self.messages if d.payload]
+        current = discovery_messages(cfg)
+        gone = removals(previous, current)
+        if gone:
+            log.info("Home Assistant: removing %d entities no longer configured", len(gone))
+        self.state.set_state(STATE_KEY, json.dumps([d.topic for d in current]))
+        self.messages = gone + current
 
     def publish_all(self) -> None:
         for d in self.messages:
