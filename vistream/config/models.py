@@ -359,10 +359,19 @@ class MetricsConfig(Section):
 Point = tuple[float, float]
 
 
+def checked_name(name: object) -> str:
+    """A camera, rule, zone or line name: it becomes an MQTT topic level and a metric label value."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 64:
+        raise ValueError(f"must be 1-64 characters of a-z 0-9 _ - (got {name!r})")
+    return name
+
+
 def _shape_problems(name: Any, points: Any, kind: str | None) -> list[tuple[Loc, str]]:
     """Problems of one zone (a polygon) or line (two points), by key path below the shape's name."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 64:
-        return [((), f"the name must be 1-64 characters of a-z 0-9 _ - (got {name!r})")]
+    try:
+        checked_name(name)
+    except ValueError as exc:
+        return [((), f"the name {exc}")]
     if not isinstance(points, list):
         return [((), f"must be a list of [x, y] points (got {type(points).__name__})")]
     problems: list[tuple[Loc, str]] = []
@@ -428,9 +437,7 @@ class CameraConfig(Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v) or len(v) > 64:
-            raise ValueError(f"must be 1-64 characters of a-z 0-9 _ - (got {v!r})")
-        return v
+        return checked_name(v)
 
     @field_validator("zones", "lines", mode="before")
     @classmethod
@@ -512,9 +519,7 @@ class AlertRule(Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v) or len(v) > 64:
-            raise ValueError(f"must be 1-64 characters of a-z 0-9 _ - (got {v!r})")
-        return v
+        return checked_name(v)
 
     @field_validator("cameras", "labels")
     @classmethod
