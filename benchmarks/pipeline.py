@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +48,8 @@ from support.rtsp_server import RtspServer  # noqa: E402
 MODEL = SHARED / "models" / "yolov8n.pt"
 CLIPS = {"street": SHARED / "samples" / "street-1080p.mp4", "crowd": SHARED / "samples" / "crowd-480p.mp4"}
 PREFIX = "vsbench"
+# Zones, the line and the three rules of the sample config, for --alerts (and benchmarks/alerts.py).
+SAMPLE_CONFIG = REPO / "samples" / "config.yaml"
 MIB = 1024 * 1024
 REASONS = ("stale", "overwritten", "failed", "unattached")
 LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
@@ -72,6 +75,19 @@ def check_prerequisites(clips: set[Path], harness: bool) -> None:
         problems += filter(None, [mosquitto_support.missing_dependency(), rtsp_support.missing_dependency()])
     if problems:
         raise SystemExit("cannot run the benchmark:\n  " + "\n  ".join(problems))
+
+
+def with_alerts(config: dict[str, Any], state_dir: Path) -> dict[str, Any]:
+    """The config with samples/config.yaml's zones, line and three rules on every street<N>/crowd<N> camera.
+
+    street<N> gets the `near_street` zone, crowd<N> the `centre` zone and the `midline` line. The rules
+    lose their `cameras:` list, so each applies to every camera that has its zone or line.
+    """
+    sample = yaml.safe_load(SAMPLE_CONFIG.read_text())
+    shapes = {c["name"]: {k: c[k] for k in ("zones", "lines") if k in c} for c in sample["cameras"]}
+    cameras = [cam | shapes.get(cam["name"].rstrip("0123456789"), {}) for cam in config["cameras"]]
+    rules = [{k: v for k, v in rule.items() if k != "cameras"} for rule in sample["alerts"]]
+    return config | {"cameras": cameras, "alerts": rules, "state_dir": str(state_dir)}
 
 
 def version(dist: str) -> str | None:
@@ -315,6 +331,8 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         config = base_config(MODEL, broker.port, free_port(), PREFIX, cams)
         config["model"].update(device=args.device, imgsz=args.imgsz)
         config["batching"] = {"max_batch": args.max_batch, "max_wait_ms": 10, "max_frame_age_ms": 500}
+        if args.alerts:
+            config = with_alerts(config, tmp / "state")
         result["config"] = config
         sub = stack.enter_context(Subscriber(broker.host, broker.port, f"{PREFIX}/#"))
         t_start = time.monotonic()
@@ -403,6 +421,9 @@ def print_summary(r: dict[str, Any]) -> None:
     print(f"\n== vistream pipeline, {len(cfg['cameras'])} cameras, {r['machine']['date']} ==")
     print(f"model {cfg['model']}\nbatching {cfg['batching']}, detect_fps {cfg['cameras'][0]['detect_fps']}")
     print(f"ready after {r['ready_after_s']:.1f} s; window {secs:.1f} s")
+    if cfg.get("alerts"):
+        events = {k: v for k, v in m["all_deltas"].items() if k.startswith("vistream_events_total")}
+        print(f"alerts on: {len(cfg['alerts'])} rules; events started in the window: {events or 'none'}")
     print(f"load average at start {r['load_start']}, at end {r['load_end']}")
     rows = []
     for cam, c in [*m["per_camera"].items(), ("total", m["total"])]:
@@ -450,6 +471,9 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument(
+        "--alerts", action="store_true", help="zones, a line and 3 rules as samples/config.yaml"
+    )
     parser.add_argument("--model-only", action="store_true", help="only the model: img/s at batch 1/4/8")
     parser.add_argument("--model-seconds", type=float, default=10, help="--model-only: per batch size")
     parser.add_argument("--out", type=Path, help="JSON file; default benchmarks/results/<mode>-<device>.json")
