@@ -16,11 +16,19 @@ from collections.abc import Sequence
 from vistream import __version__
 
 DEFAULT_CONFIG = "/etc/vistream/config.yaml"
-LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(processName)s] %(name)s: %(message)s"
+LOG_FORMATS = ("text", "json")
+
+log = logging.getLogger(__name__)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Log to stderr in `fmt` ("text", or "json": one object per line); children's records come
+    through the log hub to these same handlers (vistream.ops.logs)."""
+    from vistream.ops.logs import make_formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(make_formatter(fmt, sys.stderr))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # Libraries that are chatty at INFO about things the daemon reports itself.
     for noisy in ("ultralytics", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -34,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument(
         "-c", "--config", help=f"config file (default: $VISTREAM_CONFIG, then {DEFAULT_CONFIG})", default=None
+    )
+    run.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="text (default; without timestamps when stderr is the journal) or json, one object per "
+        "line for log shippers (default: $VISTREAM_LOG_FORMAT, then text)",
     )
 
     check = sub.add_parser("check-config", help="validate a config file without starting anything")
@@ -61,13 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from vistream.config import ConfigError, load_config
 
+    fmt = args.log_format or os.environ.get("VISTREAM_LOG_FORMAT") or "text"
+    if fmt not in LOG_FORMATS:
+        print(f"VISTREAM_LOG_FORMAT: {fmt!r} is not one of {', '.join(LOG_FORMATS)}", file=sys.stderr)
+        return 2
+    # Before the config is read, so that its errors reach a log shipper (or the journal, with
+    # their priority) in the same format as everything after.
+    setup_logging("info", fmt)
     path = args.config or os.environ.get("VISTREAM_CONFIG") or DEFAULT_CONFIG
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        for problem in exc.problems:
+            log.error("%s", problem)
         return 2
-    setup_logging(cfg.log_level)
+    logging.getLogger().setLevel(cfg.log_level.upper())
     from vistream.daemon import Daemon
 
     return Daemon(cfg, config_path=path).run()

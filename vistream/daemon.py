@@ -25,7 +25,7 @@ from typing import Any
 from vistream.config.loader import load_config
 from vistream.config.models import CameraConfig, Config, ConfigError
 from vistream.config.secrets import mqtt_password
-from vistream.ops.logs import LogHub
+from vistream.ops.logs import LogHub, camera
 from vistream.ops.process import SPAWN, Child, StopFlag
 from vistream.ops.reload import diff as reload_diff
 from vistream.ops.stats import SchedulerStats
@@ -57,6 +57,7 @@ DELIVERY_STOP_S = 1.0
 MQTT_GOODBYE_S = 1.5
 READER_GRACE_S = 10.0  # on top of the camera's open/read timeouts before a silent reader counts as hung
 STATUS_EVERY_S = 5.0
+OFFLINE_WARN_S = 60.0  # a camera offline this long gets a warning (once per outage)
 # What a scheduler exits with when it cannot load the model (3) or the config does not fit the
 # model (2): its own verdict, final however often it is restarted.
 CANNOT_BOOT = (2, 3)
@@ -82,6 +83,8 @@ class CameraRuntime:
     budget: RestartBudget = field(default_factory=RestartBudget)
     online: bool = False
     restarts: int = 0
+    offline_since: float | None = None  # when the daemon last saw it go offline (monotonic)
+    offline_warned: bool = False
 
 
 @dataclass
@@ -343,7 +346,7 @@ class Daemon:
     def _start_reader(self, cam: CameraConfig) -> None:
         ring = self._rings[cam.name]
         child = Child(f"reader {cam.name}", run_reader, (ReaderSpec(cam, ring.name, self._wake),), self.logs,
-                      self._log_level)  # fmt: skip
+                      self._log_level, log_context=camera(cam.name))  # fmt: skip
         # A new dict, never changed in place: other threads (metrics, HTTP) iterate the old one.
         self.cameras = {**self.cameras, cam.name: CameraRuntime(cam, ring, child)}
         child.start()
@@ -442,7 +445,7 @@ class Daemon:
     def _add_camera(self, cam: CameraConfig) -> None:
         shortage = shm_shortage(self._layout.total_bytes)
         if shortage:
-            log.error("reload: camera %s not started: %s", cam.name, shortage)
+            log.error("reload: camera %s not started: %s", cam.name, shortage, extra=camera(cam.name))
             return
         ring = FrameRing.create(segment_name(self.instance, cam.name), self._layout)
         self._rings = {**self._rings, cam.name: ring}
@@ -454,7 +457,7 @@ class Daemon:
         if self.scheduler:
             self.scheduler.control.put(RemoveCamera(name))
         self._stop_reader(name)
-        log.info("camera %s: removed, offline", name)
+        log.info("camera %s: removed, offline", name, extra=camera(name))
         self.mqtt.camera_status(name, False)
         self.mqtt.forget_camera(name)
         self._announced.discard(name)
@@ -499,7 +502,7 @@ class Daemon:
         self._supervise_threads(now)
         for rt in self.cameras.values():
             self._supervise_reader(rt, now)
-            self._set_online(rt, self._is_online(rt, now))
+            self._set_online(rt, self._is_online(rt, now), now)
         self._notify_systemd(now)
         if self.ready:
             sampled = sum(int(rt.ring.header["head"]) for rt in self.cameras.values())
@@ -593,11 +596,13 @@ class Daemon:
         hdr = rt.ring.header
         silent = now - max(float(hdr["heartbeat"]), rt.child.started_at)
         if rt.child.alive and silent > rt.cfg.open_timeout_s + rt.cfg.read_timeout_s + READER_GRACE_S:
-            log.error("camera %s: reader silent for %.0fs: killing it", rt.cfg.name, silent)
+            log.error("camera %s: reader silent for %.0fs: killing it", rt.cfg.name, silent,
+                      extra=camera(rt.cfg.name))  # fmt: skip
             rt.child.stop(1.0)
         if rt.child.alive or not rt.budget.take():
             return
-        log.error("camera %s: reader exited (code %s): restarting it", rt.cfg.name, rt.child.exitcode)
+        log.error("camera %s: reader exited (code %s): restarting it", rt.cfg.name, rt.child.exitcode,
+                  extra=camera(rt.cfg.name))  # fmt: skip
         rt.child.close()
         rt.restarts += 1
         hdr["state"] = State.STARTING
@@ -611,12 +616,30 @@ class Daemon:
             and now - float(hdr["last_frame"]) < rt.cfg.read_timeout_s
         )
 
-    def _set_online(self, rt: CameraRuntime, online: bool) -> None:
-        if online != rt.online or rt.cfg.name not in self._announced:
-            self._announced.add(rt.cfg.name)
-            rt.online = online
-            log.info("camera %s: %s", rt.cfg.name, "online" if online else "offline")
-            self.mqtt.camera_status(rt.cfg.name, online)
+    def _set_online(self, rt: CameraRuntime, online: bool, now: float) -> None:
+        """Announce a change (a log line, the MQTT status); warn once when an outage lasts a minute."""
+        name, extra = rt.cfg.name, camera(rt.cfg.name)
+        if online == rt.online and name in self._announced:
+            if online:
+                return
+            if rt.offline_since is None:  # a reader restarted by a reload: its outage starts now
+                rt.offline_since = now
+            down = now - rt.offline_since
+            if down >= OFFLINE_WARN_S and not rt.offline_warned:
+                rt.offline_warned = True
+                hdr = rt.ring.header
+                state = State.NAMES.get(int(hdr["state"]), "?")
+                log.warning("camera %s: offline for %.0fs (reader %s, %d reconnects)",
+                            name, down, state, int(hdr["reconnects"]), extra=extra)  # fmt: skip
+            return
+        self._announced.add(name)
+        rt.online = online
+        if online and rt.offline_since is not None:
+            log.info("camera %s: online, after %.0fs offline", name, now - rt.offline_since, extra=extra)
+        else:
+            log.info("camera %s: %s", name, "online" if online else "offline", extra=extra)
+        rt.offline_since, rt.offline_warned = (None, False) if online else (now, False)
+        self.mqtt.camera_status(name, online)
 
     def _drain_stats(self) -> None:
         sched = self.scheduler

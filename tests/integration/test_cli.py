@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -123,3 +124,74 @@ def test_metrics_port_in_use_exits_2_with_one_line(tmp_path: Path, samples_dir: 
     assert f"metrics.port: 127.0.0.1:{port} is in use" in r.stderr
     assert "Traceback" not in r.stderr
     assert not list(Path("/dev/shm").glob(f"vistream.{client}.*"))
+
+
+def json_lines(stderr: str) -> list[dict]:
+    """Every stderr line as a JSON object (a line that is not one fails the test)."""
+    docs = [json.loads(line) for line in stderr.splitlines()]
+    for doc in docs:
+        assert {"time", "level", "logger", "process", "message"} <= doc.keys(), doc
+    return docs
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_run_logs_config_errors_as_json(tmp_path: Path, how: str) -> None:
+    """With --log-format json (or VISTREAM_LOG_FORMAT=json) even a config the daemon refuses is
+    reported as JSON lines, one ERROR per problem, for the log shipper that reads them."""
+    bad = write(tmp_path, {"batching": {"max_batch": -1}, "cameras": [{"name": "a", "url": "rtsp://h/s"}]})
+    args, env = (["--log-format", "json"], None) if how == "flag" else ([], {"VISTREAM_LOG_FORMAT": "json"})
+    r = vistream("run", "-c", str(bad), *args, env=env)
+    assert r.returncode == 2
+    docs = json_lines(r.stderr)
+    assert len(docs) == 1 and docs[0]["level"] == "ERROR"
+    assert docs[0]["message"].startswith("batching.max_batch: must be > 0")
+
+
+def test_unknown_log_format_is_a_usage_error(tmp_path: Path) -> None:
+    cfg = str(write(tmp_path, {"cameras": [{"name": "a", "url": "rtsp://h/s"}]}))
+    r = vistream("run", "-c", cfg, env={"VISTREAM_LOG_FORMAT": "xml"})
+    assert r.returncode == 2 and "VISTREAM_LOG_FORMAT: 'xml'" in r.stderr
+    assert vistream("run", "-c", cfg, "--log-format", "xml").returncode == 2
+
+
+def test_text_on_the_journal_has_priorities_and_no_timestamps(tmp_path: Path) -> None:
+    """1. stderr is the stream systemd names in $JOURNAL_STREAM (here a file standing in for it).
+    2. A refused config: the line starts with `<3>` (journald files it as an error) and carries no
+       timestamp, journald adds its own."""
+    bad = write(tmp_path, {"batching": {"max_batch": -1}, "cameras": [{"name": "a", "url": "rtsp://h/s"}]})
+    with open(tmp_path / "journal", "w+") as journal:
+        st = os.fstat(journal.fileno())
+        proc = subprocess.run(
+            [sys.executable, "-m", "vistream", "run", "-c", str(bad)],
+            stderr=journal,
+            env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+            cwd=REPO,
+            timeout=60,
+        )
+        journal.seek(0)
+        lines = journal.read().splitlines()
+    assert proc.returncode == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("<3>ERROR   [MainProcess] vistream.cli: batching.max_batch: must be > 0")
+
+
+@pytest.mark.integration
+def test_run_logs_json_with_the_camera_from_its_reader(tmp_path: Path, samples_dir: Path) -> None:
+    """1. `run --log-format json` with a model that cannot load (exit 3), after its reader opened
+       the camera's clip.
+    2. Every stderr line is a JSON object; the reader's lines, made in its own process and sent
+       through the log hub, carry `camera`; the fatal line is an ERROR naming the key."""
+    cfg = {
+        "model": {"path": str(tmp_path / "missing.pt"), "device": "cpu"},
+        "mqtt": {"port": 1, "client_id": "itestlogjson"},
+        "metrics": {"enabled": False},
+        "cameras": [{"name": "a", "url": str(samples_dir / "crowd-480p.mp4")}],
+    }
+    r = vistream("run", "-c", str(write(tmp_path, cfg)), "--log-format", "json")
+    assert r.returncode == 3, r.stderr
+    docs = json_lines(r.stderr)
+    reader = [d for d in docs if d["process"] == "reader a"]
+    assert reader and all(d["camera"] == "a" for d in reader), r.stderr
+    assert any(d["message"].startswith("opened ") for d in reader), r.stderr
+    fatal = [d for d in docs if d["message"].startswith("model.path: cannot load")]
+    assert fatal and fatal[0]["level"] == "ERROR" and fatal[0]["logger"] == "vistream.daemon"

@@ -64,6 +64,7 @@ class ProcessSetup:
     log_level: int = logging.INFO
     nice: int = 0
     parent_pid: int = 0
+    log_context: dict[str, Any] | None = None  # set on every record (a reader's camera)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -97,7 +98,7 @@ def _bootstrap(setup: ProcessSetup, target: Callable[..., int | None], args: tup
     from vistream.ops.logs import PipeHandler
 
     root = logging.getLogger()
-    handler = PipeHandler(setup.log_conn)
+    handler = PipeHandler(setup.log_conn, context=setup.log_context)
     root.handlers[:] = [handler]
     root.setLevel(setup.log_level)
     if setup.nice:
@@ -122,8 +123,10 @@ class Child:
         logs: LogHub,
         log_level: int = logging.INFO,
         nice: int = 0,
+        log_context: dict[str, Any] | None = None,
     ) -> None:
         self.title = title
+        self._log_context = log_context
         self._target, self._args = target, args
         self._logs, self._log_level, self._nice = logs, log_level, nice
         self._proc: Any = None
@@ -131,7 +134,7 @@ class Child:
 
     def start(self) -> None:
         conn = self._logs.channel()  # a fresh pipe per start: a killed child takes only its own
-        setup = ProcessSetup(self.title, conn, self._log_level, self._nice, os.getpid())
+        setup = ProcessSetup(self.title, conn, self._log_level, self._nice, os.getpid(), self._log_context)
         self._proc = SPAWN.Process(
             target=_bootstrap, args=(setup, self._target, self._args), name=self.title, daemon=True
         )

@@ -40,6 +40,23 @@ def _json(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+def describe(ev: Event) -> str:
+    """An event for its log line: `rule R, person #12 in zone Z, 8.2s (id ...)`."""
+    obj = ev.label or "object"
+    if ev.track_id is not None:
+        obj += f" #{ev.track_id}"
+    if ev.line is not None:
+        what = f"{obj} crossing line {ev.line} ({ev.direction}), {ev.count or 1} crossing(s)"
+    elif ev.count is not None:
+        what = f"{ev.count} x {ev.label or 'objects'}"
+    else:
+        what = obj
+    if ev.zone is not None and ev.line is None:
+        what += f" in zone {ev.zone}"
+    took = f", {ev.ended_at - ev.started_at:.1f}s" if ev.ended_at is not None else ""
+    return f"rule {ev.rule}, {what}{took} (id {ev.id})"
+
+
 class Alerts:
     """Tracks and evaluates rules on every result (the event engine), queues what that causes.
 
@@ -170,6 +187,10 @@ class Alerts:
 
     def _queue(self, outcome: FrameOutcome) -> None:
         """Queue what one frame (or a tick) caused, snapshots first, in one transaction."""
+        for ev in outcome.events:
+            if ev.type != "update":  # one line per event start and end; updates would flood
+                log.info("camera %s: event %s: %s", ev.camera, ev.type, describe(ev),
+                         extra={"camera": ev.camera, "rule": ev.rule, "event_id": ev.id})  # fmt: skip
         if self.outbox is None or not (outcome.events or outcome.active or outcome.counters):
             return
         messages: list[Message] = []
@@ -220,7 +241,8 @@ class Alerts:
         if jpeg is None:
             self.snapshots_lost += 1
             self._no_snapshot.add(req.event_id)
-            log.warning("camera %s: frame %d was gone before its snapshot was taken", req.camera, req.seq)
+            log.warning("camera %s: frame %d was gone before its snapshot was taken", req.camera, req.seq,
+                        extra={"camera": req.camera})  # fmt: skip
             return None
         self.snapshots += 1
         topic = f"{self.prefix}/{req.camera}/{req.rule}/snapshot"
