@@ -275,10 +275,9 @@ class Daemon:
                 raise BootError(2, f"metrics.port: {host}:{port} is in use") from None
             reason = exc.strerror or exc
             raise BootError(2, f"metrics.host: cannot listen on {host}:{port}: {reason}") from None
-        self.metrics_port = server.server_port
-        log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.metrics_port)
-        self._stack.callback(server.server_close)
-        self._stack.callback(server.shutdown)
+        self.metrics_port = server.port
+        log.info("HTTP on http://%s:%d/ (status page, /metrics, /healthz, /api)", host, self.metrics_port)
+        self._stack.callback(server.stop)
 
     def _on_control(self, msg: Any) -> None:
         if isinstance(msg, Ready):

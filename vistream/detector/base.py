@@ -8,9 +8,14 @@ job, so a backend never sees ring or camera details.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
+
+# A test hook, set in the environment only (the config file cannot reach it): see `FaultHook`.
+FAULT_FILE_ENV = "VISTREAM_TEST_FAULT_FILE"
 
 
 class ModelLoadError(Exception):
@@ -53,3 +58,37 @@ class Detector(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release device memory and handles."""
+
+
+class FaultHook(Detector):
+    """A test hook around a real detector: a batch hangs or raises when a file says so.
+
+    `load_detector` puts it in place only when the environment names the file (`FAULT_FILE_ENV`);
+    no config key leads here. Before each batch the file is read: `hang` blocks the batch while
+    the file says so (the scheduler stops making progress, as with a wedged driver), `raise`
+    makes the batch raise; anything else, or no file, runs the batch. Warm-up is left alone.
+    """
+
+    def __init__(self, inner: Detector, path: Path) -> None:
+        self.inner, self.path = inner, path
+        self.names, self.device, self.half = inner.names, inner.device, inner.half
+        self.input_buffer = inner.input_buffer
+
+    def _fault(self) -> str:
+        try:
+            return self.path.read_text().strip()
+        except OSError:
+            return ""
+
+    def infer(self, n: int) -> list[np.ndarray]:
+        while (fault := self._fault()) == "hang":
+            time.sleep(0.05)
+        if fault == "raise":
+            raise RuntimeError(f"fault injected through {FAULT_FILE_ENV}")
+        return self.inner.infer(n)
+
+    def warmup(self) -> None:
+        self.inner.warmup()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,393 @@
+"""The daemon's HTTP server on `metrics.host:metrics.port`: Prometheus, health, and a status page.
+
+| path | answers |
+|---|---|
+| `/metrics` | prometheus-client's ASGI app over the daemon's collector (vistream.ops.metrics) |
+| `/healthz` | 200 `ok`, or 503 and a one-line reason (`health`) |
+| `/api/status` | the daemon as a whole: health, model, MQTT, cameras online |
+| `/api/cameras` | one object per camera: state, rates, drops by reason, the latest frame's seq |
+| `/api/cameras/{name}/latest.jpg` | the latest inferred frame: boxes, track ids, zones, lines drawn |
+| `/api/events` | the most recent events, newest first |
+| `/` | the status page (static/: plain HTML, CSS and JS, nothing from outside) |
+
+Starlette on uvicorn, with an event loop on a thread of its own. Everything is read from what
+the daemon keeps anyway (ring headers, the scheduler's figures, the result pump's latest frame of
+each camera), taking no lock longer than a copy; pictures are drawn and encoded on worker threads
+(OpenCV lets go of the GIL while it works) and only when a newer frame is asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from vistream.config.models import CameraConfig
+from vistream.config.secrets import redact_url
+from vistream.outputs.results import LatestFrame
+from vistream.outputs.snapshot import box_label, read_snapshot, render_snapshot
+from vistream.ring.shm import FrameRing, State
+from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME
+
+if TYPE_CHECKING:
+    from vistream.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).with_name("static")
+DROP_REASONS = ("stale", "overwritten", "failed", "unattached")
+RATE_WINDOW_S = 5.0  # rates are averaged over this long
+SAMPLE_EVERY_S = 1.0  # the scheduler's figures change once a second
+RECENT_EVENTS = 20
+STOP_S = 2.0
+ZONE_COLOUR = (255, 255, 255)  # BGR
+LINE_COLOUR = (255, 0, 255)
+
+
+def health(d: Daemon, now: float) -> str | None:
+    """None when the model is loaded and results flow (the watchdog's verdict); else why not, one line.
+
+    "Flow" is what feeds systemd's watchdog: the scheduler looped (a batch, or idle for want of
+    frames) within the daemon's progress window (at most the watchdog period, see Limits) and the
+    result pump and log hub turn.
+    """
+    if d.stop_flag:
+        return "stopping"
+    if d.ready is None:
+        return "starting: the model is not loaded yet"
+    if d.flowing(now):
+        return None
+    window = d.limits.window_s
+    sched = d.scheduler
+    if sched is None or not sched.child.alive:
+        return "the scheduler is not running (it is being restarted)"
+    if not sched.beat[BEAT_READY]:
+        return "the scheduler is loading the model"
+    batch = sched.beat[BEAT_BATCH_START]
+    if batch and now - batch >= window:
+        return f"the scheduler has been stuck in one batch for {now - batch:.1f}s (limit {window:g}s)"
+    idle = now - sched.beat[BEAT_TIME]
+    if idle >= window:
+        return f"the scheduler made no progress for {idle:.1f}s (limit {window:g}s)"
+    for name, part in (("result pump", d.pump), ("log hub", d.logs)):
+        if not part.alive:
+            return f"the {name} thread is dead"
+        if now - part.beat >= window:
+            return f"the {name} thread made no progress for {now - part.beat:.1f}s (limit {window:g}s)"
+    return None  # it turned again between flowing() and the checks above
+
+
+class Rates:
+    """Frames per second decoded and inferred per camera, over the last RATE_WINDOW_S."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._samples: dict[str, deque[tuple[float, int, int]]] = {}
+
+    def sample(self, now: float, counts: dict[str, tuple[int, int]]) -> None:
+        """`counts`: camera -> (frames decoded, frames inferred) so far."""
+        for name in self._samples.keys() - counts.keys():
+            del self._samples[name]
+        for name, (decoded, inferred) in counts.items():
+            samples = self._samples.setdefault(name, deque())
+            samples.append((now, decoded, inferred))
+            while len(samples) > 2 and now - samples[1][0] >= self.window_s:
+                samples.popleft()
+
+    def get(self, name: str) -> tuple[float | None, float | None]:
+        """(decoded/s, inferred/s); None until a second has been seen. A counter that went back
+        (a camera removed and added again) counts from where it is now."""
+        samples = self._samples.get(name)
+        if not samples or samples[-1][0] - samples[0][0] < 0.9:
+            return None, None
+        (t0, d0, i0), (t1, d1, i1) = samples[0], samples[-1]
+        span = t1 - t0
+        return round(max(0, d1 - d0) / span, 2), round(max(0, i1 - i0) / span, 2)
+
+
+def counts(d: Daemon) -> dict[str, tuple[int, int]]:
+    stats = d.scheduler_stats()
+    out = {}
+    for name, rt in d.cameras.items():
+        try:
+            decoded = int(rt.ring.header["frames_decoded"])
+        except (TypeError, IndexError):  # the ring was closed: the camera is being removed
+            continue
+        c = stats.cameras.get(name)
+        out[name] = (decoded, c.inferred if c else 0)
+    return out
+
+
+def camera_list(d: Daemon, rates: Rates, now: float) -> list[dict[str, Any]]:
+    """What /api/cameras answers: one object per camera, in config order; URLs redacted."""
+    stats = d.scheduler_stats()
+    out = []
+    for name, rt in d.cameras.items():
+        try:
+            hdr = rt.ring.header.copy()
+        except (AttributeError, TypeError):  # the ring was closed: the camera is being removed
+            continue
+        c = stats.cameras.get(name)
+        fps_in, fps_inferred = rates.get(name)
+        last = float(hdr["last_frame"])
+        latest = d.pump.latest(name)
+        out.append(
+            {
+                "name": name,
+                "url": redact_url(rt.cfg.url),
+                "state": State.NAMES.get(int(hdr["state"]), "unknown"),
+                "online": rt.online,
+                "fps_in": fps_in,
+                "fps_inferred": fps_inferred,
+                "detect_fps": rt.cfg.detect_fps,
+                "last_frame_age_s": round(now - last, 3) if last else None,
+                "reconnects": int(hdr["reconnects"]),
+                "dropped": {reason: getattr(c, reason) if c else 0 for reason in DROP_REASONS},
+                "width": int(hdr["stream_width"]) or None,
+                "height": int(hdr["stream_height"]) or None,
+                "frame": _frame(latest),
+            }
+        )
+    return out
+
+
+def _frame(latest: LatestFrame | None) -> dict[str, Any] | None:
+    """The latest inferred frame: its seq (what latest.jpg shows) and what was found in it."""
+    if latest is None:
+        return None
+    return {
+        "seq": latest.seq,
+        "captured_at": round(latest.captured_at, 3),
+        "objects": dict(Counter(obj.label for obj in latest.objects)),
+    }
+
+
+def status(d: Daemon, now: float) -> dict[str, Any]:
+    reason = health(d, now)
+    ready = d.ready
+    return {
+        "healthy": reason is None,
+        "reason": reason,
+        "ready": ready is not None,
+        "device": ready.device if ready else None,
+        "half": ready.half if ready else None,
+        "mqtt_connected": bool(d.mqtt.connected),
+        "cameras": len(d.cameras),
+        "cameras_online": sum(rt.online for rt in d.cameras.values()),
+    }
+
+
+def draw_latest(ring: FrameRing, cam: CameraConfig, latest: LatestFrame) -> bytes | None:
+    """The JPEG of the camera's latest inferred frame with its zones, lines and boxes (with track
+    ids); None when the frame has left the ring."""
+    try:
+        got = read_snapshot(ring, latest.seq)
+    except (AttributeError, IndexError, TypeError):  # the ring was closed: the camera is being removed
+        return None
+    if got is None:
+        return None
+    image, cam_w, cam_h = got
+    draw_shapes(image, cam)
+    boxes = [(obj.box, _object_label(obj.label, obj.track_id, obj.confidence)) for obj in latest.objects]
+    return render_snapshot(image, cam_w, cam_h, boxes)
+
+
+def _object_label(label: str, track_id: int | None, confidence: float) -> str:
+    return box_label(label if track_id is None else f"{label} #{track_id}", confidence)
+
+
+def draw_shapes(image: np.ndarray, cam: CameraConfig) -> None:
+    """The camera's zones (outlined, lightly filled) and lines (with an arrow p1 -> p2), in place."""
+    h, w = image.shape[:2]
+    thick = max(1, round(w / 640))
+    if cam.zones:
+        fill = image.copy()
+        polys = [np.array([(x * w, y * h) for x, y in pts], np.int32) for pts in cam.zones.values()]
+        cv2.fillPoly(fill, polys, ZONE_COLOUR)
+        cv2.addWeighted(fill, 0.15, image, 0.85, 0, dst=image)
+        for name, poly in zip(cam.zones, polys, strict=True):
+            cv2.polylines(image, [poly], True, ZONE_COLOUR, thick, cv2.LINE_AA)
+            _tag(image, name, tuple(poly.min(axis=0)), ZONE_COLOUR)
+    for name, ((x1, y1), (x2, y2)) in cam.lines.items():
+        p1, p2 = (round(x1 * w), round(y1 * h)), (round(x2 * w), round(y2 * h))
+        cv2.arrowedLine(image, p1, p2, LINE_COLOUR, thick + 1, cv2.LINE_AA, tipLength=0.03)
+        _tag(image, name, p1, LINE_COLOUR)
+
+
+def _tag(image: np.ndarray, text: str, at: tuple[int, int], colour: tuple[int, int, int]) -> None:
+    scale = image.shape[1] / 1600
+    x, y = int(at[0]) + 4, max(int(at[1]) + 4, 0)
+    (_, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.putText(image, text, (x, y + th), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
+class Pictures:
+    """Each camera's latest picture: drawn when a newer frame is asked for, from the frame the
+    result pump holds, and kept, so that a camera whose frame has left the ring (a hold expires
+    after 5 s) still shows its last picture."""
+
+    def __init__(self, d: Daemon) -> None:
+        self.d = d
+        self._jpegs: dict[str, tuple[int, bytes]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, name: str) -> tuple[int, bytes] | None:
+        """(seq, JPEG) of the camera's latest picture; None before its first inferred frame."""
+        rt = self.d.cameras.get(name)
+        if rt is None:
+            self._jpegs.pop(name, None)
+            return None
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            latest = self.d.pump.latest(name)
+            kept = self._jpegs.get(name)
+            if latest is None or (kept and kept[0] == latest.seq):
+                return kept
+            jpeg = await run_in_threadpool(draw_latest, rt.ring, rt.cfg, latest)
+            if jpeg is not None:
+                self._jpegs[name] = kept = (latest.seq, jpeg)
+            return kept
+
+
+class _AsgiEndpoint:
+    """An ASGI app as a route's endpoint: a Mount would answer /metrics with a redirect to /metrics/."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def build_app(d: Daemon, metrics_app: ASGIApp, clock: Callable[[], float] = time.monotonic) -> Starlette:
+    rates, pictures = Rates(), Pictures(d)
+
+    async def sample_rates() -> None:
+        while True:
+            rates.sample(clock(), counts(d))
+            await asyncio.sleep(SAMPLE_EVERY_S)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(sample_rates())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def healthz(request: Request) -> Response:
+        reason = health(d, clock())
+        if reason is None:
+            return PlainTextResponse("ok\n")
+        return PlainTextResponse(f"{reason}\n", status_code=503)
+
+    async def api_status(request: Request) -> Response:
+        return JSONResponse(status(d, clock()))
+
+    async def api_cameras(request: Request) -> Response:
+        return JSONResponse(camera_list(d, rates, clock()))
+
+    async def api_events(request: Request) -> Response:
+        _, _, recent = d.alerts.figures()
+        return JSONResponse(recent[::-1][:RECENT_EVENTS])
+
+    async def latest_jpg(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in d.cameras:
+            return PlainTextResponse(f"no camera named {name!r}\n", status_code=404)
+        got = await pictures.get(name)
+        if got is None:
+            return PlainTextResponse(
+                f"camera {name}: no frame inferred yet\n", status_code=503, headers={"Retry-After": "2"}
+            )
+        seq, jpeg = got
+        etag = f'"{seq}"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Frame-Seq": str(seq)}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(jpeg, media_type="image/jpeg", headers=headers)
+
+    routes = [
+        Route("/", index),
+        Route("/healthz", healthz),
+        Route("/metrics", _AsgiEndpoint(metrics_app)),
+        Route("/api/status", api_status),
+        Route("/api/cameras", api_cameras),
+        Route("/api/cameras/{name}/latest.jpg", latest_jpg),
+        Route("/api/events", api_events),
+        Mount("/static", StaticFiles(directory=STATIC)),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+class HttpServer:
+    """uvicorn serving the app on an already bound socket, on a thread of its own."""
+
+    def __init__(self, app: ASGIApp, sock: socket.socket) -> None:
+        self._sock = sock
+        self.port: int = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            loop="asyncio",
+            lifespan="on",
+            log_config=None,  # the daemon's logging, as it is
+            log_level=logging.WARNING,
+            access_log=False,  # a browser polling the status page is not worth a journal line a second
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = STOP_S) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self._sock.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (0: any free port); OSError as bind(2) reports it.
+
+    Bound here, not by uvicorn, so that a port in use is an error the daemon can report (uvicorn
+    would log it and exit its thread) and `port: 0` tells which port it got."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restarts within TIME_WAIT
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(d: Daemon, host: str, port: int, metrics_app: ASGIApp) -> HttpServer:
+    """Bind, then serve in a thread; returns the server (`.port`, `.stop()`)."""
+    server = HttpServer(build_app(d, metrics_app), bind(host, port))
+    server.start()
+    return server
