@@ -313,9 +313,14 @@ BROKEN = [
         "alerts[0].end_after_s: must be > 0 (line 8)",
     ),
     (
-        "planned-motion",
-        "cameras:\n  - name: a\n    url: rtsp://h/x\n    motion: {enabled: true}\n",
-        "cameras[0].motion: " + NOT_YET,
+        "motion-mask-two-points",
+        "cameras:\n  - name: a\n    url: rtsp://h/x\n    motion:\n      mask: [[[0, 0], [1, 1]]]\n",
+        "cameras[0].motion.mask[0]: a zone needs at least 3 points (got 2) (line 5)",
+    ),
+    (
+        "motion-min-area-over-1",
+        "cameras:\n  - name: a\n    url: rtsp://h/x\n    motion: {enabled: true, min_area: 2}\n",
+        "cameras[0].motion.min_area: must be <= 1 (line 4)",
     ),
     ("planned-max-inflight", "model:\n  max_inflight: 2\n" + CAM, "model.max_inflight: " + NOT_YET),
     ("planned-backend-triton", "model:\n  backend: triton\n" + CAM, "model.backend: " + NOT_YET),

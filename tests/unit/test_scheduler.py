@@ -74,12 +74,12 @@ class Rig:
         self.scheduler = Scheduler(self.spec, self.detector, StopFlag(), clock=self.clock)
         return self.scheduler
 
-    def write(self, cam: str, age: float = 0.0) -> int:
+    def write(self, cam: str, age: float = 0.0, motion: float = -1.0) -> int:
         ring = self.rings[cam]
         ring.begin(now=self.clock.t)
         return ring.commit(
             captured_at=1e9, captured_mono=self.clock.t - age, width=64, height=64, scale=0.25,
-            pad_x=0.0, pad_y=0.0,
+            pad_x=0.0, pad_y=0.0, motion=motion,
         )  # fmt: skip
 
     def counts(self, cam: str):  # type: ignore[no-untyped-def]
@@ -197,3 +197,84 @@ def test_frames_before_attach_are_counted_unattached_from_the_previous_position(
         assert rig.counts("a").overwritten == 1
     finally:
         rig.close()
+
+
+# -- motion gating ----------------------------------------------------------------------
+
+
+def gated(rig: Rig, keepalive_s: float = 10.0) -> Scheduler:
+    """Camera `a` gated (min_area 0.001), its first frame inferred; `b` not gated and silent."""
+    for ring in rig.rings.values():
+        ring.header["motion_min_area"], ring.header["motion_keepalive_s"] = 0.001, keepalive_s
+    rig.rings["b"].header["state"] = State.CONNECTING
+    s = rig.start()
+    rig.write("a", motion=1.0)
+    s.step()
+    rig.results.get_nowait()
+    return s
+
+
+def test_a_frame_without_motion_is_skipped_counted_and_repeated_to_the_main_process(rig: Rig) -> None:
+    """1. Camera `a` was inferred; its next frame has motion under min_area.
+    2. The model does not see it; it is counted `skipped_no_motion`, not as a drop.
+    3. The main process gets the last detections again for this frame (`repeated`), so tracks and
+       events go on: the scene did not change.
+    4. The accounting holds: sampled = inferred + dropped + skipped."""
+    s = gated(rig)
+    seq = rig.write("a", motion=0.0002)
+    rig.clock.t += 0.2
+    s.step()
+    assert rig.detector.calls == [1]
+    c = rig.counts("a")
+    assert (c.inferred, c.skipped_no_motion, c.stale, c.overwritten) == (1, 1, 0, 0)
+    (frame,) = rig.results.get_nowait().frames
+    assert frame.repeated and frame.seq == seq and frame.camera == "a"
+    assert frame.detections[0][2:] == pytest.approx((4.0, 8.0, 32.0, 36.0))
+    assert accounted(rig, "a") + c.skipped_no_motion == rig.rings["a"].head
+
+
+def test_motion_is_inferred(rig: Rig) -> None:
+    s = gated(rig)
+    rig.write("a", motion=0.05)
+    s.step()
+    assert rig.detector.calls == [1, 1] and rig.counts("a").skipped_no_motion == 0
+
+
+def test_a_moving_track_keeps_the_frames_inferred(rig: Rig) -> None:
+    """The main process wrote that a track moved (active until t+2 s): frames without motion are
+    inferred until then, skipped after."""
+    s = gated(rig)
+    rig.rings["a"].header["active_until"] = rig.clock.t + 2.0
+    rig.clock.t += 1.0
+    rig.write("a", motion=0.0)
+    s.step()
+    assert rig.detector.calls == [1, 1]
+    rig.clock.t += 1.5
+    rig.write("a", motion=0.0)
+    s.step()
+    assert rig.detector.calls == [1, 1] and rig.counts("a").skipped_no_motion == 1
+
+
+def test_keepalive_infers_a_still_camera_now_and_then(rig: Rig) -> None:
+    """No motion at all for 10 s at 5 fps with keepalive 4 s: frames at 4 s and 8 s are inferred."""
+    s = gated(rig, keepalive_s=4.0)
+    for _ in range(50):
+        rig.clock.t += 0.2
+        rig.write("a", motion=0.0)
+        s.step()
+    assert rig.detector.calls == [1, 1, 1]
+    assert rig.counts("a").skipped_no_motion == 48
+
+
+def test_an_ungated_camera_is_not_held_back_by_a_quiet_one(rig: Rig) -> None:
+    """1. Both cameras streaming; `a` has had no motion, so its frames are skipped.
+    2. `b`'s frame goes out alone at once: the batch does not wait max_wait_ms for `a`."""
+    s = gated(rig)
+    rig.rings["b"].header["state"] = State.STREAMING
+    rig.write("a", motion=0.0)
+    s.step()
+    rig.write("b")
+    s.step()
+    assert rig.detector.calls == [1, 1]
+    assert rig.results.get_nowait().frames[0].repeated
+    assert rig.results.get_nowait().frames[0].camera == "b"

@@ -120,7 +120,20 @@ class ModelConfig(Section):
         "next to the config file is resolved against it.",
     )
     backend: Literal["auto", "torch", "onnxruntime", "openvino", "tensorrt"] = Field(
-        default="auto", description="Inference backend; `auto` picks it from the model file's format."
+        default="auto",
+        description="Inference backend. `auto`: an exported file runs on its own runtime (.onnx: "
+        "onnxruntime, *_openvino_model/: openvino, .engine: tensorrt); a .pt model runs on TensorRT on "
+        "CUDA when it is installed (else torch, fp16), on OpenVINO on a CPU when it is installed (else "
+        "torch). For openvino, onnxruntime and tensorrt a .pt model is exported once and kept in "
+        "`cache_dir`. A runtime that is not installed stops the daemon (exit 3) naming the extra: "
+        "`pip install vistream[openvino]`, `vistream[onnxruntime]`, `vistream[tensorrt]`.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Where exports of the model (OpenVINO, ONNX, TensorRT) are kept, keyed by the model "
+        "file's hash, input shape, batch size, precision and Ultralytics version, and reused on the next "
+        "start; default: `$XDG_CACHE_HOME/vistream/exports` (`~/.cache/vistream/exports`). Relative to "
+        "the config file's directory when relative.",
     )
     device: str = Field(
         default="auto",
@@ -142,7 +155,8 @@ class ModelConfig(Section):
         default=None,
         gt=0,
         le=256,
-        description="CPU threads torch may use for inference; default: torch's own choice (one per core). "
+        description="CPU threads inference may use (torch's pool, OpenVINO's `INFERENCE_NUM_THREADS`, ONNX "
+        "Runtime's intra-op pool); default: the runtime's own choice (one per core). "
         "On a CPU-only box the readers decode on the same cores: fewer threads can mean steadier batches.",
     )
 
@@ -167,6 +181,12 @@ class ModelConfig(Section):
         if v == "triton":
             raise ValueError(not_yet("the Triton Inference Server backend"))
         return v
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_dir(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        base = _base_dir(info)
+        return v if v is None or base is None or v.is_absolute() else Path(os.path.normpath(base / v))
 
     @field_validator("device")
     @classmethod
@@ -402,10 +422,58 @@ def _shape_problems(name: Any, points: Any, kind: str | None) -> list[tuple[Loc,
     return [((), "the polygon crosses itself: list the points in order around its edge")]
 
 
+class MotionConfig(Section):
+    """Motion gating: frames in which nothing moves are not sent to the model."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Score motion in the reader and skip frames without it (counted as skipped `no_motion`).",
+    )
+    keepalive_s: float = Field(
+        default=10, gt=0, description="Infer a frame at least this often, motion or not."
+    )
+    pixel_threshold: float = Field(
+        default=25,
+        gt=0,
+        le=255,
+        description="A pixel of the small grey copy changed when it differs from the running-average "
+        "background by more than this (0-255).",
+    )
+    min_area: float = Field(
+        default=0.001,
+        ge=0,
+        le=1,
+        description="A frame has motion when its changed pixels cover at least this fraction of the "
+        "unmasked frame.",
+    )
+    alpha: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="How fast the background learns each sampled frame (accumulateWeighted's alpha): "
+        "higher forgets a change sooner.",
+    )
+    width: int = Field(default=160, ge=16, le=1920, description="Width of the grey copy motion is scored on.")
+    mask: list[list[Point]] = Field(
+        default_factory=list,
+        description="Polygons where changes never count (a clock, trees in the wind), normalised like zones.",
+    )
+
+    @field_validator("mask", mode="before")
+    @classmethod
+    def _mask(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v  # pydantic says "must be a list"
+        problems: list[tuple[Loc, str]] = []
+        for i, points in enumerate(v):
+            problems += [((i, *loc), msg) for loc, msg in _shape_problems("mask", points, "zones")]
+        if problems:
+            raise KeyProblems(problems)
+        return v
+
+
 class CameraConfig(Section):
     """One camera: an RTSP stream or a video file."""
-
-    planned_keys: ClassVar[dict[str, str]] = {"motion": "motion gating in the readers"}
 
     name: str = Field(description="Unique name, `[a-z0-9_-]+`; used in topics and metric labels.")
     url: str = Field(
@@ -432,6 +500,9 @@ class CameraConfig(Section):
         default_factory=dict,
         description="Named segments p1 -> p2 for line crossing counts and rules, normalised like zones. "
         "`in` is a crossing from the left of p1 -> p2 to its right, as seen on the image.",
+    )
+    motion: MotionConfig = Field(
+        default_factory=MotionConfig, description="Motion gating of this camera's frames."
     )
 
     @field_validator("name")

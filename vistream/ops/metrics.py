@@ -9,9 +9,9 @@ Label `camera` is always the camera's name, never its URL.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -19,7 +19,6 @@ from vistream.ops.stats import Buckets
 
 if TYPE_CHECKING:
     from vistream.daemon import Daemon
-    from vistream.ops.http import HttpServer
 
 
 def _histogram(name: str, doc: str, b: Buckets) -> HistogramMetricFamily:
@@ -53,6 +52,11 @@ class DaemonCollector(Collector):
             "scheduler was attached: model loading, a restart).",
             labels=["camera", "reason"],
         )
+        skipped = CounterMetricFamily(
+            "vistream_frames_skipped",
+            "Sampled frames not inferred by design, not dropped: no_motion (motion gating).",
+            labels=["camera", "reason"],
+        )
         up = GaugeMetricFamily("vistream_camera_up", "1 while the camera delivers frames.", labels=["camera"])
         reconnects = CounterMetricFamily(
             "vistream_camera_reconnects", "Reconnects to the camera.", labels=["camera"]
@@ -72,8 +76,9 @@ class DaemonCollector(Collector):
             inferred.add_metric([name], c.inferred if c else 0)
             for reason in ("stale", "overwritten", "failed", "unattached"):
                 dropped.add_metric([name, reason], getattr(c, reason) if c else 0)
+            skipped.add_metric([name, "no_motion"], c.skipped_no_motion if c else 0)
             torn.add_metric([name], c.torn if c else 0)
-        yield from (decoded, sampled, inferred, dropped, up, reconnects, torn)
+        yield from (decoded, sampled, inferred, dropped, skipped, up, reconnects, torn)
 
         yield _histogram("vistream_batch_size", "Frames per inference call.", stats.batch_size)
         yield _histogram(
@@ -170,12 +175,9 @@ def _alert_metrics(d: Daemon) -> Iterator[Metric]:
     yield holds
 
 
-def serve_metrics(daemon: Daemon, host: str, port: int) -> HttpServer:
-    """Serve /metrics, with the rest of the daemon's HTTP (vistream.ops.http), from a thread.
-
-    Returns the server (`.port`, `.stop()`); OSError when it cannot listen on host:port."""
-    from vistream.ops.http import serve  # Starlette and uvicorn: only when metrics are enabled
-
+def serve_metrics(daemon: Daemon, host: str, port: int) -> Any:
+    """Start the /metrics endpoint in a thread; returns the server (`.server_port`, `.shutdown()`)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
-    return serve(daemon, host, port, make_asgi_app(registry))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server

@@ -69,12 +69,22 @@ class CameraCounts:
     # Written before this scheduler attached and after what its predecessor reported: while the
     # model loaded (at start, after a restart), or handled by a killed predecessor after its last report.
     unattached: int = 0
+    # Not dropped: motion gating decided the frame was not worth inferring (vistream.sources.motion).
+    skipped_no_motion: int = 0
 
     def merged(self, other: CameraCounts) -> CameraCounts:
         return CameraCounts(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
 
     def astuple(self) -> tuple[int, ...]:
-        return (self.inferred, self.stale, self.overwritten, self.failed, self.torn, self.unattached)
+        return (
+            self.inferred,
+            self.stale,
+            self.overwritten,
+            self.failed,
+            self.torn,
+            self.unattached,
+            self.skipped_no_motion,
+        )
 
 
 @dataclass

@@ -27,6 +27,7 @@ from vistream.outputs.outbox import Message, Outbox
 from vistream.outputs.snapshot import box_label, snapshot_jpeg
 from vistream.ring.shm import FrameRing
 from vistream.scheduler.messages import FrameResult
+from vistream.sources.motion import TrackActivity
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Alerts:
         self._ring_of = ring_of
         self._clock = clock
         self._no_snapshot: set[str] = set()  # events whose start frame was gone from the ring
+        self.activity = TrackActivity()  # moving tracks, for motion gating
         self._lock = threading.Lock()  # the figures below are read from other threads (metrics, demo)
         self._new_cfg: Config | None = None  # a reloaded config for the result thread to apply
         self.events_total: Counter[tuple[str, str]] = Counter()  # (camera, rule) -> events started
@@ -145,7 +147,17 @@ class Alerts:
             return None
         outcome = self.engine.process(frame)
         self._queue(outcome)
+        if not frame.repeated:
+            self._moving(frame, outcome.objects)
         return outcome.objects
+
+    def _moving(self, frame: FrameResult, objects: list[TrackedObject]) -> None:
+        """A track that moved keeps the camera's frames inferred for a while, motion score or not."""
+        boxes = [(o.track_id, o.box) for o in objects]
+        until = self.activity.update(frame.camera, boxes, frame.width, frame.height, frame.captured_mono)
+        ring = self._ring_of(frame.camera) if until is not None else None
+        if ring is not None:
+            ring.header["active_until"] = until
 
     def tick(self, now_mono: float) -> None:
         """End events of cameras whose frames stopped coming."""

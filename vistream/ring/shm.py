@@ -80,6 +80,12 @@ HEADER = np.dtype(
         ("holds_broken", "<u8"),
         # Written by the main process: snapshots asked for whose frame was no longer in the ring.
         ("snapshots_lost", "<u8"),
+        # Motion gating (vistream.sources.motion). The reader writes the camera's settings when it
+        # starts; the main process writes until when (time.monotonic()) a track that moved keeps the
+        # camera's frames inferred whatever their motion score.
+        ("motion_min_area", "<f4"),
+        ("motion_keepalive_s", "<f4"),
+        ("active_until", "<f8"),
     ],
     align=True,
 )
@@ -94,7 +100,7 @@ SLOT = np.dtype(
         ("scale", "<f4"),  # model pixels per camera pixel
         ("pad_x", "<f4"),  # left padding of the letterbox, model pixels
         ("pad_y", "<f4"),  # top padding
-        ("motion", "<f4"),  # reserved for motion gating in the reader; -1 = not computed
+        ("motion", "<f4"),  # changed-area fraction (vistream.sources.motion); -1 = not computed
         ("plane_width", "<u4"),  # this frame's snapshot plane; 0: none
         ("plane_height", "<u4"),
         ("held", "<u8"),  # seq the scheduler holds in this slot (0: none); the scheduler writes it
@@ -371,6 +377,15 @@ class FrameRing:
         if int(self.slots[i]["version"]) != 2 * head:
             return None
         return head, mono
+
+    def meta_of(self, seq: int) -> FrameMeta | None:
+        """What the slot header of complete frame `seq` says (its motion score, capture time),
+        without copying the image; None when the frame is gone."""
+        i = self._find(seq)
+        if i is None:
+            return None
+        meta = _meta(seq, self.slots[i].copy())
+        return meta if int(self.slots[i]["version"]) == 2 * seq else None
 
     def read(
         self, into: np.ndarray, retries: int = 3, *, hold: bool = False, newer_than: int = 0

@@ -24,7 +24,7 @@ from vistream.ops.process import StopFlag
 from vistream.ops.stats import CameraCounts, SchedulerStats
 from vistream.ring.shm import FrameMeta, FrameRing, RingConsumer, State
 from vistream.scheduler.messages import AddCamera, BatchResult, Fatal, FrameResult, Ready, RemoveCamera
-from vistream.scheduler.policy import BatchPolicy, Candidate
+from vistream.scheduler.policy import BatchPolicy, Candidate, MotionGate
 from vistream.sources.letterbox import boxes_to_camera
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,8 @@ class Feed:
         self.ring = FrameRing.attach(ring_name)
         self.consumer = RingConsumer(self.ring)  # starts at the ring's head: older frames are not ours
         self.counts = CameraCounts()
+        self.last_result: FrameResult | None = None  # repeated for the frames motion gating skips
+        self.quiet = False  # its latest frame was skipped for want of motion
         if start_seq is not None:  # ... but they are counted, from where the last scheduler left off
             self.counts.unattached = max(0, self.consumer.last_seq - start_seq)
 
@@ -128,6 +130,7 @@ class Scheduler:
         b = spec.batching
         self.spec, self.detector, self.stop, self.clock = spec, detector, stop, clock
         self.policy = BatchPolicy(b.max_batch, b.max_wait_ms / 1000, b.max_frame_age_ms / 1000)
+        self.gate = MotionGate()
         self.feeds: dict[str, Feed] = {}
         self.stats = SchedulerStats()
         self._failures = 0
@@ -146,6 +149,7 @@ class Scheduler:
         if feed:
             feed.close()
             self.policy.forget(name)
+            self.gate.forget(name)
 
     def close(self) -> None:
         self._send_stats(force=True)
@@ -176,11 +180,21 @@ class Scheduler:
         """One decision: drop what is stale, then run a batch or sleep until there may be one."""
         now = self.clock()
         candidates, streaming = [], 0
+        repeats: list[FrameResult] = []
         for feed in self.feeds.values():
-            streaming += feed.streaming
             pending = feed.consumer.pending()
             if pending:
+                skipped = self._gate(feed, pending[0], now)
+                if skipped is not None:
+                    repeats += skipped
+                    continue
+                feed.quiet = False
                 candidates.append(Candidate(feed.name, *pending))
+            # A camera whose frames motion gating skips is not waited for: its next one may be skipped too.
+            streaming += feed.streaming and not feed.quiet
+        if repeats:
+            with contextlib.suppress(queue.Full):  # losing one only costs the event engine a still frame
+                self.spec.results.put_nowait(BatchResult(repeats))
         decision = self.policy.decide(now, candidates, streaming)
         for c in decision.stale:
             feed = self.feeds[c.camera]
@@ -190,6 +204,35 @@ class Scheduler:
             self._run_batch([self.feeds[c.camera] for c in decision.batch])
         else:
             self._wait(decision.wait_until, now)
+
+    def _gate(self, feed: Feed, seq: int, now: float) -> list[FrameResult] | None:
+        """None when frame `seq` goes on to batching; else it was skipped for want of motion, and
+        the list holds what the main process gets instead: the camera's last result, repeated for
+        this frame (the scene did not change, so neither did what is in it; tracks and events go
+        on without the model)."""
+        meta = feed.ring.meta_of(seq)
+        hdr = feed.ring.header
+        if meta is None or not self.gate.skip(
+            feed.name,
+            now,
+            meta.motion,
+            float(hdr["motion_min_area"]),
+            float(hdr["motion_keepalive_s"]),
+            float(hdr["active_until"]),
+        ):
+            return None
+        feed.consumer.skip_to(seq)
+        feed.counts.skipped_no_motion += 1
+        feed.quiet = True
+        last = feed.last_result
+        if last is None:
+            return []
+        return [
+            FrameResult(
+                last.camera, seq, meta.captured_at, meta.captured_mono, meta.width, meta.height,
+                last.detections, repeated=True,
+            )
+        ]  # fmt: skip
 
     def _wait(self, until: float | None, now: float) -> None:
         timeout = IDLE_WAKE_S if until is None else min(IDLE_WAKE_S, max(0.0, until - now))
@@ -228,8 +271,10 @@ class Scheduler:
         frames = []
         for (feed, meta), found in zip(taken, boxes, strict=True):
             feed.counts.inferred += 1
+            self.gate.inferred(feed.name, started)
             self.stats.frame_age_s.observe(started - meta.captured_mono)
             frames.append(_frame_result(feed.name, meta, found))
+            feed.last_result = frames[-1]
         self.stats.batch_size.observe(len(taken))
         self.stats.inference_s.observe(elapsed)
         try:

@@ -21,6 +21,9 @@ class FrameResult:
     width: int
     height: int
     detections: list[Detection]
+    # Not inferred: motion gating skipped the frame, and these are the camera's last inferred
+    # detections, for the event engine only (not published, the frame is not held).
+    repeated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

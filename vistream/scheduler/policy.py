@@ -70,3 +70,31 @@ class BatchPolicy:
     def forget(self, camera: str) -> None:
         """A camera was removed: it no longer counts for fairness."""
         self._served.pop(camera, None)
+
+
+class MotionGate:
+    """Which frames motion gating skips: pure logic on scores and times, tested with a fake clock.
+
+    A frame is skipped when its motion score (the changed-area fraction the reader wrote; -1 when
+    gating is off) is below the camera's `min_area`, unless a track moved lately on the camera
+    (`active_until`, written by the main process) or `keepalive_s` passed since the camera's last
+    inference. The keepalive counts from this scheduler's own inferences: a fresh scheduler
+    infers each camera's first frame.
+    """
+
+    def __init__(self) -> None:
+        self._last_inferred: dict[str, float] = {}
+
+    def skip(
+        self, camera: str, now: float, motion: float, min_area: float, keepalive_s: float, active_until: float
+    ) -> bool:
+        if motion < 0 or motion >= min_area or now < active_until:
+            return False
+        last = self._last_inferred.get(camera)
+        return last is not None and now - last < keepalive_s
+
+    def inferred(self, camera: str, now: float) -> None:
+        self._last_inferred[camera] = now
+
+    def forget(self, camera: str) -> None:
+        self._last_inferred.pop(camera, None)

@@ -25,6 +25,7 @@ from vistream.config.secrets import redact_text, redact_url
 from vistream.ops.process import StopFlag
 from vistream.ring.shm import FrameRing, State
 from vistream.sources.letterbox import letterbox
+from vistream.sources.motion import NOT_COMPUTED, FrameMotion
 from vistream.sources.probe import PortWatch
 from vistream.sources.stream import STREAM_ERRORS, decoded_frames, open_camera, stream_info
 from vistream.sources.timing import Backoff, CaptureClock, Throttle
@@ -68,6 +69,9 @@ class CameraReader:
         self.watch = PortWatch.for_camera(self.cam)  # None for a file: nothing to probe
         self.url = redact_url(self.cam.url)
         self.scaler = FrameScaler()
+        self.motion = FrameMotion(self.cam.motion) if self.cam.motion.enabled else None
+        self.hdr["motion_min_area"] = self.cam.motion.min_area
+        self.hdr["motion_keepalive_s"] = self.cam.motion.keepalive_s
 
     def _state(self, state: int) -> None:
         self.hdr["state"] = state
@@ -186,6 +190,7 @@ class CameraReader:
             pad_y=box.top,
             plane_width=plane_w,
             plane_height=plane_h,
+            motion=self.motion.score(frame) if self.motion else NOT_COMPUTED,
         )
         self.wake.release()
 
