@@ -9,9 +9,9 @@ Label `camera` is always the camera's name, never its URL.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -19,6 +19,7 @@ from vistream.ops.stats import Buckets
 
 if TYPE_CHECKING:
     from vistream.daemon import Daemon
+    from vistream.ops.http import HttpServer
 
 
 def _histogram(name: str, doc: str, b: Buckets) -> HistogramMetricFamily:
@@ -175,9 +176,12 @@ def _alert_metrics(d: Daemon) -> Iterator[Metric]:
     yield holds
 
 
-def serve_metrics(daemon: Daemon, host: str, port: int) -> Any:
-    """Start the /metrics endpoint in a thread; returns the server (`.server_port`, `.shutdown()`)."""
+def serve_metrics(daemon: Daemon, host: str, port: int) -> HttpServer:
+    """Serve /metrics, with the rest of the daemon's HTTP (vistream.ops.http), from a thread.
+
+    Returns the server (`.port`, `.stop()`); OSError when it cannot listen on host:port."""
+    from vistream.ops.http import serve  # Starlette and uvicorn: only when metrics are enabled
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server
+    return serve(daemon, host, port, make_asgi_app(registry))

@@ -3,8 +3,10 @@
 A thread of the main process takes results from the scheduler's queue, runs the
 event engine on them (tracking, zones, lines, rules: results arrive here in
 capture order per camera), publishes the detections and hands events to the
-outbox. Then it releases the frame's hold on its ring slot, so a snapshot can
-show the very frame an event started on. The queue is bounded on the
+outbox. The frame's hold on its ring slot lasts until then, so a snapshot can
+show the very frame an event started on; the newest inferred frame of each
+camera stays held until the next result of that camera arrives, with what was
+found in it, for the status page (`latest`). The queue is bounded on the
 scheduler's side (`put_nowait`, overflow counted there), so a slow or absent
 broker never reaches back into the scheduler.
 """
@@ -17,8 +19,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
+from vistream.events.engine import TrackedObject
 from vistream.ops.stats import SECONDS_BUCKETS, Buckets
 from vistream.outputs.alerts import Alerts
 from vistream.outputs.mqtt import MqttPublisher
@@ -28,6 +32,23 @@ from vistream.scheduler.messages import BatchResult, FrameResult
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5  # how often events of cameras without frames are checked for their end
+# The latest frame of a camera whose results pause (motion gating, a scheduler restart) is given back
+# before the ring's HOLD_TTL_S (5 s) would count its hold as expired; the status page keeps its picture.
+KEEP_S = 4.0
+
+
+@dataclass(frozen=True)
+class LatestFrame:
+    """A camera's newest inferred frame (held in its ring slot for a while) and what was found in it."""
+
+    camera: str
+    seq: int
+    captured_at: float
+    captured_mono: float
+    width: int
+    height: int
+    objects: tuple[TrackedObject, ...]
+    held: bool = True  # False once released (KEEP_S): the reader may have overwritten it since
 
 
 class ResultPump:
@@ -53,6 +74,7 @@ class ResultPump:
         self.latency = Buckets(SECONDS_BUCKETS)  # capture -> publish
         self.published: Counter[str] = Counter()  # camera -> detection messages handed to MQTT
         self.last_objects: dict[str, Counter[str]] = {}
+        self._latest: dict[str, LatestFrame] = {}
         self._lock = threading.Lock()
         self._stopping = False
         self.beat = time.monotonic()  # the thread's last turn (at least every 0.1 s while it is well)
@@ -81,6 +103,11 @@ class ResultPump:
                 dict(self.published),
                 {k: Counter(v) for k, v in self.last_objects.items()},
             )
+
+    def latest(self, camera: str) -> LatestFrame | None:
+        """The camera's newest inferred frame; its slot stays held until the next one (or KEEP_S)."""
+        with self._lock:
+            return self._latest.get(camera)
 
     def _main(self) -> None:
         try:
@@ -111,9 +138,12 @@ class ResultPump:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if self.alerts is None or now < self._next_tick:
+        if now < self._next_tick:
             return
         self._next_tick = now + TICK_S
+        self._let_go(now)
+        if self.alerts is None:
+            return
         try:
             self.alerts.tick(now)
         except Exception:
@@ -128,8 +158,38 @@ class ResultPump:
             self.alert_errors += 1
             log.exception("camera %s: event processing failed on frame %d", frame.camera, frame.seq)
             return None
-        finally:
-            self._release(frame.camera, frame.seq)
+
+    def _keep(self, frame: FrameResult, objects: list[TrackedObject] | None) -> None:
+        """Keep this frame held as the camera's latest and release the one it replaces."""
+        if objects is None:
+            objects = [
+                TrackedObject(self.names.get(cls, str(cls)), cls, conf, (x1, y1, x2, y2), None)
+                for cls, conf, x1, y1, x2, y2 in frame.detections
+            ]
+        kept = LatestFrame(
+            frame.camera,
+            frame.seq,
+            frame.captured_at,
+            frame.captured_mono,
+            frame.width,
+            frame.height,
+            tuple(objects),
+        )
+        with self._lock:
+            previous = self._latest.get(frame.camera)
+            self._latest[frame.camera] = kept
+        # A camera removed and added again has a new ring whose seqs start over: its old frame is gone.
+        if previous is not None and previous.held and previous.seq < frame.seq:
+            self._release(frame.camera, previous.seq)
+
+    def _let_go(self, now: float) -> None:
+        """Release the latest frames held longer than KEEP_S."""
+        with self._lock:
+            old = [f for f in self._latest.values() if f.held and now - f.captured_mono > KEEP_S]
+            for f in old:
+                self._latest[f.camera] = replace(f, held=False)
+        for f in old:
+            self._release(f.camera, f.seq)
 
     def _publish(self, batch: BatchResult) -> None:
         for frame in batch.frames:
@@ -137,6 +197,7 @@ class ResultPump:
                 self._events(frame)
                 continue
             objects = self._events(frame)
+            self._keep(frame, objects)
             now = time.time()
             payload = detections_payload(frame, self.names, now, objects)
             topic = f"{self.publisher.prefix}/{frame.camera}/detections"
