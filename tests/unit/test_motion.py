@@ -1,12 +1,18 @@
-"""Motion gating: the detector on synthetic frames, the gate's policy, and moving tracks."""
+"""Motion gating: the detector on synthetic frames, the gate's policy, moving tracks, repeated frames."""
 
 from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
 
 import av
 import numpy as np
 import pytest
 
-from vistream.config.models import MotionConfig
+from vistream.config.models import Config, MotionConfig
+from vistream.outputs.alerts import Alerts
+from vistream.ring.shm import FrameRing, RingLayout
+from vistream.scheduler.messages import FrameResult
 from vistream.scheduler.policy import MotionGate
 from vistream.sources.motion import FrameMotion, MotionDetector, TrackActivity, small_size
 
@@ -201,3 +207,76 @@ def test_a_slow_walker_adds_up() -> None:
 def test_untracked_detections_do_not_count() -> None:
     act = TrackActivity()
     assert act.update("a", [(None, (0, 0, 10, 10))], 1920, 1080, 10.0) is None
+
+
+# -- the main process: moving tracks into the ring, repeated frames into the engine ------------
+
+
+def alerts_config() -> Config:
+    return Config.model_validate(
+        {
+            "model": {"path": "yolov8n.pt"},
+            "cameras": [
+                {
+                    "name": "front",
+                    "url": "rtsp://cam.local/front",
+                    "detect_fps": 10,
+                    "zones": {"yard": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]},
+                    "motion": {"enabled": True},
+                }
+            ],
+            "alerts": [{"name": "in_yard", "labels": ["person"], "zone": "yard", "end_after_s": 1}],
+        }
+    )
+
+
+def person_at(seq: int, x: float, *, repeated: bool = False) -> FrameResult:
+    """Frame `seq` (t = seq / 10 s) of a 320x240 camera with a person whose box is 40 px wide at x."""
+    return FrameResult(
+        "front", seq, 1e9 + seq / 10, seq / 10, 320, 240, [(0, 0.9, x, 140.0, x + 40, 200.0)], repeated
+    )
+
+
+@pytest.fixture
+def gated_ring() -> Iterator[FrameRing]:
+    r = FrameRing.create(
+        f"vistream-test-{uuid.uuid4().hex[:8]}", RingLayout(2, 16, 16, plane_width=0, plane_height=0)
+    )
+    yield r
+    r.close()
+    r.unlink()
+
+
+def test_the_main_process_marks_a_camera_active_while_a_track_moves(gated_ring: FrameRing) -> None:
+    """1. A person walks (10 px per frame at 320 px): each inferred frame moves the camera's
+       `active_until` to 2 s after it.
+    2. They stop: `active_until` stays where the last move put it, and runs out."""
+    alerts = Alerts(alerts_config(), None, lambda name: gated_ring)
+    assert alerts.bind({0: "person"}) == []
+    for seq in range(1, 6):
+        alerts.process(person_at(seq, 100 + 10 * seq))
+    assert float(gated_ring.header["active_until"]) == pytest.approx(0.5 + 2.0)
+    for seq in range(6, 20):
+        alerts.process(person_at(seq, 150))
+    assert float(gated_ring.header["active_until"]) == pytest.approx(0.5 + 2.0)
+
+
+def test_repeated_frames_keep_an_event_open_and_do_not_count_as_moves(gated_ring: FrameRing) -> None:
+    """1. A person stands in the yard; the event starts.
+    2. For 5 s (end_after_s is 1 s) every frame is skipped for want of motion and reaches the engine
+       as the last detections, repeated: the event stays open, and no move is written to the ring.
+    3. Without those repeats the engine's tick would have ended it."""
+    alerts = Alerts(alerts_config(), None, lambda name: gated_ring)
+    alerts.bind({0: "person"})
+    assert alerts.engine is not None
+    for seq in range(1, 4):
+        alerts.process(person_at(seq, 150))
+    assert [active for _, _, active in alerts.engine.active_states()] == [True]
+    gated_ring.header["active_until"] = 0.0
+    for seq in range(4, 54):
+        alerts.process(person_at(seq, 150, repeated=True))
+        alerts.tick(seq / 10)
+    assert [active for _, _, active in alerts.engine.active_states()] == [True]
+    assert float(gated_ring.header["active_until"]) == 0.0
+    alerts.tick(5.3 + 1.1)  # step 3: no frame at all for end_after_s
+    assert [active for _, _, active in alerts.engine.active_states()] == [False]
