@@ -125,18 +125,18 @@ function updateEvents(events) {
     ...events.map((ev) => {
       const where = ev.line ? `${ev.line} (${ev.direction})` : ev.zone ?? "whole frame";
       const object = ev.track_id === null ? ev.label : `${ev.label} #${ev.track_id}`;
-      const at = ev.type === "end" && ev.ended_at ? ev.ended_at : ev.started_at;
-      const count = ev.count ? ` ×${ev.count}` : "";
+      const count = ev.count > 1 ? ` ×${ev.count}` : "";
       return el(
         "tr",
         { class: ev.type },
-        el("td", {}, clock(at)),
         el("td", {}, ev.camera),
         el("td", {}, ev.rule),
         el("td", {}, ev.type),
         el("td", {}, object + count),
         el("td", {}, where),
         el("td", {}, `${Math.round(ev.max_confidence * 100)}%`),
+        el("td", {}, clock(ev.started_at)),
+        el("td", {}, ev.ended_at ? clock(ev.ended_at) : "–"),
       );
     }),
   );
