@@ -323,6 +323,7 @@ class Daemon:
             control=SPAWN.Queue(),
             beat=SPAWN.Array("d", 3, lock=False),
             start_seqs={name: base.positions.get(name, 0) for name in self._rings},
+            detect_fps={c.name: c.detect_fps for c in self.cfg.enabled_cameras},
         )
         # Fresh queues for every scheduler: a process killed while holding a
         # queue's lock would leave it locked for its successor.
@@ -427,9 +428,12 @@ class Daemon:
         self.cfg = new.model_copy(update={k: getattr(self.cfg, k) for k in kept})
         for name in change.removed:
             self._remove_camera(name)
-        for name in change.restarted:
+        for name, keys in change.restarted.items():
+            cam = next(c for c in self.cfg.enabled_cameras if c.name == name)
             self._stop_reader(name)
-            self._start_reader(next(c for c in self.cfg.enabled_cameras if c.name == name))
+            self._start_reader(cam)
+            if "detect_fps" in keys and self.scheduler:  # its tracker steps at the new rate
+                self.scheduler.control.put(AddCamera(name, self._rings[name].name, cam.detect_fps))
         for cam in change.added:
             self._add_camera(cam)
         if change.scheduler:
@@ -450,7 +454,7 @@ class Daemon:
         self._rings = {**self._rings, cam.name: ring}
         self._start_reader(cam)
         if self.scheduler:
-            self.scheduler.control.put(AddCamera(cam.name, ring.name))
+            self.scheduler.control.put(AddCamera(cam.name, ring.name, cam.detect_fps))
 
     def _remove_camera(self, name: str) -> None:
         if self.scheduler:

@@ -278,3 +278,41 @@ def test_an_ungated_camera_is_not_held_back_by_a_quiet_one(rig: Rig) -> None:
     assert rig.detector.calls == [1, 1]
     assert rig.results.get_nowait().frames[0].repeated
     assert rig.results.get_nowait().frames[0].camera == "b"
+
+
+def test_frames_are_tracked_in_the_scheduler(rig: Rig) -> None:
+    """1. Camera a's frames come in capture order: each result carries a track id per detection,
+       the same object keeping its id (ByteTrack runs here, where torch is loaded anyway).
+    2. AddCamera for a known camera at another rate restarts its tracker but not its counts."""
+    from vistream.scheduler.messages import AddCamera
+
+    s = rig.start()
+    ids = []
+    for _ in range(4):
+        rig.clock.t += 0.2
+        rig.write("a"), rig.write("b")
+        s.step()
+        frame = next(f for f in rig.results.get_nowait().frames if f.camera == "a")
+        assert frame.track_ids is not None and len(frame.track_ids) == len(frame.detections)
+        ids.append(frame.track_ids[0])
+    assert ids[1] is not None and len(set(ids[1:])) == 1
+    inferred = rig.counts("a").inferred
+    s.add("a", rig.rings["a"].name, 2.0)
+    assert s.feeds["a"].detect_fps == 2.0 and rig.counts("a").inferred == inferred
+    rig.spec.control.put(AddCamera("a", rig.rings["a"].name, 2.0))
+    s._control()
+    assert rig.counts("a").inferred == inferred
+
+
+def test_the_main_process_does_not_load_torch() -> None:
+    """The daemon, its result path and the event engine import neither torch nor Ultralytics:
+    tracking runs in the scheduler, so the main process stays small (about 85 MiB, not 580)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vistream.daemon, vistream.outputs.alerts, vistream.events.engine, vistream.ops.http;"
+        "print(sorted(m for m in ('torch', 'ultralytics') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -21,7 +21,6 @@ from typing import Any
 from vistream.config.models import AlertRule, CameraConfig, Config
 from vistream.events.geometry import XY, Box, Direction, Line, LineCrossings, Zone, anchor
 from vistream.events.rules import Clock, Event, RuleMachine, Seen, accepts, machine_for, new_event_id
-from vistream.events.tracking import CameraTracker, TrackerSettings
 from vistream.scheduler.messages import FrameResult
 
 CounterKey = tuple[str, str, str]  # camera, line, direction
@@ -89,21 +88,34 @@ class _Camera:
         self, cam: CameraConfig, machines: list[RuleMachine], line_labels: dict[str, set[str] | None]
     ):
         self.name = cam.name
-        self.tracker = CameraTracker(cam.detect_fps, TrackerSettings())
+        self.tracker: Any = None  # made on first use: frames tracked in the scheduler need none
         self.zones = {name: Zone(name, points) for name, points in cam.zones.items()}
         self.lines = {name: LineCrossings(Line(name, p1, p2)) for name, (p1, p2) in cam.lines.items()}
         self.line_labels = line_labels
         self.machines = machines
         self.config = cam
 
+    def track(self, frame: FrameResult) -> tuple[list[int | None], list[int]]:
+        """Track ids of the frame's detections and the tracks given up: the scheduler's when it
+        tracked the frame, else this camera's own tracker's (Ultralytics' ByteTrack, imported
+        only then: it brings torch along)."""
+        if frame.track_ids is not None:
+            return list(frame.track_ids), list(frame.removed_tracks)
+        if self.tracker is None:
+            from vistream.events.tracking import CameraTracker
+
+            self.tracker = CameraTracker(self.config.detect_fps)
+        return self.tracker.update(frame.detections, frame.captured_mono), self.tracker.removed
+
     def take_over(self, old: _Camera) -> None:
         """Keep the tracker, line states and rule machines of the same camera that did not change."""
-        if old.config.detect_fps == self.config.detect_fps:
+        same_tracks = old.config.detect_fps == self.config.detect_fps
+        if same_tracks:
             self.tracker = old.tracker
         for name in self.lines:
             if old.config.lines.get(name) == self.config.lines[name]:
                 self.lines[name] = old.lines[name]
-        if self.tracker is not old.tracker or old.config.zones != self.config.zones:
+        if not same_tracks or old.config.zones != self.config.zones:
             return  # a rule's running events need the same tracks in the same zones
         previous = {m.rule.name: m for m in old.machines}
         for i, machine in enumerate(self.machines):
@@ -180,15 +192,14 @@ class EventEngine:
         cam = self._cameras.get(frame.camera)
         if cam is None:  # not an enabled camera of this config: objects without tracks, nothing else
             return FrameOutcome(objects=self._objects(frame, [None] * len(frame.detections)))
-        out = FrameOutcome(
-            objects=self._objects(frame, cam.tracker.update(frame.detections, frame.captured_mono))
-        )
+        track_ids, removed = cam.track(frame)
+        out = FrameOutcome(objects=self._objects(frame, track_ids))
         points = {
             i: anchor(o.box, frame.width, frame.height)
             for i, o in enumerate(out.objects)
             if o.track_id is not None
         }
-        crossings = self._cross(cam, out, points)
+        crossings = self._cross(cam, out, points, removed)
         clock = Clock(frame.seq, frame.captured_at, frame.captured_mono)
         for machine in cam.machines:
             seen = _seen(cam, machine.rule, out.objects, points, crossings)
@@ -211,12 +222,14 @@ class EventEngine:
             for (cls, conf, x1, y1, x2, y2), track_id in zip(frame.detections, track_ids, strict=True)
         ]
 
-    def _cross(self, cam: _Camera, out: FrameOutcome, points: dict[int, XY]) -> dict[str, list[Seen]]:
+    def _cross(
+        self, cam: _Camera, out: FrameOutcome, points: dict[int, XY], removed: list[int]
+    ) -> dict[str, list[Seen]]:
         """The crossings of each line in this frame; counts them."""
         crossings: dict[str, list[Seen]] = {}
         changed: dict[CounterKey, int] = {}
         for name, line in cam.lines.items():
-            line.forget(cam.tracker.removed)
+            line.forget(removed)
             crossings[name] = []
             for i, point in points.items():
                 obj = out.objects[i]

@@ -23,7 +23,15 @@ from vistream.detector import Detector, ModelConfigError, ModelLoadError, load_d
 from vistream.ops.process import StopFlag
 from vistream.ops.stats import CameraCounts, SchedulerStats
 from vistream.ring.shm import FrameMeta, FrameRing, RingConsumer, State
-from vistream.scheduler.messages import AddCamera, BatchResult, Fatal, FrameResult, Ready, RemoveCamera
+from vistream.scheduler.messages import (
+    AddCamera,
+    BatchResult,
+    Detection,
+    Fatal,
+    FrameResult,
+    Ready,
+    RemoveCamera,
+)
 from vistream.scheduler.policy import BatchPolicy, Candidate, MotionGate
 from vistream.sources.letterbox import boxes_to_camera
 
@@ -53,6 +61,7 @@ class SchedulerSpec:
     # Camera -> the newest seq the previous schedulers accounted for (0 at start): the frames
     # written after it and before this scheduler attaches are counted as `unattached`.
     start_seqs: dict[str, int] = field(default_factory=dict)
+    detect_fps: dict[str, float] = field(default_factory=dict)  # camera -> its rate, for its tracker
 
 
 def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
@@ -107,12 +116,16 @@ def _flush(q: Any, timeout: float = FLUSH_S) -> None:
 class Feed:
     """One camera as the scheduler sees it."""
 
-    def __init__(self, name: str, ring_name: str, start_seq: int | None = None) -> None:
+    def __init__(
+        self, name: str, ring_name: str, start_seq: int | None = None, detect_fps: float = 5.0
+    ) -> None:
         self.name = name
         self.ring = FrameRing.attach(ring_name)
         self.consumer = RingConsumer(self.ring)  # starts at the ring's head: older frames are not ours
         self.counts = CameraCounts()
         self.last_result: FrameResult | None = None  # repeated for the frames motion gating skips
+        self.detect_fps = detect_fps
+        self._tracker: Any = None
         self.quiet = False  # its latest frame was skipped for want of motion
         if start_seq is not None:  # ... but they are counted, from where the last scheduler left off
             self.counts.unattached = max(0, self.consumer.last_seq - start_seq)
@@ -120,6 +133,23 @@ class Feed:
     @property
     def streaming(self) -> bool:
         return int(self.ring.header["state"]) == State.STREAMING
+
+    def track(
+        self, detections: list[Detection], captured_mono: float
+    ) -> tuple[tuple[int | None, ...], tuple[int, ...]]:
+        """Track ids for a frame's detections (frames come in capture order here) and the tracks
+        given up. Tracking runs in this process, which has torch loaded anyway: Ultralytics'
+        ByteTrack imports it, and the main process stays small without it."""
+        if self._tracker is None:
+            from vistream.events.tracking import CameraTracker
+
+            self._tracker = CameraTracker(self.detect_fps)
+        ids = self._tracker.update(detections, captured_mono)
+        return tuple(ids), tuple(self._tracker.removed)
+
+    def set_rate(self, detect_fps: float) -> None:
+        if detect_fps != self.detect_fps:
+            self.detect_fps, self._tracker = detect_fps, None
 
     def close(self) -> None:
         self.ring.close()
@@ -138,10 +168,15 @@ class Scheduler:
         for name, ring_name in spec.rings.items():
             self.add(name, ring_name)
 
-    def add(self, name: str, ring_name: str) -> None:
-        if name in self.feeds:
+    def add(self, name: str, ring_name: str, detect_fps: float | None = None) -> None:
+        fps = detect_fps or self.spec.detect_fps.get(name, 5.0)
+        known = self.feeds.get(name)
+        if known is not None and known.ring.name == ring_name:
+            known.set_rate(fps)  # the same camera at another rate: its counts go on
+            return
+        if known is not None:
             self.remove(name)
-        self.feeds[name] = Feed(name, ring_name, self.spec.start_seqs.get(name))
+        self.feeds[name] = Feed(name, ring_name, self.spec.start_seqs.get(name), fps)
         self.stats.cameras[name] = self.feeds[name].counts
 
     def remove(self, name: str) -> None:
@@ -172,7 +207,7 @@ class Scheduler:
             except queue.Empty:
                 return
             if isinstance(msg, AddCamera):
-                self.add(msg.name, msg.ring_name)
+                self.add(msg.name, msg.ring_name, msg.detect_fps)
             elif isinstance(msg, RemoveCamera):
                 self.remove(msg.name)
 
@@ -230,7 +265,7 @@ class Scheduler:
         return [
             FrameResult(
                 last.camera, seq, meta.captured_at, meta.captured_mono, meta.width, meta.height,
-                last.detections, repeated=True,
+                last.detections, repeated=True, track_ids=last.track_ids,
             )
         ]  # fmt: skip
 
@@ -273,7 +308,7 @@ class Scheduler:
             feed.counts.inferred += 1
             self.gate.inferred(feed.name, started)
             self.stats.frame_age_s.observe(started - meta.captured_mono)
-            frames.append(_frame_result(feed.name, meta, found))
+            frames.append(_frame_result(feed, meta, found))
             feed.last_result = frames[-1]
         self.stats.batch_size.observe(len(taken))
         self.stats.inference_s.observe(elapsed)
@@ -295,12 +330,14 @@ class Scheduler:
             self.spec.stats.put(snapshot, block=force, timeout=1.0 if force else None)
 
 
-def _frame_result(camera: str, meta: FrameMeta, found: Any) -> FrameResult:
+def _frame_result(feed: Feed, meta: FrameMeta, found: Any) -> FrameResult:
     cam_boxes = boxes_to_camera(found, meta.scale, meta.pad_x, meta.pad_y, meta.width, meta.height)
-    detections = [
+    detections: list[Detection] = [
         (int(row[5]), float(row[4]), float(b[0]), float(b[1]), float(b[2]), float(b[3]))
         for row, b in zip(found, cam_boxes, strict=True)
     ]
+    ids, removed = feed.track(detections, meta.captured_mono)
     return FrameResult(
-        camera, meta.seq, meta.captured_at, meta.captured_mono, meta.width, meta.height, detections
-    )
+        feed.name, meta.seq, meta.captured_at, meta.captured_mono, meta.width, meta.height, detections,
+        track_ids=ids, removed_tracks=removed,
+    )  # fmt: skip

@@ -24,6 +24,10 @@ class FrameResult:
     # Not inferred: motion gating skipped the frame, and these are the camera's last inferred
     # detections, for the event engine only (not published, the frame is not held).
     repeated: bool = False
+    # The track id of each detection (None: no confirmed track), from the camera's tracker in the
+    # scheduler process, and the tracks it gave up on this frame. None: not tracked there.
+    track_ids: tuple[int | None, ...] | None = None
+    removed_tracks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +55,11 @@ class Fatal:
 
 @dataclass(frozen=True)
 class AddCamera:
+    """A camera joins (or, already known, changes its rate: its tracker starts over)."""
+
     name: str
     ring_name: str
+    detect_fps: float = 5.0
 
 
 @dataclass(frozen=True)
