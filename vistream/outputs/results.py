@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vistream.events.engine import TrackedObject
+from vistream.ops.logs import camera
 from vistream.ops.stats import SECONDS_BUCKETS, Buckets
 from vistream.outputs.alerts import Alerts
 from vistream.outputs.mqtt import MqttPublisher
@@ -156,7 +157,12 @@ class ResultPump:
             return self.alerts.process(frame) if self.alerts is not None else None
         except Exception:
             self.alert_errors += 1
-            log.exception("camera %s: event processing failed on frame %d", frame.camera, frame.seq)
+            log.exception(
+                "camera %s: event processing failed on frame %d",
+                frame.camera,
+                frame.seq,
+                extra=camera(frame.camera),
+            )
             return None
 
     def _keep(self, frame: FrameResult, objects: list[TrackedObject] | None) -> None:
