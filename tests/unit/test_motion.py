@@ -144,8 +144,9 @@ def gate_after_inference(at: float = 100.0) -> MotionGate:
         ("gating off (-1): inferred", 101.0, -1.0, 0.0, False),
         ("keepalive due: inferred", 110.0, 0.0, 0.0, False),
         ("keepalive not yet due: skipped", 109.9, 0.0, 0.0, True),
-        ("a track moved lately: inferred", 101.0, 0.0, 102.0, False),
-        ("the track's activity ran out: skipped", 103.0, 0.0, 102.0, True),
+        ("a track moved lately, a few pixels changed: inferred", 101.0, 0.0005, 102.0, False),
+        ("a track moved lately, no pixel changed: skipped", 101.0, 0.0, 102.0, True),
+        ("the track's activity ran out: skipped", 103.0, 0.0005, 102.0, True),
     ],
 )
 def test_gate(case: str, now: float, motion: float, active_until: float, skip: bool) -> None:
@@ -179,9 +180,28 @@ def test_keepalive_counts_from_the_last_inference() -> None:
 # -- moving tracks (the main process) ----------------------------------------------------
 
 
-def test_a_new_track_makes_the_camera_active() -> None:
+def test_a_moving_track_makes_the_camera_active_a_new_one_does_not() -> None:
+    """1. A track seen for the first time: not activity (on a still scene detections come and go).
+    2. It moves 30 px (over 1% of 1920): the camera is active for hold_s from that frame."""
     act = TrackActivity(hold_s=2.0)
-    assert act.update("a", [(1, (100, 100, 200, 400))], 1920, 1080, 10.0) == 12.0
+    assert act.update("a", [(1, (100, 100, 200, 400))], 1920, 1080, 10.0) is None
+    assert act.update("a", [(1, (130, 100, 230, 400))], 1920, 1080, 10.2) == pytest.approx(12.2)
+
+
+def test_a_flickering_track_is_not_activity() -> None:
+    """A standing person's detection drops out every other frame (ByteTrack reports the track again
+    when it is back): it is compared with where it was, and never counts as moving."""
+    act = TrackActivity(hold_s=2.0)
+    for i in range(20):
+        boxes = [(1, (100.0, 100.0, 200.0, 400.0))] if i % 2 == 0 else []
+        assert act.update("a", boxes, 1920, 1080, 10 + i / 5) is None
+
+
+def test_a_track_unseen_for_forget_s_is_forgotten() -> None:
+    act = TrackActivity(hold_s=2.0, forget_s=10.0)
+    act.update("a", [(1, (100, 100, 200, 400))], 1920, 1080, 10.0)
+    act.update("a", [], 1920, 1080, 20.5)
+    assert act.update("a", [(1, (500, 100, 600, 400))], 1920, 1080, 21.0) is None  # new again, not moved
 
 
 def test_a_still_track_does_not_keep_the_camera_active() -> None:

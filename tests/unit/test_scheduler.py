@@ -241,16 +241,16 @@ def test_motion_is_inferred(rig: Rig) -> None:
 
 
 def test_a_moving_track_keeps_the_frames_inferred(rig: Rig) -> None:
-    """The main process wrote that a track moved (active until t+2 s): frames without motion are
-    inferred until then, skipped after."""
+    """The main process wrote that a track moved (active until t+2 s): frames with motion under
+    min_area (but some) are inferred until then, skipped after."""
     s = gated(rig)
     rig.rings["a"].header["active_until"] = rig.clock.t + 2.0
     rig.clock.t += 1.0
-    rig.write("a", motion=0.0)
+    rig.write("a", motion=0.0005)
     s.step()
     assert rig.detector.calls == [1, 1]
     rig.clock.t += 1.5
-    rig.write("a", motion=0.0)
+    rig.write("a", motion=0.0005)
     s.step()
     assert rig.detector.calls == [1, 1] and rig.counts("a").skipped_no_motion == 1
 

@@ -76,10 +76,13 @@ class MotionGate:
     """Which frames motion gating skips: pure logic on scores and times, tested with a fake clock.
 
     A frame is skipped when its motion score (the changed-area fraction the reader wrote; -1 when
-    gating is off) is below the camera's `min_area`, unless a track moved lately on the camera
-    (`active_until`, written by the main process) or `keepalive_s` passed since the camera's last
-    inference. The keepalive counts from this scheduler's own inferences: a fresh scheduler
-    infers each camera's first frame.
+    gating is off) is below the camera's `min_area`, unless `keepalive_s` passed since the camera's
+    last inference, or a track moved lately on the camera (`active_until`, written by the main
+    process) and some pixels changed: a slow walker changes fewer than `min_area`, but not none.
+    A frame in which no pixel changed has nothing new to show, whatever the tracks did before (on
+    a still crowded scene the model's boxes jump between neighbours now and then, which looks like
+    movement). The keepalive counts from this scheduler's own inferences: a fresh scheduler infers
+    each camera's first frame.
     """
 
     def __init__(self) -> None:
@@ -88,7 +91,7 @@ class MotionGate:
     def skip(
         self, camera: str, now: float, motion: float, min_area: float, keepalive_s: float, active_until: float
     ) -> bool:
-        if motion < 0 or motion >= min_area or now < active_until:
+        if motion < 0 or motion >= min_area or (motion > 0 and now < active_until):
             return False
         last = self._last_inferred.get(camera)
         return last is not None and now - last < keepalive_s

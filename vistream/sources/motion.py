@@ -5,7 +5,8 @@ absolute difference between the frame and a running-average background (cv2.accu
 thresholded per pixel (`pixel_threshold`), gives the changed pixels; the score is the fraction of
 the frame's unmasked area they cover, written into the frame's ring slot. The scheduler skips a
 frame whose score is under `min_area` (see `vistream.scheduler.policy.MotionGate`), unless a track
-moved lately on that camera or `keepalive_s` passed since its last inference.
+moved lately on that camera (and some pixels changed) or `keepalive_s` passed since its last
+inference.
 
 The main process tells the scheduler about moving tracks (`TrackActivity`): a slow or distant
 walker may change fewer pixels than `min_area`, and a tracked object must not lose its track to a
@@ -112,10 +113,12 @@ class FrameMotion:
 
 
 @dataclass(frozen=True)
-class _Seen:
+class _Anchor:
+    """Where a track last counted as moving, and when it was last seen."""
+
     x: float
     y: float
-    mono: float
+    seen: float
 
 
 @dataclass
@@ -123,14 +126,21 @@ class TrackActivity:
     """Which cameras have a track that moved lately, from the results the main process handles.
 
     `update` returns the monotonic time until which the camera counts as active (the scheduler then
-    infers its frames whatever their motion score), or None when no track of the frame moved by
-    more than `min_move` (a fraction of the frame's width or height) since the track was last
-    inferred. Positions are bottom-centres of boxes in camera pixels, as zones use them.
+    infers its frames whatever their motion score), or None when no known track moved by more than
+    `min_move` (a fraction of the frame's width or height) from where it last counted as moving, so
+    a slow walker adds up. Positions are bottom-centres of boxes in camera pixels, as zones use them.
+
+    A track seen for the first time does not count: on a still scene the model's detections of
+    small or half-hidden objects come and go from frame to frame (ByteTrack then reports the track
+    again, or a new one), and that must not keep the model busy. Something that really comes into
+    view changes pixels (the motion score), and moves on from where it was first seen. A track not
+    seen for `forget_s` is forgotten.
     """
 
     hold_s: float = 2.0
     min_move: float = 0.01
-    _tracks: dict[str, dict[int, _Seen]] = field(default_factory=dict)
+    forget_s: float = 10.0
+    _tracks: dict[str, dict[int, _Anchor]] = field(default_factory=dict)
 
     def update(
         self,
@@ -141,25 +151,23 @@ class TrackActivity:
         now_mono: float,
     ) -> float | None:
         """`boxes`: (track id or None, (x1, y1, x2, y2)) of one inferred frame's objects."""
-        seen = self._tracks.setdefault(camera, {})
+        anchors = self._tracks.setdefault(camera, {})
         moved = False
-        now: dict[int, _Seen] = {}
         for track_id, (x1, _y1, x2, y2) in boxes:
             if track_id is None:
                 continue
-            point = _Seen((x1 + x2) / 2, y2, now_mono)
-            before = seen.get(track_id)
-            # Measured from where the track last counted as moving, so a slow walker adds up.
-            if before is None or _moved(before, point, self.min_move * width, self.min_move * height):
-                moved = True  # a new track came into view, or a known one moved
-                before = point
-            now[track_id] = before
-        self._tracks[camera] = now
+            x, y = (x1 + x2) / 2, y2
+            before = anchors.get(track_id)
+            if before is not None and (
+                abs(x - before.x) <= self.min_move * width and abs(y - before.y) <= self.min_move * height
+            ):
+                anchors[track_id] = _Anchor(before.x, before.y, now_mono)
+                continue
+            moved = moved or before is not None
+            anchors[track_id] = _Anchor(x, y, now_mono)
+        for track_id in [t for t, a in anchors.items() if now_mono - a.seen > self.forget_s]:
+            del anchors[track_id]
         return now_mono + self.hold_s if moved else None
 
     def forget(self, camera: str) -> None:
         self._tracks.pop(camera, None)
-
-
-def _moved(a: _Seen, b: _Seen, dx: float, dy: float) -> bool:
-    return abs(a.x - b.x) > dx or abs(a.y - b.y) > dy
