@@ -8,6 +8,8 @@ batch size, inference time, frame age), RSS and CPU of every process. Then SIGTE
 
     .venv/bin/python benchmarks/pipeline.py [--seconds 60] [--warmup 15] [--out FILE.json]
     .venv/bin/python benchmarks/pipeline.py --model-only    # the model alone, batch 1/4/8, img/s
+    .venv/bin/python benchmarks/pipeline.py --model-only --backend openvino --threads 2
+        # the same on one backend, with its export timed cold (empty cache) and cached
 """
 
 from __future__ import annotations
@@ -376,10 +378,21 @@ def run_model_only(args: argparse.Namespace) -> dict[str, Any]:
     from vistream.detector import load_detector
 
     result: dict[str, Any] = {"mode": "model-only", "machine": machine_info(), "load_start": os.getloadavg()}
-    cfg = ModelConfig(path=str(MODEL), device=args.device, imgsz=args.imgsz)
-    detector = load_detector(cfg, args.max_batch)
-    detector.warmup()
-    result["config"] = {"model": cfg.model_dump(), "torch_threads": torch.get_num_threads()}
+    model = {"path": str(MODEL), "device": args.device, "imgsz": args.imgsz, "backend": args.backend}
+    with tempfile.TemporaryDirectory(prefix="vistream-bench-cache.") as cache:
+        # Load twice with an empty export cache: the first start exports, the second reuses it.
+        cfg = ModelConfig(**model, threads=args.threads, cache_dir=cache)
+        result["starts"] = {}
+        for start in ("cold", "cached"):
+            t0 = time.monotonic()
+            detector = load_detector(cfg, args.max_batch)
+            detector.warmup()
+            result["starts"][start] = {"load_and_warmup_s": time.monotonic() - t0}
+            print(f"{start} start: model loaded and warm after {time.monotonic() - t0:.2f} s")
+            if start == "cold":
+                detector.close()
+    result["backend"] = getattr(detector, "backend", args.backend)
+    result["config"] = {"model": cfg.model_dump(mode="json"), "torch_threads": torch.get_num_threads()}
     rng = np.random.default_rng(0)
     result["batches"] = {}
     for n in [b for b in (1, 4, 8) if b <= args.max_batch]:
@@ -476,6 +489,8 @@ def main() -> None:
     )
     parser.add_argument("--model-only", action="store_true", help="only the model: img/s at batch 1/4/8")
     parser.add_argument("--model-seconds", type=float, default=10, help="--model-only: per batch size")
+    parser.add_argument("--backend", default="auto", help="--model-only: model.backend")
+    parser.add_argument("--threads", type=int, help="--model-only: model.threads")
     parser.add_argument("--out", type=Path, help="JSON file; default benchmarks/results/<mode>-<device>.json")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every context manager stops what it started.
@@ -486,7 +501,8 @@ def main() -> None:
         sys.exit("interrupted")
     if not args.model_only:
         print_summary(result)
-    out = args.out or REPO / "benchmarks" / "results" / f"{result['mode']}-{args.device}.json"
+    backend = f"-{args.backend}" if args.model_only and args.backend != "auto" else ""
+    out = args.out or REPO / "benchmarks" / "results" / f"{result['mode']}-{args.device}{backend}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: never a half-written result
     tmp.write_text(json.dumps(result, indent=2, default=float) + "\n")

@@ -1,20 +1,25 @@
-"""YOLO detection through Ultralytics' AutoBackend: .pt on torch, and exported formats.
+"""What every backend shares, taken from Ultralytics: preprocessing on torch tensors, NMS, exports.
 
-The daemon does its own preprocessing (letterbox and colour conversion in the
-reader processes), so only the model and NMS are taken from Ultralytics, not
-its predictor with its per-call image handling.
+The daemon does its own letterboxing (in the reader processes), so only the model, NMS and the
+exporter are taken from Ultralytics, not its predictor with its per-call image handling. Each
+backend module (`pytorch`, `openvino`, `onnxruntime`, `tensorrt`) only loads a model and runs a
+float NCHW batch through it; `YoloDetector` does the rest the same way for all of them.
 
-Device path: the scheduler fills `input_buffer`, a view of a host tensor that
-is pinned on CUDA. One non-blocking copy moves the uint8 batch to a
-preallocated device tensor; the NHWC -> NCHW reorder, the cast to fp16/fp32
-and the 1/255 scaling happen on the device into a second preallocated tensor,
-so a batch allocates nothing and crosses PCIe at a quarter of the float size.
+Device path: the scheduler fills `input_buffer`, a view of a host tensor that is pinned on CUDA.
+One non-blocking copy moves the uint8 batch to a preallocated device tensor; the NHWC -> NCHW
+reorder, the cast to fp16/fp32 and the 1/255 scaling happen on the device into a second
+preallocated tensor, so a batch allocates nothing and crosses PCIe at a quarter of the float size.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import shutil
+import warnings
+from abc import abstractmethod
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ import numpy as np
 
 from vistream.config.models import ModelConfig
 from vistream.detector.base import Detector, ModelConfigError, ModelLoadError
+from vistream.detector.export import ExportCache, ExportSpec, default_cache_dir, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +38,35 @@ BACKEND_FORMATS = {
     "openvino": {"openvino"},
     "tensorrt": {"engine"},
 }
+# The Ultralytics export format each backend runs when `model.path` is a .pt file.
+EXPORT_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "engine"}
 
 
-def _import_ultralytics() -> tuple[Any, Any, Any]:
+def runtime_missing(backend: str, module: str, extra: str) -> str:
+    """The one line a daemon without the runtime of `backend` stops with."""
+    return (
+        f"model.backend: {backend!r} needs the {module} runtime, which is not installed: "
+        f"pip install vistream[{extra}]"
+    )
+
+
+def import_runtime(backend: str, module: str, extra: str | None = None) -> Any:
+    """Import a backend's runtime; one that is missing or broken is a ModelLoadError naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ModelLoadError(f"{runtime_missing(backend, module, extra or module)} ({exc})") from exc
+
+
+def quiet_ultralytics() -> None:
     # A daemon must not pip-install packages behind the operator's back, which
     # Ultralytics does by default when an export's runtime is missing.
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     os.environ.setdefault("YOLO_VERBOSE", "false")
+
+
+def _import_ultralytics() -> tuple[Any, Any, Any]:
+    quiet_ultralytics()
     import torch
 
     # AutoBackend and `ultralytics.utils.nms` (with its `end2end` argument) are what 8.4 offers;
@@ -74,55 +102,150 @@ def class_ids(classes: list[str | int] | None, names: dict[int, str]) -> list[in
     return ids
 
 
-class UltralyticsDetector(Detector):
-    def __init__(self, cfg: ModelConfig, max_batch: int) -> None:
-        torch, AutoBackend, self._nms = _import_ultralytics()
-        self._torch = torch
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
-        self.cfg = cfg
-        self.device = select_device(cfg.device, torch.cuda.is_available())
-        dev = torch.device(self.device)
-        cuda = dev.type == "cuda"
-        self.half = cuda if cfg.half is None else cfg.half and cuda
+def model_format(path: str) -> str:
+    """The AutoBackend format a model path is in, from its name: pt, torchscript, onnx, openvino, engine."""
+    name = path.rstrip("/").lower()
+    if name.endswith("_openvino_model") or name.endswith(".xml"):
+        return "openvino"
+    for suffix, fmt in ((".onnx", "onnx"), (".engine", "engine"), (".torchscript", "torchscript")):
+        if name.endswith(suffix):
+            return fmt
+    return "pt"
 
-        try:
-            self.model = AutoBackend(cfg.path, device=dev, fp16=self.half, fuse=True, verbose=False)
-        except Exception as exc:  # Ultralytics raises anything from FileNotFoundError to download errors
-            raise ModelLoadError(f"model.path: cannot load {cfg.path!r}: {exc}") from exc
-        # The format AutoBackend chose, from its public `format` attribute (8.4), not from the
-        # private `_model_type` helper: checked after loading, which a wrong backend costs once.
-        fmt = str(self.model.format)
-        if cfg.backend != "auto" and fmt not in BACKEND_FORMATS[cfg.backend]:
-            raise ModelConfigError(
-                f"model.backend: {cfg.backend!r} cannot run {Path(cfg.path).name!r} ({fmt} format)"
+
+def wrong_format(backend: str, path: str, fmt: str) -> ModelConfigError:
+    return ModelConfigError(f"model.backend: {backend!r} cannot run {Path(path).name!r} ({fmt} format)")
+
+
+def ultralytics_version() -> str:
+    return metadata.version("ultralytics-opencv-headless")
+
+
+def local_model(path: str) -> Path:
+    """The .pt file to export: `path`, or a release model (`yolov8n.pt`) that Ultralytics downloads."""
+    if Path(path).is_file():
+        return Path(path)
+    quiet_ultralytics()
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    try:
+        local = Path(attempt_download_asset(path))
+    except Exception as exc:  # no network, an unknown name: Ultralytics raises what its downloader hit
+        raise ModelLoadError(f"model.path: cannot load {path!r}: {exc}") from exc
+    if not local.is_file():
+        raise ModelLoadError(f"model.path: cannot load {path!r}: no such file")
+    return local
+
+
+def cached_export(
+    cfg: ModelConfig, fmt: str, batch: int, half: bool, device: str, *, rebuild: bool = False
+) -> Path:
+    """The `fmt` export of the .pt at `model.path`, from the export cache or made now and kept there.
+
+    `rebuild` builds it again even when the entry checks out (the runtime could not load it).
+    """
+    model = local_model(cfg.path)
+    spec = ExportSpec(
+        model_sha256=file_sha256(model),
+        model_stem=model.stem,
+        format=fmt,
+        imgsz=cfg.input_hw,
+        batch=batch,
+        half=half,
+        ultralytics=ultralytics_version(),
+    )
+    cache = ExportCache(cfg.cache_dir or default_cache_dir())
+
+    def build(into: Path) -> Path:
+        log.info("exporting %s to %s (batch %d, %dx%d); cached for the next start", model, fmt, batch,
+                 *cfg.input_hw[::-1])  # fmt: skip
+        return export_with_ultralytics(model, into, fmt, cfg.input_hw, batch, half, device)
+
+    try:
+        artifact = cache.rebuild(spec, build) if rebuild else cache.get(spec, build)[0]
+    except OSError as exc:
+        raise ModelLoadError(f"model.cache_dir: cannot keep exports in {cache.root}: {exc}") from exc
+    return artifact
+
+
+def export_with_ultralytics(
+    model: Path, into: Path, fmt: str, imgsz: tuple[int, int], batch: int, half: bool, device: str
+) -> Path:
+    """`YOLO(model).export(...)` with a dynamic batch of up to `batch`, written into `into`.
+
+    Ultralytics writes next to the model file, so the model is copied into `into` first and the
+    copy (and any intermediate file, e.g. the ONNX a TensorRT engine is built from) removed after.
+    """
+    quiet_ultralytics()
+    from ultralytics import YOLO
+
+    src = into / model.name
+    shutil.copyfile(model, src)
+    try:
+        with warnings.catch_warnings():
+            # torch.jit.trace's deprecation notices, once per export, are Ultralytics' to act on.
+            warnings.simplefilter("ignore", FutureWarning)
+            out = YOLO(str(src)).export(
+                format=fmt,
+                dynamic=True,
+                batch=batch,
+                imgsz=list(imgsz),
+                quantize=16 if half else None,
+                device="cpu" if device == "cpu" else device.replace("cuda:", ""),
             )
-        self.model.eval()
-        self.half = bool(self.model.fp16)
-        self.names = dict(self.model.names)
-        self._classes = class_ids(cfg.classes, self.names)
-        self._end2end = bool(getattr(self.model, "end2end", False))
+    except Exception as exc:  # Ultralytics raises anything from AssertionError to its own export errors
+        raise ModelLoadError(f"model.path: exporting {model.name} to {fmt} failed: {exc}") from exc
+    artifact = Path(out)
+    for p in into.iterdir():
+        if p != artifact:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return artifact
 
+
+class YoloDetector(Detector):
+    """The part of a YOLO detector that does not depend on the runtime: buffers, preprocessing, NMS.
+
+    A backend loads its model, then calls `_setup`, and implements `_forward` (a float NCHW batch
+    in, the raw YOLO output out, as a torch tensor or numpy array).
+    """
+
+    backend: str
+
+    def _setup(
+        self,
+        cfg: ModelConfig,
+        max_batch: int,
+        names: dict[int, str],
+        *,
+        device: str = "cpu",
+        half: bool = False,
+        channels_last: bool = False,
+        end2end: bool = False,
+    ) -> None:
+        self._torch, _, self._nms = _import_ultralytics()
+        torch = self._torch
+        self.cfg = cfg
+        self.device, self.half, self.names = device, half, names
+        self._classes = class_ids(cfg.classes, names)
+        self._end2end = end2end
+        dev = torch.device(device)
+        self._cuda = dev.type == "cuda"
         h, w = cfg.input_hw
-        dtype = torch.float16 if self.half else torch.float32
         host = torch.empty((max_batch, h, w, 3), dtype=torch.uint8)
-        if cuda:
+        if self._cuda:
             host = host.pin_memory()
             self._staging = torch.empty((max_batch, h, w, 3), dtype=torch.uint8, device=dev)
         else:
             self._staging = host
-        # On the CPU, NCHW in channels-last memory: the reorder from NHWC is then a
-        # straight copy, and it is the layout AutoBackend gives the model on x86 CPUs.
-        # On CUDA the model keeps the default layout, and so does its input.
-        layout = torch.contiguous_format if cuda else torch.channels_last
+        dtype = torch.float16 if half else torch.float32
+        layout = torch.channels_last if channels_last else torch.contiguous_format
         self._input = torch.empty((max_batch, 3, h, w), dtype=dtype, device=dev, memory_format=layout)
         self._host = host
         self.input_buffer = host.numpy()
-        self._cuda = cuda
-        log.info(
-            "model %s loaded: format %s, device %s%s, %d classes, input %dx%d, batches up to %d",
-            cfg.path, fmt, self.device, " fp16" if self.half else "", len(self.names), w, h, max_batch,
-        )  # fmt: skip
+
+    @abstractmethod
+    def _forward(self, x: Any) -> Any:
+        """The raw model output for the float NCHW batch `x` (a torch tensor)."""
 
     def infer(self, n: int) -> list[np.ndarray]:
         torch = self._torch
@@ -132,7 +255,9 @@ class UltralyticsDetector(Detector):
             x = self._input[:n]
             x.copy_(self._staging[:n].permute(0, 3, 1, 2))
             x.mul_(1 / 255)
-            preds = self.model(x)
+            preds = self._forward(x)
+            if isinstance(preds, np.ndarray):
+                preds = torch.from_numpy(preds)
             out = self._nms(
                 preds,
                 self.cfg.conf,
@@ -142,6 +267,32 @@ class UltralyticsDetector(Detector):
                 end2end=self._end2end,
             )
             return [o.float().cpu().numpy() for o in out]
+
+    def describe(self, fmt: str, source: str) -> None:
+        h, w = self.cfg.input_hw
+        log.info(
+            "model %s loaded: backend %s (%s), device %s%s, %d classes, input %dx%d, batches up to %d",
+            source, self.backend, fmt, self.device, " fp16" if self.half else "", len(self.names), w, h,
+            len(self.input_buffer),
+        )  # fmt: skip
+
+
+class AutoBackendDetector(YoloDetector):
+    """A model run by Ultralytics' AutoBackend: .pt on torch, and .engine files on TensorRT."""
+
+    model: Any
+
+    def _load_autobackend(self, path: str, device: str, half: bool) -> Any:
+        torch, AutoBackend, _ = _import_ultralytics()
+        try:
+            model = AutoBackend(path, device=torch.device(device), fp16=half, fuse=True, verbose=False)
+        except Exception as exc:  # Ultralytics raises anything from FileNotFoundError to download errors
+            raise ModelLoadError(f"model.path: cannot load {path!r}: {exc}") from exc
+        model.eval()
+        return model
+
+    def _forward(self, x: Any) -> Any:
+        return self.model(x)
 
     def close(self) -> None:
         del self.model

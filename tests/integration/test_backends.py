@@ -1,0 +1,87 @@
+"""Exported backends in the real daemon: OpenVINO on the street clip, the export cache across a
+restart, and a missing runtime.
+
+Run it under the shared lock:
+`flock /tmp/vistream-itest.lock .venv/bin/pytest tests/integration/test_backends.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from support.daemon import VISTREAM, DaemonProcess, base_config
+from support.mosquitto import Mosquitto, Subscriber
+from support.procs import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def person_found(sub: Subscriber, prefix: str, timeout: float) -> float:
+    """The confidence of the first person (> 0.5) detected on the `street` camera."""
+    msg = sub.wait_for(
+        lambda m: (
+            m.topic == f"{prefix}/street/detections"
+            and any(o["label"] == "person" and o["confidence"] > 0.5 for o in m.json()["objects"])
+        ),
+        timeout=timeout,
+    )
+    return max(o["confidence"] for o in msg.json()["objects"] if o["label"] == "person")
+
+
+def test_openvino_daemon_finds_a_person_and_reuses_its_export(
+    tmp_path: Path, mosquitto: Mosquitto, model_path: Path, samples_dir: Path
+) -> None:
+    """1. `vistream run` with `backend: openvino`, the .pt model, an empty export cache and the street
+       clip as a file camera: the model is exported into the cache, the daemon says it runs OpenVINO.
+    2. A person is detected on the street clip with confidence > 0.5.
+    3. SIGTERM: exit 0. The cache holds one complete entry.
+    4. A second start with the same config is a cache hit (no export) and again finds a person."""
+    prefix = "itestov"
+    cache = tmp_path / "cache"
+    cams = [{"name": "street", "url": str(samples_dir / "street-1080p.mp4"), "detect_fps": 2}]
+    cfg = base_config(model_path, mosquitto.port, free_port(), prefix, cams)
+    cfg["model"] |= {"backend": "openvino", "cache_dir": str(cache), "threads": 1}
+    for start in ("cold", "cached"):
+        workdir = tmp_path / start
+        workdir.mkdir()
+        with (
+            Subscriber(mosquitto.host, mosquitto.port, f"{prefix}/#") as sub,
+            DaemonProcess(cfg, workdir) as daemon,
+        ):
+            assert person_found(sub, prefix, timeout=180) > 0.5
+            code, _ = daemon.terminate()
+            assert code == 0, daemon.log[-3000:]
+        log = daemon.log
+        assert "backend openvino" in log
+        assert ("export cache hit" in log) == (start == "cached"), log[-3000:]
+        assert ("exported openvino" in log) == (start == "cold"), log[-3000:]
+        entries = list(cache.iterdir())
+        assert len(entries) == 1 and entries[0].name.startswith("yolov8n-openvino-640x640-b4-fp32-")
+
+
+def test_missing_runtime_is_one_line_and_exit_3(tmp_path: Path, model_path: Path, samples_dir: Path) -> None:
+    """1. `backend: onnxruntime` on a machine where `import onnxruntime` fails (a stand-in package
+       first on PYTHONPATH that raises ImportError, as a half-removed install would).
+    2. `vistream run` exits 3 without a traceback, naming the extra to install."""
+    shadow = tmp_path / "shadow" / "onnxruntime"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named onnxruntime (test stand-in)')\n")
+    cams = [{"name": "street", "url": str(samples_dir / "street-1080p.mp4"), "detect_fps": 2}]
+    cfg = base_config(model_path, free_port(), free_port(), "itestnort", cams)
+    cfg["model"] |= {"backend": "onnxruntime", "cache_dir": str(tmp_path / "cache")}
+    daemon = DaemonProcess(cfg, tmp_path)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [*VISTREAM, "run", "-c", str(daemon.path)], env=env, capture_output=True, text=True, timeout=120
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 3, out[-3000:]
+    assert "pip install vistream[onnxruntime]" in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "cache").exists()  # nothing was exported for a runtime that is not there

@@ -1,0 +1,130 @@
+"""`backend: openvino`: the model on Intel's OpenVINO runtime (CPU; an Intel GPU or NPU by its name).
+
+A .pt model is exported once into the export cache (dynamic batch and input size); an existing
+`*_openvino_model/` directory, its .xml, or an .onnx file (which OpenVINO reads directly) are run
+as they are. The model is compiled with `INFERENCE_NUM_THREADS` from `model.threads`, so the
+inference pool leaves the readers the cores it is told to, and the LATENCY hint: one synchronous
+request uses every thread it has on one batch. (Splitting a batch over asynchronous requests in
+THROUGHPUT streams measured no faster on 2 cores: see benchmarks/results/model-only-*.json.)
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from vistream.config.models import ModelConfig
+from vistream.detector.base import ModelConfigError, ModelLoadError
+from vistream.detector.export import BrokenExport
+from vistream.detector.ultralytics import (
+    YoloDetector,
+    cached_export,
+    import_runtime,
+    model_format,
+    wrong_format,
+)
+
+
+def model_xml(path: Path) -> Path:
+    if path.is_dir():
+        found = sorted(path.glob("*.xml"))
+        if not found:
+            raise ModelLoadError(f"model.path: no .xml model in {path}")
+        return found[0]
+    return path
+
+
+def read_names(xml: Path) -> dict[int, str] | None:
+    """Class names from the metadata.yaml Ultralytics writes beside an OpenVINO export."""
+    meta = xml.parent / "metadata.yaml"
+    if not meta.is_file():
+        return None
+    names = (yaml.safe_load(meta.read_text()) or {}).get("names")
+    if isinstance(names, str):
+        names = ast.literal_eval(names)
+    return {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) else None
+
+
+def check_input(shape: Any, max_batch: int, hw: tuple[int, int], name: str) -> None:
+    """A static dimension of the model input that does not fit the daemon's batches is a config error."""
+    want = (max_batch, 3, *hw)
+    for dim, need in zip(shape, want, strict=True):
+        if dim is not None and dim != need:
+            raise ModelConfigError(
+                f"model.path: {name} has a fixed input {shape}, the daemon needs batches up to "
+                f"{max_batch} at {hw[0]}x{hw[1]}: export it with dynamic=True (or give the .pt file)"
+            )
+
+
+class OpenVinoDetector(YoloDetector):
+    backend = "openvino"
+
+    def __init__(self, cfg: ModelConfig, max_batch: int, *, rebuild: bool = False) -> None:
+        ov = import_runtime("openvino", "openvino")
+        fmt = model_format(cfg.path)
+        if fmt == "pt":
+            path = cached_export(cfg, "openvino", max_batch, False, "cpu", rebuild=rebuild)
+        elif fmt in ("openvino", "onnx"):
+            path = Path(cfg.path)
+        else:
+            raise wrong_format("openvino", cfg.path, fmt)
+        device = {"auto": "CPU", "cpu": "CPU"}.get(cfg.device)
+        if device is None:
+            raise ModelConfigError(f"model.device: {cfg.device!r} is not an OpenVINO device here (use cpu)")
+        core = ov.Core()
+        xml = model_xml(path)
+        error = BrokenExport if fmt == "pt" else ModelLoadError  # a cached export is built again
+        try:
+            model = core.read_model(str(xml))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise error(f"model.path: OpenVINO cannot read {xml}: {exc}") from exc
+        shape = [d.get_length() if d.is_static else None for d in model.input().get_partial_shape()]
+        check_input(shape, max_batch, cfg.input_hw, xml.name)
+        names = read_names(xml) if xml.suffix == ".xml" else None
+        if names is None:
+            names = onnx_names(xml) if xml.suffix == ".onnx" else None
+        if names is None:
+            raise ModelLoadError(f"model.path: {xml} carries no class names (export it with Ultralytics)")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if cfg.threads is not None:
+            config["INFERENCE_NUM_THREADS"] = cfg.threads
+        if cfg.half is not None:  # else the plugin's default (fp32 here; bf16 on CPUs with AMX)
+            config["INFERENCE_PRECISION_HINT"] = "f16" if cfg.half else "f32"
+        try:
+            self._compiled = core.compile_model(model, device, config)
+        except Exception as exc:
+            raise error(f"model.path: OpenVINO cannot compile {xml}: {exc}") from exc
+        self._request = self._compiled.create_infer_request()
+        self._static_batch = shape[0]
+        self._setup(cfg, max_batch, names, device="cpu")
+        self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
+        self.describe(f"openvino {ov.get_version().split('-')[0]}, {self.threads} threads", str(xml))
+
+    def _forward(self, x: Any) -> np.ndarray:
+        arr = x.numpy()
+        if self._static_batch is not None and len(arr) < self._static_batch:
+            arr = self._input.numpy()  # a fixed batch (= max_batch): rows past n are left over, dropped after
+        # share_inputs: OpenVINO reads the torch tensor's memory, no copy.
+        self._request.infer({0: arr}, share_inputs=True)
+        return self._request.get_output_tensor(0).data[: len(x)]
+
+    def close(self) -> None:
+        del self._request, self._compiled
+
+
+def onnx_names(path: Path) -> dict[int, str] | None:
+    """Class names from the metadata Ultralytics stores in an ONNX file (`names`: a dict's repr)."""
+    try:
+        onnx = importlib.import_module("onnx")
+    except ImportError:
+        return None
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if "names" not in props:
+        return None
+    return {int(k): str(v) for k, v in ast.literal_eval(props["names"]).items()}

@@ -1,0 +1,56 @@
+"""`backend: tensorrt`: a TensorRT engine on CUDA, run by Ultralytics' AutoBackend.
+
+A .pt model is exported once (through the ONNX Ultralytics builds it from) into the export
+cache, for the configured input shape and a dynamic batch of up to `batching.max_batch`, in fp16
+unless `model.half: false`; a .engine file is run as it is. Engines are tied to the GPU, TensorRT
+and CUDA versions they were built with: the cache key holds the Ultralytics version, and an engine
+that no longer loads is rebuilt (see `load_detector`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vistream.config.models import ModelConfig
+from vistream.detector.base import ModelLoadError
+from vistream.detector.export import BrokenExport
+from vistream.detector.ultralytics import (
+    AutoBackendDetector,
+    _import_ultralytics,
+    cached_export,
+    model_format,
+    wrong_format,
+)
+
+
+class TensorRtDetector(AutoBackendDetector):
+    backend = "tensorrt"
+
+    def __init__(self, cfg: ModelConfig, max_batch: int, *, rebuild: bool = False) -> None:
+        torch, _, _ = _import_ultralytics()
+        if cfg.device == "cpu" or not torch.cuda.is_available():
+            raise ModelLoadError("model.backend: 'tensorrt' needs a CUDA GPU (none is available)")
+        device = "cuda:0" if cfg.device in ("auto", "cuda") else cfg.device
+        half = True if cfg.half is None else cfg.half
+        fmt = model_format(cfg.path)
+        if fmt == "pt":
+            path = cached_export(cfg, "engine", max_batch, half, device, rebuild=rebuild)
+        elif fmt == "engine":
+            path = Path(cfg.path)
+        else:
+            raise wrong_format("tensorrt", cfg.path, fmt)
+        try:
+            self.model = self._load_autobackend(str(path), device, half)
+        except ModelLoadError as exc:
+            if fmt == "pt":  # a cached engine is built again
+                raise BrokenExport(str(exc)) from exc
+            raise
+        self._setup(
+            cfg,
+            max_batch,
+            dict(self.model.names),
+            device=device,
+            half=bool(self.model.fp16),
+            end2end=bool(getattr(self.model, "end2end", False)),
+        )
+        self.describe("engine", str(path))
