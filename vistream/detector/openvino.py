@@ -1,11 +1,11 @@
-"""`backend: openvino`: the model on Intel's OpenVINO runtime (CPU; an Intel GPU or NPU by its name).
+"""`backend: openvino`: the model on Intel's OpenVINO runtime, on the CPU.
 
 A .pt model is exported once into the export cache (dynamic batch and input size); an existing
 `*_openvino_model/` directory, its .xml, or an .onnx file (which OpenVINO reads directly) are run
 as they are. The model is compiled with `INFERENCE_NUM_THREADS` from `model.threads`, so the
 inference pool leaves the readers the cores it is told to, and the LATENCY hint: one synchronous
 request uses every thread it has on one batch. (Splitting a batch over asynchronous requests in
-THROUGHPUT streams measured no faster on 2 cores: see benchmarks/results/model-only-*.json.)
+THROUGHPUT streams measured 6% faster at batch 4 on 2 cores, not enough for its risk: see `STREAMS`.)
 """
 
 from __future__ import annotations
@@ -61,10 +61,20 @@ def check_input(shape: Any, max_batch: int, hw: tuple[int, int], name: str) -> N
             )
 
 
+# Asynchronous streams a batch is spread over (see `OpenVinoDetector`); 1: one synchronous request
+# per batch. Measured on 2 cores (benchmarks/openvino_streams.py): 2 async streams did 70 img/s at
+# batch 4 against 66 synchronously, the same at batch 1. Not worth it: Ultralytics went back to
+# synchronous requests after AsyncInferQueue hung on Intel and AMD CPUs
+# (https://github.com/ultralytics/ultralytics/issues/25923), and a daemon that hangs loses more.
+STREAMS = 1
+
+
 class OpenVinoDetector(YoloDetector):
     backend = "openvino"
 
-    def __init__(self, cfg: ModelConfig, max_batch: int, *, rebuild: bool = False) -> None:
+    def __init__(
+        self, cfg: ModelConfig, max_batch: int, *, rebuild: bool = False, streams: int = STREAMS
+    ) -> None:
         ov = import_runtime("openvino", "openvino")
         fmt = model_format(cfg.path)
         if fmt == "pt":
@@ -103,18 +113,45 @@ class OpenVinoDetector(YoloDetector):
         self._static_batch = shape[0]
         self._setup(cfg, max_batch, names, device="cpu")
         self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
-        self.describe(f"openvino {ov.get_version().split('-')[0]}, {self.threads} threads", str(xml))
+        # Batches of 2 or more: one asynchronous request per image, on `streams` streams of
+        # threads/streams threads each, so the cores work on different images instead of
+        # splitting each layer of one. A lone frame keeps the LATENCY request and every thread.
+        self._queue: Any = None
+        self._out: np.ndarray | None = None
+        if streams > 1 and self._static_batch is None and self.threads >= streams:
+            config |= {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
+            config["INFERENCE_NUM_THREADS"] = self.threads
+            self._queue = ov.AsyncInferQueue(core.compile_model(model, device, config), streams)
+            self._queue.set_callback(self._collect)
+        mode = f", {streams} async streams for batches" if self._queue is not None else ""
+        self.describe(f"openvino {ov.get_version().split('-')[0]}, {self.threads} threads{mode}", str(xml))
+
+    def _collect(self, request: Any, row: int) -> None:
+        assert self._out is not None
+        self._out[row] = request.get_output_tensor(0).data[0]
 
     def _forward(self, x: Any) -> np.ndarray:
         arr = x.numpy()
+        if self._queue is not None and len(arr) > 1:
+            return self._forward_async(arr)
         if self._static_batch is not None and len(arr) < self._static_batch:
             arr = self._input.numpy()  # a fixed batch (= max_batch): rows past n are left over, dropped after
         # share_inputs: OpenVINO reads the torch tensor's memory, no copy.
         self._request.infer({0: arr}, share_inputs=True)
         return self._request.get_output_tensor(0).data[: len(x)]
 
+    def _forward_async(self, arr: np.ndarray) -> np.ndarray:
+        if self._out is None:  # the output's shape (classes + 4, anchors) from one image, once
+            self._request.infer({0: arr[:1]}, share_inputs=True)
+            one = self._request.get_output_tensor(0).data[0]
+            self._out = np.empty((len(self.input_buffer), *one.shape), one.dtype)
+        for row in range(len(arr)):
+            self._queue.start_async({0: arr[row : row + 1]}, row, share_inputs=True)
+        self._queue.wait_all()
+        return self._out[: len(arr)]
+
     def close(self) -> None:
-        del self._request, self._compiled
+        del self._request, self._compiled, self._queue
 
 
 def onnx_names(path: Path) -> dict[int, str] | None:
