@@ -365,14 +365,19 @@ class MqttConfig(Section):
 
 
 class MetricsConfig(Section):
-    """The Prometheus endpoint."""
+    """The daemon's HTTP server: `/metrics` for Prometheus, `/healthz`, the status page `/` and its API."""
 
-    enabled: bool = Field(default=True, description="Serve Prometheus metrics over HTTP.")
+    enabled: bool = Field(
+        default=True, description="Serve HTTP: metrics, health, status page (false: none of them)."
+    )
     host: str = Field(
-        default="127.0.0.1", min_length=1, description="Address the metrics endpoint listens on."
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the HTTP server listens on; keep it local unless a scraper or browser "
+        "elsewhere needs it (the status page has no login).",
     )
     port: int = Field(
-        default=9108, ge=0, le=65535, description="Port of the metrics endpoint (0: any free port)."
+        default=9108, ge=0, le=65535, description="Port of the HTTP server (0: any free port, logged)."
     )
 
 
