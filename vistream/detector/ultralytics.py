@@ -183,8 +183,10 @@ def export_with_ultralytics(
     shutil.copyfile(model, src)
     try:
         with warnings.catch_warnings():
-            # torch.jit.trace's deprecation notices, once per export, are Ultralytics' to act on.
+            # torch.jit.trace's and torch.onnx's deprecation notices, once per export, are
+            # Ultralytics' to act on, not the operator's.
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
             out = YOLO(str(src)).export(
                 format=fmt,
                 dynamic=True,
