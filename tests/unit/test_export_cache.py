@@ -222,3 +222,9 @@ def test_export_the_runtime_cannot_load_is_built_again(monkeypatch: pytest.Monke
     monkeypatch.setattr("vistream.detector.installed", lambda module: True)
     detector = load_detector(ModelConfig(path="yolov8n.pt", device="cpu", backend="openvino"), 4)
     assert isinstance(detector, Backend) and calls == [False, True]
+
+
+def test_cache_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    cfg = ModelConfig.model_validate({"cache_dir": "exports"}, context={"base_dir": tmp_path})
+    assert cfg.cache_dir == tmp_path / "exports"
+    assert ModelConfig().cache_dir is None  # default_cache_dir() at load time, not at import

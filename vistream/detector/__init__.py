@@ -47,7 +47,7 @@ def resolve_backend(path: str, backend: str, device: str, cuda: bool, has=instal
     """The backend `model.backend: auto` stands for (any other value is returned as it is).
 
     An exported file runs on its own runtime. A .pt model: on CUDA, TensorRT when it is installed,
-    else torch (fp16); on a CPU, OpenVINO when it is installed (2-3x torch's speed on x86 CPUs, see
+    else torch (fp16); on a CPU, OpenVINO when it is installed (1.7-3.5x torch on a 2-core x86, see
     docs/architecture.md), else torch.
     """
     from vistream.detector.ultralytics import model_format
