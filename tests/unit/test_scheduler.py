@@ -316,3 +316,37 @@ def test_the_main_process_does_not_load_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_walker_who_stops_keeps_the_track_id_across_a_skipped_stretch(rig: Rig) -> None:
+    """1. Camera `a` (motion gating, keepalive 10 s): an object walks 4 px per frame, inferred.
+    2. It stops; 10 s without motion at 5 fps: frames are skipped, and the one at the keepalive is
+       inferred, the object where it stopped.
+    3. It keeps its track id throughout and after: each repeated frame goes through the tracker
+       too, as the same still frame would with gating off (after a gap the tracker would carry the
+       walker on at its old speed, and can miss it and give it a new id: a new track, new events)."""
+    box = [1.0]
+
+    def infer(n: int) -> list[np.ndarray]:
+        rig.detector.calls.append(n)
+        return [np.array([[box[0], 4, box[0] + 3, 12, 0.9, 0]], np.float32) for _ in range(n)]
+
+    rig.detector.infer = infer  # type: ignore[method-assign]
+    s = gated(rig)
+    for _ in range(8):
+        rig.clock.t += 0.2
+        box[0] += 1.0
+        rig.write("a", motion=1.0)
+        s.step()
+        walking = rig.results.get_nowait().frames[0].track_ids[0]
+    ids = {walking}
+    repeated = 0
+    for _ in range(51):
+        rig.clock.t += 0.2
+        rig.write("a", motion=0.0)
+        s.step()
+        for frame in rig.results.get_nowait().frames:
+            ids.add(frame.track_ids[0] if frame.track_ids else None)
+            repeated += frame.repeated
+    assert repeated == 50 and len(rig.detector.calls) == 1 + 8 + 1
+    assert ids == {walking} and walking is not None, ids

@@ -262,10 +262,14 @@ class Scheduler:
         last = feed.last_result
         if last is None:
             return []
+        # The tracker sees the repeat too, as it sees the same still frame with gating off. After a
+        # gap instead, it would carry each track on at its old speed for up to its track buffer:
+        # a walker who stopped as the stretch began can be missed there and get a new id.
+        ids, removed = feed.track(last.detections, meta.captured_mono)
         return [
             FrameResult(
                 last.camera, seq, meta.captured_at, meta.captured_mono, meta.width, meta.height,
-                last.detections, repeated=True, track_ids=last.track_ids,
+                last.detections, repeated=True, track_ids=ids, removed_tracks=removed,
             )
         ]  # fmt: skip
 
