@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +15,13 @@ import av
 import cv2
 import numpy as np
 import pytest
+from support.rings import temp_ring
 
 from vistream.config.models import CameraConfig, Config
 from vistream.ops.process import StopFlag
 from vistream.outputs.alerts import Alerts
 from vistream.outputs.outbox import Outbox, Row
-from vistream.ring.shm import FrameRing, RingLayout
+from vistream.ring.shm import FrameRing
 from vistream.scheduler.messages import FrameResult
 from vistream.sources.reader import CameraReader, ReaderSpec
 
@@ -53,10 +53,8 @@ def config(model: str = "yolov8n.pt", labels: list[str] | None = None) -> Config
 
 @pytest.fixture
 def ring() -> Iterator[FrameRing]:
-    r = FrameRing.create(f"vistream-test-{uuid.uuid4().hex[:8]}", RingLayout(6, 64, 64))
-    yield r
-    r.close()
-    r.unlink()
+    with temp_ring(6) as r:
+        yield r
 
 
 def write_frames(ring: FrameRing, tmp_path: Path, n: int) -> None:

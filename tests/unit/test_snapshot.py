@@ -5,7 +5,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,11 +12,12 @@ import av
 import cv2
 import numpy as np
 import pytest
+from support.rings import temp_ring
 
 from vistream.config.models import BatchingConfig, CameraConfig
 from vistream.ops.process import StopFlag
 from vistream.outputs.snapshot import COLOURS, box_label, read_snapshot, render_snapshot, snapshot_jpeg
-from vistream.ring.shm import FrameRing, RingConsumer, RingLayout
+from vistream.ring.shm import FrameRing, RingConsumer
 from vistream.scheduler.loop import Scheduler, SchedulerSpec
 from vistream.sources.reader import CameraReader, ReaderSpec
 
@@ -26,10 +26,8 @@ RED, BLUE, GREY = (0, 0, 255), (255, 0, 0), (128, 128, 128)  # BGR
 
 @pytest.fixture
 def ring() -> Iterator[FrameRing]:
-    r = FrameRing.create(f"vistream-test-{uuid.uuid4().hex[:8]}", RingLayout(4, 64, 64))
-    yield r
-    r.close()
-    r.unlink()
+    with temp_ring() as r:
+        yield r
 
 
 def reader_for(ring: FrameRing, tmp_path: Path) -> CameraReader:

@@ -7,7 +7,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, make_asgi_app
+from support.rings import temp_ring
 
 from vistream.config.models import CameraConfig
 from vistream.ops.http import HttpServer, Rates, bind, build_app, draw_shapes, health
@@ -23,7 +23,7 @@ from vistream.ops.stats import SchedulerStats
 from vistream.ops.supervise import Limits
 from vistream.outputs.results import KEEP_S, ResultPump
 from vistream.outputs.snapshot import COLOURS
-from vistream.ring.shm import FrameRing, RingLayout, State
+from vistream.ring.shm import FrameRing, State
 from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME
 from vistream.scheduler.messages import BatchResult, FrameResult
 
@@ -33,10 +33,8 @@ RED, GREY = (0, 0, 255), (128, 128, 128)  # BGR
 
 @pytest.fixture
 def ring() -> Iterator[FrameRing]:
-    r = FrameRing.create(f"vistream-test-{uuid.uuid4().hex[:8]}", RingLayout(4, 64, 64))
-    yield r
-    r.close()
-    r.unlink()
+    with temp_ring() as r:
+        yield r
 
 
 def write(ring: FrameRing, colour: tuple[int, int, int], mono: float | None = None) -> int:
