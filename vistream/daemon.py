@@ -224,11 +224,15 @@ class Daemon:
         if self.delivery:  # stops first: what is in flight gets its PUBACK, the rest stays for next time
             self._stack.callback(self.delivery.stop, DELIVERY_STOP_S)
 
+    def _needs_outbox(self) -> bool:
+        cfg = self.cfg
+        return bool(cfg.alerts or cfg.mqtt.home_assistant or any(c.lines for c in cfg.enabled_cameras))
+
     def _init_outbox(self) -> None:
         """The durable outbox of events and counters, when the config has anything to deliver."""
         self.outbox: Outbox | None = None
         cfg = self.cfg
-        if not (cfg.alerts or cfg.mqtt.home_assistant or any(c.lines for c in cfg.enabled_cameras)):
+        if not self._needs_outbox():
             return
         path = cfg.state_dir / OUTBOX_FILE
         try:
@@ -439,11 +443,26 @@ class Daemon:
         if change.scheduler:
             self._replace_scheduler()
         if change.rules:
+            if self.outbox is None and self._needs_outbox():
+                self._open_outbox_late()
             self.alerts.reconfigure(self.cfg)
             if self.cfg.mqtt.home_assistant:
                 self.discovery.update(self.cfg)
                 if self.mqtt.connected:
                     self.discovery.publish_all()
+
+    def _open_outbox_late(self) -> None:
+        """The first rules or lines arrived with a reload: open the outbox and deliver from it."""
+        try:
+            self._init_outbox()
+        except BootError as exc:
+            log.error("reload: %s; events of the new rules are not delivered", exc)
+            return
+        assert self.outbox is not None
+        self.alerts.outbox = self.outbox
+        self.delivery = Delivery(self.outbox, self.mqtt)
+        self.delivery.start()
+        self._stack.callback(self.delivery.stop, DELIVERY_STOP_S)
 
     def _add_camera(self, cam: CameraConfig) -> None:
         shortage = shm_shortage(self._layout.total_bytes)

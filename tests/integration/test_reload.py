@@ -42,7 +42,9 @@ def test_sighup_adds_removes_restarts_and_keeps_the_rest(
     4. keep's reader is not restarted and its sequence numbers go on from where they were (no
        reset, no jump); new publishes within 10 s; drop goes offline and its shared memory is
        gone; change is restarted and publishes again.
-    5. A broken file on the next SIGHUP is logged by key path and line, and changes nothing:
+    5. The reload brought the first line and rule (on new): the outbox opens in state_dir and
+       the line's counters and the rule's active flag are published, retained.
+    6. A broken file on the next SIGHUP is logged by key path and line, and changes nothing:
        every camera keeps publishing."""
     prefix = "ireload"
     cams = {
@@ -51,6 +53,7 @@ def test_sighup_adds_removes_restarts_and_keeps_the_rest(
         "drop": {"name": "drop", "url": rtsp_server.url("street2"), "detect_fps": 3},
     }
     cfg = base_config(model_path, mosquitto.port, free_port(), prefix, list(cams.values()))
+    cfg["state_dir"] = str(tmp_path / "state")
     notify = NotifySocket(tmp_path / "notify.sock")
     with (
         Subscriber(mosquitto.host, mosquitto.port, f"{prefix}/#") as sub,
@@ -61,8 +64,10 @@ def test_sighup_adds_removes_restarts_and_keeps_the_rest(
         assert segments(prefix, "drop")
 
         new_cams = [cams["keep"], {**cams["change"], "detect_fps": 2}]
-        new_cams.append({"name": "new", "url": rtsp_server.url("crowd2"), "detect_fps": 3})
-        daemon.path.write_text(yaml.safe_dump({**cfg, "cameras": new_cams}))
+        line = {"mid": [[0.02, 0.5], [0.98, 0.5]]}
+        new_cams.append({"name": "new", "url": rtsp_server.url("crowd2"), "detect_fps": 3, "lines": line})
+        rules = [{"name": "crossing", "line": "mid"}]
+        daemon.path.write_text(yaml.safe_dump({**cfg, "cameras": new_cams, "alerts": rules}))
         keep_before = seqs(sub, prefix, "keep")
         hup = time.monotonic()
         daemon.proc.send_signal(signal.SIGHUP)
@@ -77,6 +82,10 @@ def test_sighup_adds_removes_restarts_and_keeps_the_rest(
         wait_until(lambda: len(seqs(sub, prefix, "change", hup + 1)) >= 2, 30, "the changed camera again")
         wait_until(lambda: len(seqs(sub, prefix, "keep", hup)) >= 5, 30, "the unchanged camera going on")
 
+        for topic in (f"{prefix}/new/mid/in/count", f"{prefix}/new/crossing/active"):
+            wait_until(lambda t=topic: any(m.topic == t for m in sub.messages), 10, topic)
+        assert (tmp_path / "state" / "outbox.sqlite3").exists()
+
         keep_after = seqs(sub, prefix, "keep", hup)
         assert keep_after[0] > keep_before[-1], "the unchanged camera's sequence started over"
         assert daemon.metric("vistream_process_restarts_total", process="reader/keep") == 0
@@ -85,6 +94,7 @@ def test_sighup_adds_removes_restarts_and_keeps_the_rest(
         assert any(m.startswith("READY=1") for m in messages[reloading + 1 :])
         log = daemon.log
         assert "reload: started new; stopped drop; restarted change (detect_fps)" in log
+        assert "Traceback" not in log
 
         daemon.path.write_text(yaml.safe_dump({**cfg, "cameras": [{**cams["keep"], "detect_fps": 0}]}))
         broken = time.monotonic()

@@ -87,6 +87,10 @@ class Alerts:
         self.snapshots_lost = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.counters: dict[CounterKey, int] = {}
+        self._index(cfg)
+
+    def _index(self, cfg: Config) -> None:
+        """The (camera, rule) pairs and line counters of `cfg`."""
         self._rules = [(cam, rule.name) for rule in cfg.alerts for cam in cfg.rule_cameras(rule)]
         self._lines = [
             (cam.name, line, d) for cam in cfg.enabled_cameras for line in cam.lines for d in ("in", "out")
@@ -125,10 +129,7 @@ class Alerts:
         if cfg is None:
             return
         self.cfg = cfg
-        self._rules = [(cam, rule.name) for rule in cfg.alerts for cam in cfg.rule_cameras(rule)]
-        self._lines = [
-            (cam.name, line, d) for cam in cfg.enabled_cameras for line in cam.lines for d in ("in", "out")
-        ]
+        self._index(cfg)
         if self.engine is None:
             return
         ended = self.engine.reconfigure(cfg)
