@@ -196,7 +196,9 @@ def export_with_ultralytics(
                 device="cpu" if device == "cpu" else device.replace("cuda:", ""),
             )
     except Exception as exc:  # Ultralytics raises anything from AssertionError to its own export errors
-        raise ModelLoadError(f"model.path: exporting {model.name} to {fmt} failed: {exc}") from exc
+        raise ModelLoadError(
+            f"model.path: cannot load {str(model)!r}: exporting it to {fmt} failed: {exc}"
+        ) from exc
     artifact = Path(out)
     for p in into.iterdir():
         if p != artifact:
