@@ -3,109 +3,56 @@
 Every field carries a description; docs/config.md is generated from them
 (`python -m vistream.config.docs`) and a test fails when it drifts.
 
-Validation context: `Config.model_validate(data, context={"base_dir": DIR})`
-resolves relative file paths (camera files, `*_file` keys, a local model file)
-against DIR, stores them absolute and checks that the files exist. The loader
-passes the config file's directory; code that builds a Config without a
-context gets every other check but paths are taken as they are.
+What all sections share (the base model, key paths, problems, names, file
+checks and the validation context) is in base.py; alert rules are in alerts.py.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from vistream.config.alerts import AlertRule, OutboxConfig, rule_applies, rule_problems, unknown_label
+from vistream.config.base import (
+    CLIENT_ID_RE,
+    DEVICE_RE,
+    NAME_RE,
+    RELEASE_RE,
+    SCHEME_RE,
+    ConfigError,
+    KeyProblems,
+    Loc,
+    Point,
+    Section,
+    _base_dir,
+    _existing_file,
+    checked_name,
+    key_path,
+    not_yet,
+    section_of,
+    shape_problems,
+)
 from vistream.config.labels import coco_names
 
-# Camera and daemon names end up as MQTT topic levels, metric label values and
-# shared-memory segment names, so they are restricted to a safe alphabet.
-NAME_RE = re.compile(r"^[a-z0-9_-]+$")
-CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
-SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-# Ultralytics' COCO-trained release detection models and their exports.
-RELEASE_RE = re.compile(r"^yolo(v[358]|v?1[0-2])[nsmlx]u?(\.pt|\.onnx|\.engine|_openvino_model/?)$")
-
-
-def not_yet(what: str) -> str:
-    """The message for a key or value of a capability on the roadmap."""
-    return f"not supported yet in this version (planned: {what}; see 'Planned keys' in docs/config.md)"
-
-
-Loc = tuple[str | int, ...]
-
-
-def key_path(loc: Loc) -> str:
-    """`("cameras", 2, "detect_fps")` -> `cameras[2].detect_fps`."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-class ConfigError(Exception):
-    """The config cannot be used; `problems` holds one line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-class KeyProblems(ValueError):
-    """Problems found by a check on a whole model that belong to keys below it.
-
-    A validator on a model only has the model's own location, but the user needs
-    the exact key (and its YAML line): the loader appends each relative `loc` to
-    the validator's location. The text still names the keys for code that reads
-    pydantic's message directly.
-    """
-
-    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{key_path(loc) or '.'}: {msg}" for loc, msg in problems))
-
-
-def _base_dir(info: ValidationInfo) -> Path | None:
-    base = (info.context or {}).get("base_dir")
-    return Path(base) if base is not None else None
-
-
-def _existing_file(value: Path, info: ValidationInfo) -> Path:
-    base = _base_dir(info)
-    if base is None:
-        return value
-    path = value if value.is_absolute() else Path(os.path.normpath(base / value))
-    if not path.exists():
-        raise ValueError(f"no such file: {path}")
-    if not path.is_file():
-        raise ValueError(f"not a file: {path}")
-    return path
-
-
-class Section(BaseModel):
-    """Base of every section: unknown keys are errors, never silently ignored."""
-
-    # NaN fails every bound with a misleading message and .inf turns a timeout into "never";
-    # rejecting both up front says what is wrong.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    # Keys of capabilities on the roadmap: rejected with a pointer to the plan
-    # instead of "unknown key", so a config written for a later version explains itself.
-    planned_keys: ClassVar[dict[str, str]] = {}
-
-
-def section_of(annotation: Any) -> tuple[type[Section] | None, bool]:
-    """The section model a field holds, and whether it holds a list of them (for the loader and docs)."""
-    if isinstance(annotation, type) and issubclass(annotation, Section):
-        return annotation, False
-    if get_origin(annotation) is list:
-        return section_of(get_args(annotation)[0])[0], True
-    return None, False
+# Re-exported: the loader, the docs generator and the rest of the package import them from here.
+__all__ = [
+    "NAME_RE",
+    "AlertRule",
+    "ConfigError",
+    "KeyProblems",
+    "Loc",
+    "OutboxConfig",
+    "Section",
+    "checked_name",
+    "key_path",
+    "not_yet",
+    "section_of",
+    "unknown_label",
+]
 
 
 class ModelConfig(Section):
@@ -381,52 +328,6 @@ class MetricsConfig(Section):
     )
 
 
-Point = tuple[float, float]
-
-
-def checked_name(name: object) -> str:
-    """A camera, rule, zone or line name: it becomes an MQTT topic level and a metric label value."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 64:
-        raise ValueError(f"must be 1-64 characters of a-z 0-9 _ - (got {name!r})")
-    return name
-
-
-def _shape_problems(name: Any, points: Any, kind: str | None) -> list[tuple[Loc, str]]:
-    """Problems of one zone (a polygon) or line (two points), by key path below the shape's name."""
-    try:
-        checked_name(name)
-    except ValueError as exc:
-        return [((), f"the name {exc}")]
-    if not isinstance(points, list):
-        return [((), f"must be a list of [x, y] points (got {type(points).__name__})")]
-    problems: list[tuple[Loc, str]] = []
-    for i, p in enumerate(points):
-        ok = isinstance(p, list) and len(p) == 2
-        ok = ok and all(isinstance(c, int | float) and not isinstance(c, bool) for c in p)
-        if not ok:
-            problems.append(((i,), f"must be a point [x, y] (got {p!r})"))
-        elif not all(0 <= c <= 1 for c in p):
-            problems.append(((i,), f"coordinates are normalised: each must be within 0..1 (got {p!r})"))
-    if problems:
-        return problems
-    if kind == "lines":
-        if len(points) != 2:
-            return [((), f"a line is exactly 2 points, p1 -> p2 (got {len(points)})")]
-        if points[0] == points[1]:
-            return [((), "the two points of a line must differ")]
-        return []
-    if len(points) < 3:
-        return [((), f"a zone needs at least 3 points (got {len(points)})")]
-    from shapely.geometry import Polygon  # imported here: only configs with zones pay for it
-
-    polygon = Polygon(points)
-    if polygon.is_valid and polygon.area > 0:
-        return []
-    if polygon.area == 0 and polygon.length > 0 and Polygon(points).convex_hull.area == 0:
-        return [((), "the points enclose no area (all on one line?)")]
-    return [((), "the polygon crosses itself: list the points in order around its edge")]
-
-
 class MotionConfig(Section):
     """Motion gating: frames in which nothing moves are not sent to the model."""
 
@@ -471,7 +372,7 @@ class MotionConfig(Section):
             return v  # pydantic says "must be a list"
         problems: list[tuple[Loc, str]] = []
         for i, points in enumerate(v):
-            problems += [((i, *loc), msg) for loc, msg in _shape_problems("mask", points, "zones")]
+            problems += [((i, *loc), msg) for loc, msg in shape_problems("mask", points, "zones")]
         if problems:
             raise KeyProblems(problems)
         return v
@@ -522,7 +423,7 @@ class CameraConfig(Section):
             return v  # pydantic says "must be a mapping"
         problems: list[tuple[Loc, str]] = []
         for name, points in v.items():
-            problems += [((name, *loc), msg) for loc, msg in _shape_problems(name, points, info.field_name)]
+            problems += [((name, *loc), msg) for loc, msg in shape_problems(name, points, info.field_name)]
         if problems:
             raise KeyProblems(problems)
         return v
@@ -551,79 +452,6 @@ class CameraConfig(Section):
     @property
     def is_file(self) -> bool:
         return not self.url.startswith(("rtsp://", "rtsps://"))
-
-
-class AlertRule(Section):
-    """An alert rule: when it holds on a camera, an event starts; when it stops holding, the event ends."""
-
-    name: str = Field(description="Unique name, `[a-z0-9_-]+`; used in topics.")
-    cameras: list[str] | None = Field(
-        default=None,
-        description="Cameras it applies to; default: every camera that has its `zone` or `line` "
-        "(every camera when it names neither).",
-    )
-    labels: list[str] | None = Field(
-        default=None, description="Object labels it applies to (model class names); default: any."
-    )
-    zone: str | None = Field(
-        default=None,
-        description="A zone of the cameras: objects must be in it. Neither zone nor line: the whole frame.",
-    )
-    line: str | None = Field(default=None, description="A line of the cameras: objects must cross it.")
-    direction: Literal["in", "out", "both"] = Field(
-        default="both", description="With `line`: which crossings count."
-    )
-    min_confidence: float = Field(default=0.5, gt=0, le=1, description="Ignore weaker detections.")
-    min_duration_s: float = Field(
-        default=0, ge=0, description="How long it must hold (an object in the zone) before an event starts."
-    )
-    min_count: int = Field(
-        default=1,
-        ge=1,
-        description="Objects needed at once. 1: one event per object (track); more: one event for the "
-        "count on the camera.",
-    )
-    cooldown_s: float = Field(
-        default=30,
-        ge=0,
-        description="After an event of this rule on a camera ends, no new one starts there for this long.",
-    )
-    end_after_s: float = Field(
-        default=3, gt=0, description="An event ends when the rule has not held for this long."
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return checked_name(v)
-
-    @field_validator("cameras", "labels")
-    @classmethod
-    def _not_empty(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and not v:
-            raise ValueError("must not be empty (leave it out for all)")
-        return v
-
-    @model_validator(mode="after")
-    def _zone_or_line(self) -> AlertRule:
-        if self.zone is not None and self.line is not None:
-            raise KeyProblems([(("line",), "a rule has a zone or a line, not both")])
-        if "direction" in self.model_fields_set and self.line is None:
-            raise KeyProblems([(("direction",), "only meaningful with `line`")])
-        if self.line is not None and self.min_count > 1:
-            raise KeyProblems([(("min_count",), "counts objects in a zone; a line rule counts crossings")])
-        return self
-
-
-class OutboxConfig(Section):
-    """The durable outbox of events, counters and snapshots in `state_dir`."""
-
-    max_rows: int = Field(
-        default=100_000, gt=0, description="Most undelivered messages kept; the oldest go first (counted)."
-    )
-    max_age_s: float = Field(
-        default=7 * 24 * 3600, gt=0, description="Undelivered messages older than this are dropped (counted)."
-    )
 
 
 class Config(Section):
@@ -688,7 +516,7 @@ class Config(Section):
                 problems.append((("alerts", i, "name"), f"duplicate rule name {rule.name!r} ({also})"))
             first.setdefault(rule.name, i)
             problems += [
-                (("alerts", i, *loc), msg) for loc, msg in _rule_problems(rule, cameras, known_labels)
+                (("alerts", i, *loc), msg) for loc, msg in rule_problems(rule, cameras, known_labels)
             ]
         if problems:
             raise KeyProblems(problems)
@@ -700,48 +528,4 @@ class Config(Section):
 
     def rule_cameras(self, rule: AlertRule) -> list[str]:
         """The enabled cameras a rule applies to."""
-        return [c.name for c in self.enabled_cameras if _rule_applies(rule, c)]
-
-
-def _rule_applies(rule: AlertRule, cam: CameraConfig) -> bool:
-    if rule.cameras is not None:
-        return cam.name in rule.cameras
-    if rule.zone is not None:
-        return rule.zone in cam.zones
-    if rule.line is not None:
-        return rule.line in cam.lines
-    return True
-
-
-def _rule_problems(
-    rule: AlertRule, cameras: dict[str, CameraConfig], known_labels: list[str] | None
-) -> list[tuple[Loc, str]]:
-    """A rule's references to cameras, zones, lines and labels that do not exist."""
-    problems: list[tuple[Loc, str]] = []
-    for j, name in enumerate(rule.cameras or []):
-        if name not in cameras:
-            problems.append((("cameras", j), f"no camera named {name!r} (cameras: {', '.join(cameras)})"))
-    for key, shape in (("zone", rule.zone), ("line", rule.line)):
-        if shape is None:
-            continue
-        plural = key + "s"
-        named = [cameras[n] for n in rule.cameras or [] if n in cameras]
-        if rule.cameras is None and not any(shape in getattr(c, plural) for c in cameras.values()):
-            problems.append(((key,), f"no camera has a {key} named {shape!r}"))
-        for cam in named:
-            if shape not in getattr(cam, plural):
-                have = ", ".join(getattr(cam, plural)) or "none"
-                problems.append(((key,), f"camera {cam.name!r} has no {key} {shape!r} ({plural}: {have})"))
-    if known_labels is not None:
-        for j, label in enumerate(rule.labels or []):
-            if label not in known_labels:
-                problems.append((("labels", j), unknown_label(label, known_labels)))
-    return problems
-
-
-def unknown_label(label: str, known: list[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(label, known, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{label!r} is not a class the model reports{hint}"
+        return [c.name for c in self.enabled_cameras if rule_applies(rule, c)]
