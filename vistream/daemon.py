@@ -128,6 +128,8 @@ class Daemon:
         self._stack = ExitStack()
         self._announced: set[str] = set()  # cameras whose status MQTT has been told
         self._hup = False
+        self.outbox: Outbox | None = None  # with rules, lines or Home Assistant (maybe from a reload)
+        self.delivery: Delivery | None = None
         self.notifier = Notifier()
         # Stall limits and watchdog pings derived from systemd's WatchdogSec, so that a hang is
         # recovered from inside before systemd gives up on the service (docs/operations.md).
@@ -216,13 +218,21 @@ class Daemon:
         # Listeners first: they must hear of the very first connection.
         if self.cfg.mqtt.home_assistant:
             self._init_discovery()
-        self.delivery = Delivery(self.outbox, self.mqtt) if self.outbox else None
-        if self.delivery:
+        if self.outbox:
+            self.delivery = Delivery(self.outbox, self.mqtt)
             self.delivery.start()
         self.mqtt.start()
         self._stack.callback(self.mqtt.stop, MQTT_GOODBYE_S)
-        if self.delivery:  # stops first: what is in flight gets its PUBACK, the rest stays for next time
-            self._stack.callback(self.delivery.stop, DELIVERY_STOP_S)
+        # Stops before MQTT: what is in flight gets its PUBACK, the rest stays for next time.
+        self._stack.callback(self._stop_delivery)
+
+    def _stop_delivery(self) -> None:
+        if self.delivery:
+            self.delivery.stop(DELIVERY_STOP_S)
+
+    def _close_outbox(self) -> None:
+        if self.outbox:
+            self.outbox.close()
 
     def _needs_outbox(self) -> bool:
         cfg = self.cfg
@@ -230,8 +240,9 @@ class Daemon:
 
     def _init_outbox(self) -> None:
         """The durable outbox of events and counters, when the config has anything to deliver."""
-        self.outbox: Outbox | None = None
         cfg = self.cfg
+        # Closed here in the stop order (after the result pump) also when a reload opens it later.
+        self._stack.callback(self._close_outbox)
         if not self._needs_outbox():
             return
         path = cfg.state_dir / OUTBOX_FILE
@@ -240,7 +251,6 @@ class Daemon:
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or exc
             raise BootError(2, f"state_dir: cannot keep the event outbox in {path}: {reason}") from None
-        self._stack.callback(self.outbox.close)
 
     def _init_discovery(self) -> None:
         from vistream.outputs.homeassistant import DiscoveryPublisher
@@ -461,8 +471,7 @@ class Daemon:
         assert self.outbox is not None
         self.alerts.outbox = self.outbox
         self.delivery = Delivery(self.outbox, self.mqtt)
-        self.delivery.start()
-        self._stack.callback(self.delivery.stop, DELIVERY_STOP_S)
+        self.delivery.start()  # stopped and closed where a delivery from the start would be
 
     def _add_camera(self, cam: CameraConfig) -> None:
         shortage = shm_shortage(self._layout.total_bytes)
