@@ -8,7 +8,6 @@ chain), so inference leaves the readers the cores it is told to.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +19,8 @@ from vistream.detector.openvino import check_input
 from vistream.detector.ultralytics import (
     YoloDetector,
     _import_ultralytics,
-    cached_export,
     import_runtime,
-    model_format,
-    wrong_format,
+    model_file,
 )
 
 
@@ -33,19 +30,15 @@ class OnnxRuntimeDetector(YoloDetector):
     def __init__(self, cfg: ModelConfig, max_batch: int, *, rebuild: bool = False) -> None:
         ort = import_runtime("onnxruntime", "onnxruntime")
         torch, _, _ = _import_ultralytics()
-        fmt = model_format(cfg.path)
         cuda = cfg.device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers()
         cuda = cuda and torch.cuda.is_available()
         if cfg.device.startswith("cuda") and not cuda:
             raise ModelLoadError(f"model.device: {cfg.device!r} needs CUDA and onnxruntime-gpu")
         device = ("cuda:0" if cfg.device in ("auto", "cuda") else cfg.device) if cuda else "cpu"
         half = cuda if cfg.half is None else cfg.half and cuda
-        if fmt == "pt":
-            path = cached_export(cfg, "onnx", max_batch, half, device, rebuild=rebuild)
-        elif fmt == "onnx":
-            path = Path(cfg.path)
-        else:
-            raise wrong_format("onnxruntime", cfg.path, fmt)
+        path, exported = model_file(
+            cfg, "onnxruntime", "onnx", ("onnx",), max_batch, half, device, rebuild=rebuild
+        )
         options = ort.SessionOptions()
         options.inter_op_num_threads = 1
         if cfg.threads is not None:
@@ -56,7 +49,7 @@ class OnnxRuntimeDetector(YoloDetector):
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            error = BrokenExport if fmt == "pt" else ModelLoadError  # a cached export is built again
+            error = BrokenExport if exported else ModelLoadError  # a cached export is built again
             raise error(f"model.path: ONNX Runtime cannot load {path}: {exc}") from exc
         meta = self._session.get_modelmeta().custom_metadata_map
         if "names" not in meta:

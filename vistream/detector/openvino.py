@@ -23,10 +23,8 @@ from vistream.detector.base import ModelConfigError, ModelLoadError
 from vistream.detector.export import BrokenExport
 from vistream.detector.ultralytics import (
     YoloDetector,
-    cached_export,
     import_runtime,
-    model_format,
-    wrong_format,
+    model_file,
 )
 
 
@@ -76,19 +74,15 @@ class OpenVinoDetector(YoloDetector):
         self, cfg: ModelConfig, max_batch: int, *, rebuild: bool = False, streams: int = STREAMS
     ) -> None:
         ov = import_runtime("openvino", "openvino")
-        fmt = model_format(cfg.path)
-        if fmt == "pt":
-            path = cached_export(cfg, "openvino", max_batch, False, "cpu", rebuild=rebuild)
-        elif fmt in ("openvino", "onnx"):
-            path = Path(cfg.path)
-        else:
-            raise wrong_format("openvino", cfg.path, fmt)
+        path, exported = model_file(
+            cfg, "openvino", "openvino", ("openvino", "onnx"), max_batch, False, "cpu", rebuild=rebuild
+        )
         device = {"auto": "CPU", "cpu": "CPU"}.get(cfg.device)
         if device is None:
             raise ModelConfigError(f"model.device: {cfg.device!r} is not an OpenVINO device here (use cpu)")
         core = ov.Core()
         xml = model_xml(path)
-        error = BrokenExport if fmt == "pt" else ModelLoadError  # a cached export is built again
+        error = BrokenExport if exported else ModelLoadError  # a cached export is built again
         try:
             model = core.read_model(str(xml))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own

@@ -9,17 +9,13 @@ that no longer loads is rebuilt (see `load_detector`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from vistream.config.models import ModelConfig
 from vistream.detector.base import ModelLoadError
 from vistream.detector.export import BrokenExport
 from vistream.detector.ultralytics import (
     AutoBackendDetector,
     _import_ultralytics,
-    cached_export,
-    model_format,
-    wrong_format,
+    model_file,
 )
 
 
@@ -32,17 +28,13 @@ class TensorRtDetector(AutoBackendDetector):
             raise ModelLoadError("model.backend: 'tensorrt' needs a CUDA GPU (none is available)")
         device = "cuda:0" if cfg.device in ("auto", "cuda") else cfg.device
         half = True if cfg.half is None else cfg.half
-        fmt = model_format(cfg.path)
-        if fmt == "pt":
-            path = cached_export(cfg, "engine", max_batch, half, device, rebuild=rebuild)
-        elif fmt == "engine":
-            path = Path(cfg.path)
-        else:
-            raise wrong_format("tensorrt", cfg.path, fmt)
+        path, exported = model_file(
+            cfg, "tensorrt", "engine", ("engine",), max_batch, half, device, rebuild=rebuild
+        )
         try:
             self.model = self._load_autobackend(str(path), device, half)
         except ModelLoadError as exc:
-            if fmt == "pt":  # a cached engine is built again
+            if exported:  # a cached engine is built again
                 raise BrokenExport(str(exc)) from exc
             raise
         self._setup(

@@ -117,6 +117,28 @@ def wrong_format(backend: str, path: str, fmt: str) -> ModelConfigError:
     return ModelConfigError(f"model.backend: {backend!r} cannot run {Path(path).name!r} ({fmt} format)")
 
 
+def model_file(
+    cfg: ModelConfig,
+    backend: str,
+    export: str,
+    runs: tuple[str, ...],
+    batch: int,
+    half: bool,
+    device: str,
+    *,
+    rebuild: bool = False,
+) -> tuple[Path, bool]:
+    """The file a backend runs, and whether it is a cached export (which is built again when the
+    runtime cannot load it): the `export` of a .pt model, or `model.path` itself when it is already
+    in one of the formats the backend `runs`."""
+    fmt = model_format(cfg.path)
+    if fmt == "pt":
+        return cached_export(cfg, export, batch, half, device, rebuild=rebuild), True
+    if fmt in runs:
+        return Path(cfg.path), False
+    raise wrong_format(backend, cfg.path, fmt)
+
+
 def ultralytics_version() -> str:
     return metadata.version("ultralytics-opencv-headless")
 
