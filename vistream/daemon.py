@@ -240,11 +240,13 @@ class Daemon:
 
     def _init_outbox(self) -> None:
         """The durable outbox of events and counters, when the config has anything to deliver."""
-        cfg = self.cfg
         # Closed here in the stop order (after the result pump) also when a reload opens it later.
         self._stack.callback(self._close_outbox)
-        if not self._needs_outbox():
-            return
+        if self._needs_outbox():
+            self._open_outbox()
+
+    def _open_outbox(self) -> None:
+        cfg = self.cfg
         path = cfg.state_dir / OUTBOX_FILE
         try:
             self.outbox = Outbox(path, max_rows=cfg.outbox.max_rows, max_age_s=cfg.outbox.max_age_s)
@@ -464,7 +466,7 @@ class Daemon:
     def _open_outbox_late(self) -> None:
         """The first rules or lines arrived with a reload: open the outbox and deliver from it."""
         try:
-            self._init_outbox()
+            self._open_outbox()
         except BootError as exc:
             log.error("reload: %s; events of the new rules are not delivered", exc)
             return
