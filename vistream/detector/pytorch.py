@@ -31,13 +31,5 @@ class TorchDetector(AutoBackendDetector):
         # On the CPU, NCHW in channels-last memory: the reorder from NHWC is then a straight copy,
         # and it is the layout AutoBackend gives the model on x86 CPUs. On CUDA the model keeps the
         # default layout, and so does its input.
-        self._setup(
-            cfg,
-            max_batch,
-            dict(self.model.names),
-            device=device,
-            half=bool(self.model.fp16),
-            channels_last=not cuda,
-            end2end=bool(getattr(self.model, "end2end", False)),
-        )
+        self._setup_loaded(cfg, max_batch, device, channels_last=not cuda)
         self.describe(fmt, cfg.path)

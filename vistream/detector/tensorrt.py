@@ -37,12 +37,5 @@ class TensorRtDetector(AutoBackendDetector):
             if exported:  # a cached engine is built again
                 raise BrokenExport(str(exc)) from exc
             raise
-        self._setup(
-            cfg,
-            max_batch,
-            dict(self.model.names),
-            device=device,
-            half=bool(self.model.fp16),
-            end2end=bool(getattr(self.model, "end2end", False)),
-        )
+        self._setup_loaded(cfg, max_batch, device)
         self.describe("engine", str(path))

@@ -317,6 +317,20 @@ class AutoBackendDetector(YoloDetector):
         model.eval()
         return model
 
+    def _setup_loaded(
+        self, cfg: ModelConfig, max_batch: int, device: str, *, channels_last: bool = False
+    ) -> None:
+        """Buffers and preprocessing for the model AutoBackend loaded: its names, precision, head."""
+        self._setup(
+            cfg,
+            max_batch,
+            dict(self.model.names),
+            device=device,
+            half=bool(self.model.fp16),
+            channels_last=channels_last,
+            end2end=bool(getattr(self.model, "end2end", False)),
+        )
+
     def _forward(self, x: Any) -> Any:
         return self.model(x)
 
