@@ -15,26 +15,19 @@ batch size, inference time, frame age), RSS and CPU of every process. Then SIGTE
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import signal
 import sys
 import tempfile
-import threading
 import time
-from collections import defaultdict
-from contextlib import ExitStack, suppress
-from importlib import metadata
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -43,31 +36,35 @@ sys.path.insert(0, str(REPO / "tests"))  # the real broker/RTSP harness lives wi
 from support import mosquitto as mosquitto_support  # noqa: E402
 from support import rtsp_server as rtsp_support  # noqa: E402
 from support.daemon import DaemonProcess, base_config  # noqa: E402
-from support.mosquitto import Message, Mosquitto, Subscriber  # noqa: E402
+from support.mosquitto import Mosquitto, Subscriber  # noqa: E402
 from support.procs import free_port  # noqa: E402
 from support.rtsp_server import RtspServer  # noqa: E402
+
+from vistream.bench.compare import camera_mounts  # noqa: E402
+from vistream.bench.measure import (  # noqa: E402
+    REASONS,
+    check_alive,
+    detection_figures,
+    machine_info,
+    measure_window,
+    metric_figures,
+    stop_if_running,
+    table,
+    time_infer,
+    wait_ready,
+)
 
 MODEL = SHARED / "models" / "yolov8n.pt"
 CLIPS = {"street": SHARED / "samples" / "street-1080p.mp4", "crowd": SHARED / "samples" / "crowd-480p.mp4"}
 PREFIX = "vsbench"
 # Zones, the line and the three rules of the sample config, for --alerts (and benchmarks/alerts.py).
 SAMPLE_CONFIG = REPO / "samples" / "config.yaml"
-MIB = 1024 * 1024
-REASONS = ("stale", "overwritten", "failed", "unattached")
 LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
-# Distribution names: Ultralytics is installed as its headless build.
-DISTS = {"vistream": "vistream", "torch": "torch", "ultralytics": "ultralytics-opencv-headless", "av": "av"}
 
 
 def mounts_for(cameras: list[str]) -> dict[str, Path]:
     """Camera name -> clip: `street*` serves the 1080p street clip, `crowd*` the 480p crowd clip."""
-    mounts = {}
-    for cam in cameras:
-        kind = cam.rstrip("0123456789")
-        if kind not in CLIPS:
-            raise SystemExit(f"--cameras: {cam!r} must be street<N> or crowd<N> (it picks the clip)")
-        mounts[cam] = CLIPS[kind]
-    return mounts
+    return camera_mounts(",".join(cameras), CLIPS)
 
 
 def check_prerequisites(clips: set[Path], harness: bool) -> None:
@@ -90,227 +87,6 @@ def with_alerts(config: dict[str, Any], state_dir: Path) -> dict[str, Any]:
     cameras = [cam | shapes.get(cam["name"].rstrip("0123456789"), {}) for cam in config["cameras"]]
     rules = [{k: v for k, v in rule.items() if k != "cameras"} for rule in sample["alerts"]]
     return config | {"cameras": cameras, "alerts": rules, "state_dir": str(state_dir)}
-
-
-def version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model.group(1) if model else None,
-        "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
-        "python": platform.python_version(),
-        "versions": {name: version(dist) for name, dist in DISTS.items()},
-        # Inherited by the daemon: torch's thread pool size changes the results a lot on small machines.
-        "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
-    }
-
-
-def label(proc: psutil.Process, daemon_pid: int) -> str:
-    """A readable name: the daemon's children carry `vistream: <role>` titles (setproctitle)."""
-    cmd = " ".join(part for part in proc.cmdline() if part).strip()
-    known = {
-        "rtsp_server.py": "rtsp-server (harness)",
-        "mosquitto": "mosquitto (harness)",
-        "resource_tracker": "resource_tracker",  # multiprocessing's, watches the shared-memory segments
-    }
-    if proc.pid == daemon_pid:
-        return "main"
-    if cmd.startswith("vistream: "):
-        return cmd.removeprefix("vistream: ")
-    return next((name for key, name in known.items() if key in cmd), cmd[:60])
-
-
-class ProcessWatch:
-    """RSS of every process once a second, and CPU time between start() and stop().
-
-    Watches the daemon's tree and the harness (broker, RTSP server, this script) too: on a shared
-    machine, what is left of the machine's busy time after ours is load from others.
-    """
-
-    def __init__(self, daemon_pid: int) -> None:
-        self.daemon_pid = daemon_pid
-        self.rss: dict[str, list[float]] = defaultdict(list)
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def processes(self) -> dict[int, tuple[str, psutil.Process]]:
-        me = psutil.Process()
-        found = {me.pid: ("benchmark (harness)", me)}
-        for proc in me.children(recursive=True):
-            with suppress(psutil.Error):  # it exited while we looked
-                found[proc.pid] = (label(proc, self.daemon_pid), proc)
-        return found
-
-    def cpu_seconds(self) -> dict[int, tuple[str, float]]:
-        out = {}
-        for pid, (name, proc) in self.processes().items():
-            with suppress(psutil.Error):
-                out[pid] = (name, sum(proc.cpu_times()[:2]))  # user + system
-        return out
-
-    def _sample(self) -> None:
-        while not self._done.wait(1.0):
-            for name, proc in self.processes().values():
-                with suppress(psutil.Error):
-                    self.rss[name].append(proc.memory_info().rss / MIB)
-
-    def start(self) -> None:
-        self._cpu0, self._busy0, self._t0 = self.cpu_seconds(), machine_busy_s(), time.monotonic()
-        self._steal0 = psutil.cpu_times().steal
-        self._thread.start()
-
-    def stop(self) -> dict[str, Any]:
-        self._done.set()
-        self._thread.join(5)
-        cpu1, busy1, wall = self.cpu_seconds(), machine_busy_s(), time.monotonic() - self._t0
-        per: dict[str, dict[str, Any]] = defaultdict(lambda: {"pids": [], "cpu_pct": 0.0})
-        for pid, (name, secs) in cpu1.items():  # a process born in the window counts from zero
-            per[name]["pids"].append(pid)
-            per[name]["cpu_pct"] += 100 * (secs - self._cpu0.get(pid, (name, 0.0))[1]) / wall
-        for name, values in self.rss.items():
-            per[name].update(rss_mib_mean=float(np.mean(values)), rss_mib_max=float(np.max(values)))
-        ours, machine = sum(p["cpu_pct"] for p in per.values()), 100 * (busy1 - self._busy0) / wall
-        steal = 100 * (psutil.cpu_times().steal - self._steal0) / wall  # taken by the hypervisor
-        return {
-            "processes": dict(per),
-            "cpu_pct_daemon": sum(p["cpu_pct"] for n, p in per.items() if "harness" not in n),
-            "cpu_pct_ours": ours,
-            "cpu_pct_machine": machine,  # 100 = one core, like the per-process figures
-            "cpu_pct_others": max(0.0, machine - ours),
-            "cpu_pct_steal": steal,
-        }
-
-
-def machine_busy_s() -> float:
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - t.iowait
-
-
-def scrape(daemon: DaemonProcess) -> dict[tuple[str, tuple], float]:
-    out = {}
-    for family in text_string_to_metric_families(daemon.metrics()):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def metric_figures(before: dict, after: dict, cameras: list[str], seconds: float) -> dict[str, Any]:
-    """Counter and histogram deltas over the window, per camera and in total."""
-
-    def d(name: str, **labels: str) -> float:
-        key = (name, tuple(sorted(labels.items())))
-        return after.get(key, 0.0) - before.get(key, 0.0)
-
-    def mean_ms(histogram: str) -> float | None:
-        n = d(f"{histogram}_count")
-        return 1000 * d(f"{histogram}_sum") / n if n else None
-
-    per_camera = {}
-    for cam in cameras:
-        c = {k: d(f"vistream_frames_{k}_total", camera=cam) for k in ("decoded", "sampled", "inferred")}
-        c |= {f"dropped_{r}": d("vistream_frames_dropped_total", camera=cam, reason=r) for r in REASONS}
-        # Not zero, may be negative: `sampled` is live (ring header) while the scheduler's counts reach
-        # /metrics in snapshots sent between batches, and `overwritten` is only counted at the next take.
-        c["unaccounted"] = c["sampled"] - c["inferred"] - sum(c[f"dropped_{r}"] for r in REASONS)
-        c["reconnects"] = d("vistream_camera_reconnects_total", camera=cam)
-        per_camera[cam] = c
-    total = {k: sum(c[k] for c in per_camera.values()) for k in per_camera[cameras[0]]}
-    batches, frames = d("vistream_batch_size_count"), d("vistream_batch_size_sum")
-    infer_s = d("vistream_inference_seconds_sum")
-    deltas = {(n, lb): v - before.get((n, lb), 0.0) for (n, lb), v in after.items()}
-    return {
-        "per_camera": per_camera,
-        "total": total,
-        "per_second": {k: v / seconds for k, v in total.items()},
-        "batches": batches,
-        "batches_per_s": batches / seconds,
-        "batch_size_mean": frames / batches if batches else None,
-        "inference_ms_per_batch": mean_ms("vistream_inference_seconds"),
-        "inference_ms_per_frame": 1000 * infer_s / frames if frames else None,
-        "inference_busy_pct": 100 * infer_s / seconds,  # share of the window the model was running
-        "frame_age_ms_mean": mean_ms("vistream_frame_age_seconds"),
-        "e2e_ms_mean": mean_ms("vistream_e2e_latency_seconds"),
-        "all_deltas": {f"{n}{dict(lb)}": v for (n, lb), v in deltas.items() if v},  # histogram buckets too
-    }
-
-
-def percentiles(seconds: list[float]) -> dict[str, Any]:
-    if not seconds:
-        return {"n": 0}
-    ms = np.asarray(seconds) * 1000
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {
-        "n": len(ms),
-        "p50_ms": p50,
-        "p90_ms": p90,
-        "p99_ms": p99,
-        "max_ms": ms.max(),
-        "mean_ms": ms.mean(),
-    }
-
-
-def detection_figures(messages: list[Message], cameras: list[str], window: tuple[float, float]) -> dict:
-    """Detections received in the window, per camera and in total."""
-    t0, t1 = window
-    per: dict[str, list[Message]] = {cam: [] for cam in cameras}
-    for m in messages:
-        parts = m.topic.split("/")
-        if t0 <= m.timestamp < t1 and len(parts) == 3 and parts[2] == "detections":
-            per.setdefault(parts[1], []).append(m)
-    every = [m for msgs in per.values() for m in msgs]
-    per_camera = {cam: received(msgs, t1 - t0) for cam, msgs in per.items()}
-    return {"per_camera": per_camera, **received(every, t1 - t0)}
-
-
-def received(msgs: list[Message], seconds: float) -> dict[str, Any]:
-    """Rate, objects per frame, and latency from capture to publish and to receive."""
-    # Messages carry monotonic receive times, payloads Unix times. Over a run of minutes the two clocks
-    # drift apart by far less than a millisecond, so one offset converts them.
-    to_wall = time.time() - time.monotonic()
-    docs = [m.json() for m in msgs]
-    receive = [m.timestamp + to_wall - doc["captured_at"] for m, doc in zip(msgs, docs, strict=True)]
-    return {
-        "messages": len(docs),
-        "fps": len(docs) / seconds,
-        "objects_per_frame": float(np.mean([len(doc["objects"]) for doc in docs])) if docs else None,
-        "capture_to_publish": percentiles([doc["published_at"] - doc["captured_at"] for doc in docs]),
-        "capture_to_receive": percentiles(receive),
-    }
-
-
-def wait_ready(sub: Subscriber, daemon: DaemonProcess, cameras: list[str], timeout: float = 180) -> None:
-    """Until `{prefix}/status` and every camera's status are `online`; fail early if the daemon exits."""
-    topics = {f"{PREFIX}/status", *(f"{PREFIX}/{cam}/status" for cam in cameras)}
-    deadline = time.monotonic() + timeout
-    while True:
-        last = {m.topic: m.payload for m in sub.messages if m.topic in topics}
-        if all(last.get(t) == b"online" for t in topics):
-            return
-        check_alive(daemon)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"daemon not ready after {timeout} s; status so far: {last}")
-        time.sleep(0.2)
-
-
-def check_alive(daemon: DaemonProcess) -> None:
-    assert daemon.proc is not None
-    if daemon.proc.poll() is not None:
-        raise RuntimeError(f"daemon exited with {daemon.proc.returncode}:\n{daemon.log[-4000:]}")
-
-
-def stop_if_running(daemon: DaemonProcess) -> None:
-    # On Ctrl-C or an error: SIGTERM first, so the daemon unlinks its shared memory; SIGKILL only
-    # when it does not stop (DaemonProcess's own exit goes straight to SIGKILL).
-    if daemon.proc is not None and daemon.proc.poll() is None:
-        daemon.terminate()
 
 
 def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
@@ -342,20 +118,14 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         stack.callback(stop_if_running, daemon)
         assert daemon.proc is not None
         print(f"daemon pid {daemon.proc.pid} started; waiting for it and {len(cameras)} cameras ...")
-        wait_ready(sub, daemon, cameras)
+        wait_ready(sub, daemon, PREFIX, cameras)
         result["ready_after_s"] = time.monotonic() - t_start
         print(f"ready after {result['ready_after_s']:.1f} s; warming up {args.warmup} s ...")
         time.sleep(args.warmup)
         check_alive(daemon)
 
         print(f"measuring {args.seconds} s ...")
-        watch = ProcessWatch(daemon.proc.pid)
-        before, t0 = scrape(daemon), time.monotonic()
-        watch.start()
-        time.sleep(args.seconds)
-        after, t1 = scrape(daemon), time.monotonic()
-        result["processes"] = watch.stop()
-        check_alive(daemon)
+        before, after, (t0, t1), result["processes"] = measure_window(daemon, args.seconds)
         result["window_s"] = t1 - t0
         result["metrics"] = metric_figures(before, after, cameras + dead, t1 - t0)
         result["detections"] = detection_figures(sub.messages, cameras + dead, (t0, t1))
@@ -398,34 +168,11 @@ def run_model_only(args: argparse.Namespace) -> dict[str, Any]:
     for n in [b for b in (1, 4, 8) if b <= args.max_batch]:
         # Random pixels give few boxes, so NMS costs less than on real footage: a ceiling, not a promise.
         detector.input_buffer[:n] = rng.integers(0, 256, detector.input_buffer[:n].shape, dtype=np.uint8)
-        detector.infer(n)  # untimed: the first call at a shape pays for allocations
-        times: list[float] = []
-        deadline = time.monotonic() + args.model_seconds
-        while len(times) < 3 or time.monotonic() < deadline:
-            t = time.perf_counter()
-            detector.infer(n)
-            times.append(time.perf_counter() - t)
-        b = {"calls": len(times), "ms_per_batch_median": 1000 * float(np.median(times))}
-        b |= {"ms_per_image": 1000 * sum(times) / (n * len(times)), "img_per_s": n * len(times) / sum(times)}
-        result["batches"][n] = b
+        b = result["batches"][n] = time_infer(detector, n, args.model_seconds)
         print(f"batch {n}: {b['img_per_s']:.2f} img/s, {b['ms_per_batch_median']:.0f} ms/batch (median)")
     detector.close()
     result["load_end"] = os.getloadavg()
     return result
-
-
-def cell(v: Any) -> str:
-    return f"{v:.1f}" if isinstance(v, float) else str(v)
-
-
-def table(header: list[str], rows: list[list[Any]]) -> None:
-    """First column left-aligned, the rest right-aligned."""
-    cells = [header, *([cell(v) for v in row] for row in rows)]
-    widths = [max(map(len, col)) for col in zip(*cells, strict=True)]
-    for row in cells:
-        print(
-            row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)), sep="  "
-        )
 
 
 def print_summary(r: dict[str, Any]) -> None:

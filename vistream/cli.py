@@ -1,4 +1,4 @@
-"""The `vistream` command: run, check-config, demo, --version.
+"""The `vistream` command: run, check-config, demo, bench, --version.
 
 Exit codes (also in docs/cli.md): 0 clean stop; 2 invalid config or usage;
 3 the model could not be loaded; 1 anything else. 2 and 3 mean "cannot boot"
@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=1883, help="port of the embedded MQTT broker (default 1883)"
     )
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
+    from vistream.bench.options import add_arguments as bench_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="vistream side by side with the model alone and Ultralytics' predictor on the same streams",
+    )
+    bench_arguments(bench)
     return p
 
 
@@ -111,10 +119,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vistream.bench.compare import main as run_bench
+
+    setup_logging("warning")
+    return run_bench(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"run": cmd_run, "check-config": cmd_check_config, "demo": cmd_demo}
+    commands = {"run": cmd_run, "check-config": cmd_check_config, "demo": cmd_demo, "bench": cmd_bench}
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
