@@ -19,6 +19,7 @@ from support.daemon import VISTREAM, DaemonProcess, base_config
 from support.mosquitto import Mosquitto, Subscriber
 from support.procs import free_port
 
+from vistream.bench.recall import matched
 from vistream.config.models import ModelConfig
 from vistream.detector import load_detector
 
@@ -59,6 +60,36 @@ def test_backends_find_the_same_people(tmp_path: Path, model_path: Path, samples
         assert boxes.shape == reference.shape, backend
         assert np.abs(boxes[:, :4] - reference[:, :4]).max() < 2, backend
         assert np.abs(boxes[:, 4] - reference[:, 4]).max() < 0.02, backend
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_the_fitted_batch_shape_finds_what_the_square_finds(
+    tmp_path: Path, model_path: Path, samples_dir: Path, backend: str
+) -> None:
+    """1. The street frame letterboxed into the 640x640 square (grey bars of 140 px), inferred.
+    2. The same model reshaped to the 384x640 batch shape a 1920x1080 camera gets, warmed up, and the
+       frame letterboxed into it (bars of 12 px): the same resized pixels, less padding.
+    3. Every person of the square (in camera rows) is found again (IoU >= 0.8) at a confidence
+       within 0.05, and nothing more."""
+    frame = letterboxed_street_frame(samples_dir)
+    cfg = ModelConfig(
+        path=str(model_path), device="cpu", backend=backend, classes=["person"], cache_dir=tmp_path
+    )
+    detector = load_detector(cfg, 2)
+    detector.input_buffer[0] = frame
+    square = detector.infer(1)[0]
+    detector.reshape(384, 640)
+    detector.warmup()
+    assert detector.input_buffer.shape == (2, 384, 640, 3)
+    detector.input_buffer[0] = frame[140 - 12 : 500 + 12]
+    fitted = detector.infer(1)[0]
+    detector.close()
+    square[:, [1, 3]] -= 140
+    fitted[:, [1, 3]] -= 12
+    assert len(square) >= 3 and len(fitted) == len(square)
+    assert matched(square, fitted, min_iou=0.8) == len(square)
+    by_conf = lambda boxes: np.sort(boxes[:, 4])  # noqa: E731
+    assert np.abs(by_conf(square) - by_conf(fitted)).max() < 0.05
 
 
 def person_found(sub: Subscriber, prefix: str, timeout: float) -> float:

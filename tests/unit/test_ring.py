@@ -409,3 +409,29 @@ def test_holds_and_planes_under_a_real_concurrent_writer() -> None:
             writer.kill()
         ring.close()
         ring.unlink()
+
+
+def test_frames_carry_the_batch_shape_they_were_letterboxed_to(ring: FrameRing) -> None:
+    """1. The scheduler asks for 4x12 inputs: the next frame is written as a 4x12 image in the
+       first bytes of its slot, and a 4x12 batch row receives exactly those pixels.
+    2. A consumer whose batch is still 8x12 gets the frame's meta (with its 4x12 shape) but no
+       pixels and no hold: the scheduler drops such a frame instead of inferring it.
+    3. A shape larger than the ring's layout is refused."""
+    assert ring.input_shape() == (8, 12)
+    ring.set_input_shape(4, 12)
+    img = ring.begin(now=1.0)
+    assert img.shape == (4, 12, 3)
+    img[...] = np.arange(4 * 12 * 3, dtype=np.uint8).reshape(4, 12, 3)
+    seq = ring.commit(captured_at=1.0, captured_mono=1.0, width=36, height=12, scale=1 / 3, pad_x=0, pad_y=0)
+    row = np.zeros((4, 12, 3), np.uint8)
+    meta, _ = ring.read(row)
+    assert meta is not None and meta.input_hw == (4, 12) and (row == img).all()
+
+    consumer = RingConsumer(ring)
+    consumer.last_seq = 0
+    old = np.full((8, 12, 3), 7, np.uint8)
+    meta = consumer.take(old, hold=True)
+    assert meta is not None and meta.seq == seq and meta.input_hw == (4, 12)
+    assert (old == 7).all() and all(int(s["held"]) == 0 for s in ring.slots)
+    with pytest.raises(ValueError, match="does not fit"):
+        ring.set_input_shape(16, 12)

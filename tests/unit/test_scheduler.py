@@ -17,18 +17,26 @@ from vistream.ring.shm import FrameRing, RingLayout, State
 from vistream.scheduler.loop import MAX_CONSECUTIVE_FAILURES, Scheduler, SchedulerSpec
 from vistream.scheduler.messages import BatchResult
 
-LAYOUT = RingLayout(4, 16, 16, plane_width=0, plane_height=0)
+IMGSZ = 128
+LAYOUT = RingLayout(4, IMGSZ, IMGSZ, plane_width=0, plane_height=0)
 MAX_AGE_S = 0.5
 
 
 class FakeDetector(Detector):
-    """Finds one box per frame, or raises while `failing`."""
+    """Finds one box per frame, or raises while `failing`; takes any batch shape up to IMGSZ."""
 
     def __init__(self, max_batch: int) -> None:
         self.names, self.device, self.half = {0: "person"}, "cpu", False
         self.input_buffer = np.zeros((max_batch, LAYOUT.height, LAYOUT.width, 3), np.uint8)
         self.failing = False
         self.calls: list[int] = []
+        self.warmups: list[tuple[int, int]] = []
+
+    def reshape(self, height: int, width: int) -> None:
+        self.input_buffer = np.zeros((len(self.input_buffer), height, width, 3), np.uint8)
+
+    def warmup(self) -> None:
+        self.warmups.append(self.input_hw)
 
     def infer(self, n: int) -> list[np.ndarray]:
         self.calls.append(n)
@@ -56,7 +64,7 @@ class Rig:
             ring.header["state"] = State.STREAMING
         self.results: queue.Queue = queue.Queue(queue_size)
         self.spec = SchedulerSpec(
-            model=ModelConfig(path="fake.pt"),
+            model=ModelConfig(path="fake.pt", imgsz=IMGSZ),
             batching=BatchingConfig(max_batch=4, max_wait_ms=10, max_frame_age_ms=int(MAX_AGE_S * 1000)),
             rings={cam: ring.name for cam, ring in self.rings.items()},
             wake=threading.Semaphore(0),
@@ -350,3 +358,68 @@ def test_a_walker_who_stops_keeps_the_track_id_across_a_skipped_stretch(rig: Rig
             repeated += frame.repeated
     assert repeated == 50 and len(rig.detector.calls) == 1 + 8 + 1
     assert ids == {walking} and walking is not None, ids
+
+
+def test_batch_shape_follows_the_cameras(rig: Rig) -> None:
+    """1. No camera has reported its size: batches stay at the IMGSZ square.
+    2. Camera a reports 1280x720: the model is re-warmed at 96x128 (128x72 rounded up to the
+       stride) and both readers are asked for that shape; a frame letterboxed before is dropped
+       (`reshape`), never inferred, and the next one is inferred at the new shape.
+    3. Camera b reports a portrait stream: back to the square, which holds both.
+    4. Camera b is removed: 96x128 again."""
+    s = rig.start()
+    assert rig.detector.input_hw == (IMGSZ, IMGSZ) and rig.detector.warmups == []
+    rig.write("a")
+    rig.rings["a"].header["stream_width"], rig.rings["a"].header["stream_height"] = 1280, 720
+    s.fit_shape()
+    assert rig.detector.input_hw == (96, 128) and rig.detector.warmups == [(96, 128)]
+    assert all(r.input_shape() == (96, 128) for r in rig.rings.values())
+    assert s.stats.batch_shape == (96, 128) and s.stats.reshapes == 1
+    rig.write("b")  # letterboxed at the new shape: the ring asks its writer for it
+    s.step()
+    assert rig.counts("a").reshape == 1 and rig.counts("a").inferred == 0
+    assert rig.counts("b").inferred == 1 and rig.detector.calls == [1]
+    s.fit_shape()  # nothing changed: no second warm-up
+    assert rig.detector.warmups == [(96, 128)]
+
+    rig.rings["b"].header["stream_width"], rig.rings["b"].header["stream_height"] = 720, 1280
+    s.fit_shape()
+    assert rig.detector.input_hw == (IMGSZ, IMGSZ) and rig.rings["a"].input_shape() == (IMGSZ, IMGSZ)
+    s.remove("b")
+    s.fit_shape()
+    assert rig.detector.input_hw == (96, 128) and s.stats.reshapes == 3
+
+
+def test_a_model_with_a_fixed_input_keeps_it(rig: Rig) -> None:
+    """An export with a static input size runs that size whatever the cameras are."""
+    rig.detector.fixed_input = (IMGSZ, IMGSZ)
+    rig.rings["a"].header["stream_width"], rig.rings["a"].header["stream_height"] = 1280, 720
+    s = rig.start()
+    assert rig.detector.input_hw == (IMGSZ, IMGSZ) and rig.detector.warmups == []
+    assert s.stats.batch_shape == (IMGSZ, IMGSZ)
+
+
+def test_a_frame_that_goes_stale_while_its_batch_runs_is_counted_late(rig: Rig) -> None:
+    """A batch that takes longer than the frame had left: the frame is inferred (its result is
+    still the newest there is) and counted `late`, and its age at the end is recorded; the policy
+    then expects batches to take that long and drops frames that could not finish in time."""
+    s = rig.start()
+    infer = rig.detector.infer
+
+    def slow(n: int) -> list[np.ndarray]:
+        rig.clock.t += 0.3
+        return infer(n)
+
+    rig.detector.infer = slow  # type: ignore[method-assign]
+    rig.write("a", age=0.3), rig.write("b", age=0.1)
+    s.step()
+    assert rig.counts("a").inferred == 1 and rig.counts("a").late == 1
+    assert rig.counts("b").inferred == 1 and rig.counts("b").late == 0
+    assert s.stats.result_age_s.count == 2 and s.stats.result_age_s.sum == pytest.approx(0.6 + 0.4)
+    assert s.policy.expected_s == pytest.approx(MAX_AGE_S / 2)  # capped at half the age limit
+    rig.write("a", age=0.3), rig.write("b", age=0.1)  # a: 0.3 s old plus 0.25 s expected is too old
+    s.step()
+    assert rig.counts("a").stale == 1 and rig.counts("a").inferred == 1
+    rig.clock.t += 0.02  # b waited max_wait_ms for a, which will not come
+    s.step()
+    assert rig.counts("b").inferred == 2

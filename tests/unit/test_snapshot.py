@@ -15,6 +15,7 @@ import pytest
 from support.rings import temp_ring
 
 from vistream.config.models import BatchingConfig, CameraConfig
+from vistream.detector import Detector
 from vistream.ops.process import StopFlag
 from vistream.outputs.snapshot import COLOURS, box_label, read_snapshot, render_snapshot, snapshot_jpeg
 from vistream.ring.shm import FrameRing, RingConsumer
@@ -125,7 +126,9 @@ def test_render_snapshot_draws_boxes_where_they_are(width: int) -> None:
     assert (image == GREY).all(), "the caller's image is left alone"
 
 
-class FakeDetector:
+class FakeDetector(Detector):
+    fixed_input = (64, 64)
+
     def __init__(self, fail: bool) -> None:
         self.input_buffer = np.zeros((2, 64, 64, 3), np.uint8)
         self.fail = fail
@@ -160,7 +163,7 @@ def test_scheduler_holds_a_frame_until_its_result_is_handed_off(
         model=None, batching=BatchingConfig(), rings={"cam": ring.name}, wake=threading.Semaphore(0),
         results=results, stats=queue.Queue(), control=queue.Queue(), beat=[0.0] * 3,
     )  # fmt: skip
-    scheduler = Scheduler(spec, FakeDetector(fail=case == "batch_failed"), StopFlag())  # type: ignore[arg-type]
+    scheduler = Scheduler(spec, FakeDetector(fail=case == "batch_failed"), StopFlag())
     try:
         feed = scheduler.feeds["cam"]
         feed.consumer.last_seq = 0

@@ -89,7 +89,10 @@ class ModelConfig(Section):
     half: bool | None = Field(default=None, description="fp16 inference; default: on for CUDA, off for CPU.")
     imgsz: int | tuple[int, int] = Field(
         default=640,
-        description="Model input size in pixels, a multiple of 32: one number (square) or [height, width].",
+        description="Model input size in pixels, multiples of 32. One number is the long side: frames are "
+        "scaled so that their long side fits it, and the batch shape is the smallest that holds every "
+        "camera's frame (384x640 for 16:9 cameras at 640, 480x640 for 4:3 or a mix of both), refitted "
+        "when cameras come, go or change resolution. [height, width] is an explicit batch shape.",
     )
     conf: float = Field(default=0.25, gt=0, le=1, description="Minimum confidence of a detection.")
     iou: float = Field(default=0.45, gt=0, le=1, description="IoU threshold of non-maximum suppression.")

@@ -34,13 +34,28 @@ class Detector(ABC):
         device: where inference runs, e.g. "cpu" or "cuda:0".
         half: whether inference runs in fp16.
         input_buffer: (max_batch, height, width, 3) uint8 array the caller fills;
-            rows [0, n) are inferred by `infer(n)`. On CUDA it is pinned host memory.
+            rows [0, n) are inferred by `infer(n)`, at the current batch shape
+            (height, width). On CUDA it is pinned host memory.
+        fixed_input: the only (height, width) the model takes (an export with a
+            static input size), or None when `reshape` takes any smaller shape.
     """
 
     names: dict[int, str]
     device: str
     half: bool
     input_buffer: np.ndarray
+    fixed_input: tuple[int, int] | None = None
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """The current batch shape, (height, width)."""
+        return int(self.input_buffer.shape[1]), int(self.input_buffer.shape[2])
+
+    def reshape(self, height: int, width: int) -> None:
+        """Take batches of height x width from now on: `input_buffer` is replaced by one of that
+        shape (the caller warms the model up for it). At most the configured `model.imgsz`."""
+        if (height, width) != self.input_hw:
+            raise ValueError(f"this model only takes {self.input_hw[0]}x{self.input_hw[1]} inputs")
 
     @abstractmethod
     def infer(self, n: int) -> list[np.ndarray]:
@@ -72,7 +87,12 @@ class FaultHook(Detector):
     def __init__(self, inner: Detector, path: Path) -> None:
         self.inner, self.path = inner, path
         self.names, self.device, self.half = inner.names, inner.device, inner.half
+        self.fixed_input = inner.fixed_input
         self.input_buffer = inner.input_buffer
+
+    def reshape(self, height: int, width: int) -> None:
+        self.inner.reshape(height, width)
+        self.input_buffer = self.inner.input_buffer
 
     def _fault(self) -> str:
         try:

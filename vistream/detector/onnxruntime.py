@@ -58,10 +58,12 @@ class OnnxRuntimeDetector(YoloDetector):
         inp = self._session.get_inputs()[0]
         shape = [d if isinstance(d, int) else None for d in inp.shape]
         check_input(shape, max_batch, cfg.input_hw, path.name)
+        fixed_hw = shape[2:] != [None, None]  # an export with a static input size takes that one only
         self._static_batch = shape[0]
         self._in_name = inp.name
         self._fp16_input = inp.type == "tensor(float16)"
         self._setup(cfg, max_batch, names, device=device, half=self._fp16_input)
+        self.fixed_input = cfg.input_hw if fixed_hw else None
         self.describe(f"onnx, onnxruntime {ort.__version__}, {self._session.get_providers()[0]}", str(path))
 
     def _forward(self, x: Any) -> np.ndarray:

@@ -89,6 +89,7 @@ class OpenVinoDetector(YoloDetector):
             raise error(f"model.path: OpenVINO cannot read {xml}: {exc}") from exc
         shape = [d.get_length() if d.is_static else None for d in model.input().get_partial_shape()]
         check_input(shape, max_batch, cfg.input_hw, xml.name)
+        fixed_hw = shape[2:] != [None, None]  # an export with a static input size takes that one only
         names = read_names(xml) if xml.suffix == ".xml" else None
         if names is None:
             names = onnx_names(xml) if xml.suffix == ".onnx" else None
@@ -106,6 +107,7 @@ class OpenVinoDetector(YoloDetector):
         self._request = self._compiled.create_infer_request()
         self._static_batch = shape[0]
         self._setup(cfg, max_batch, names, device="cpu")
+        self.fixed_input = cfg.input_hw if fixed_hw else None
         self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
         # Batches of 2 or more: one asynchronous request per image, on `streams` streams of
         # threads/streams threads each, so the cores work on different images instead of
@@ -119,6 +121,10 @@ class OpenVinoDetector(YoloDetector):
             self._queue.set_callback(self._collect)
         mode = f", {streams} async streams for batches" if self._queue is not None else ""
         self.describe(f"openvino {ov.get_version().split('-')[0]}, {self.threads} threads{mode}", str(xml))
+
+    def reshape(self, height: int, width: int) -> None:
+        super().reshape(height, width)
+        self._out = None  # the output's size follows the input's
 
     def _collect(self, request: Any, row: int) -> None:
         assert self._out is not None

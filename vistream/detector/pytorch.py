@@ -32,4 +32,6 @@ class TorchDetector(AutoBackendDetector):
         # and it is the layout AutoBackend gives the model on x86 CPUs. On CUDA the model keeps the
         # default layout, and so does its input.
         self._setup_loaded(cfg, max_batch, device, channels_last=not cuda)
+        if fmt == "torchscript":  # traced at its export size
+            self.fixed_input = cfg.input_hw
         self.describe(fmt, cfg.path)

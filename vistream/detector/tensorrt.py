@@ -38,4 +38,8 @@ class TensorRtDetector(AutoBackendDetector):
                 raise BrokenExport(str(exc)) from exc
             raise
         self._setup_loaded(cfg, max_batch, device)
+        # An engine built without a dynamic profile runs the one input size it was built for.
+        backend = getattr(self.model, "backend", self.model)
+        if not (getattr(backend, "dynamic", False) or self.model.metadata.get("dynamic")):
+            self.fixed_input = cfg.input_hw
         self.describe("engine", str(path))

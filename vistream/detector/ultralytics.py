@@ -254,20 +254,43 @@ class YoloDetector(Detector):
         self.device, self.half, self.names = device, half, names
         self._classes = class_ids(cfg.classes, names)
         self._end2end = end2end
-        dev = torch.device(device)
+        self._dev = dev = torch.device(device)
         self._cuda = dev.type == "cuda"
-        h, w = cfg.input_hw
-        host = torch.empty((max_batch, h, w, 3), dtype=torch.uint8)
+        self._max_batch = max_batch
+        self._max_hw = h, w = cfg.input_hw
+        # Flat, at the largest shape: a batch shape is a view of the first bytes, so a reshape
+        # pins and allocates nothing on the host, and the device copy stays one block.
+        host = torch.empty(max_batch * h * w * 3, dtype=torch.uint8)
         if self._cuda:
             host = host.pin_memory()
-            self._staging = torch.empty((max_batch, h, w, 3), dtype=torch.uint8, device=dev)
+            self._staging_flat = torch.empty(max_batch * h * w * 3, dtype=torch.uint8, device=dev)
         else:
-            self._staging = host
-        dtype = torch.float16 if half else torch.float32
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        self._input = torch.empty((max_batch, 3, h, w), dtype=dtype, device=dev, memory_format=layout)
-        self._host = host
-        self.input_buffer = host.numpy()
+            self._staging_flat = host
+        self._host_flat = host
+        self._dtype = torch.float16 if half else torch.float32
+        self._layout = torch.channels_last if channels_last else torch.contiguous_format
+        self._views(h, w)
+
+    def _views(self, h: int, w: int) -> None:
+        """Buffers for batches of h x w: views of the flat uint8 ones, and a float input tensor."""
+        shape = (self._max_batch, h, w, 3)
+        size = self._max_batch * h * w * 3
+        self._host = self._host_flat[:size].view(shape)
+        self._staging = self._staging_flat[:size].view(shape)
+        self._input = self._torch.empty(
+            (self._max_batch, 3, h, w), dtype=self._dtype, device=self._dev, memory_format=self._layout
+        )
+        self.input_buffer = self._host.numpy()
+
+    def reshape(self, height: int, width: int) -> None:
+        if (height, width) == self.input_hw:
+            return
+        if self.fixed_input is not None:
+            super().reshape(height, width)  # raises: the model takes one shape only
+        max_h, max_w = self._max_hw
+        if not (0 < height <= max_h and 0 < width <= max_w) or height % 32 or width % 32:
+            raise ValueError(f"a {height}x{width} batch does not fit model.imgsz {max_h}x{max_w} (stride 32)")
+        self._views(height, width)
 
     @abstractmethod
     def _forward(self, x: Any) -> Any:

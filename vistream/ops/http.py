@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vistream.config.models import CameraConfig
 from vistream.config.secrets import redact_url
+from vistream.ops.stats import DROP_REASONS
 from vistream.outputs.results import LatestFrame
 from vistream.outputs.snapshot import box_label, read_snapshot, render_snapshot
 from vistream.ring.shm import FrameRing, State
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
-DROP_REASONS = ("stale", "overwritten", "failed", "unattached")
 RATE_WINDOW_S = 5.0  # rates are averaged over this long
 SAMPLE_EVERY_S = 1.0  # the scheduler's figures change once a second
 RECENT_EVENTS = 20

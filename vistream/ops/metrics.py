@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from vistream.ops.stats import Buckets
+from vistream.ops.stats import DROP_REASONS, Buckets
 
 if TYPE_CHECKING:
     from vistream.daemon import Daemon
@@ -50,7 +50,8 @@ class DaemonCollector(Collector):
             "vistream_frames_dropped",
             "Sampled frames never inferred: stale (older than max_frame_age_ms at batch time), overwritten "
             "(replaced by a newer frame first), failed (their batch raised), unattached (written while no "
-            "scheduler was attached: model loading, a restart).",
+            "scheduler was attached: model loading, a restart), reshape (letterboxed for a batch shape the "
+            "model had just left).",
             labels=["camera", "reason"],
         )
         skipped = CounterMetricFamily(
@@ -67,6 +68,11 @@ class DaemonCollector(Collector):
             "Ring reads retried because the writer lapped them.",
             labels=["camera"],
         )
+        late = CounterMetricFamily(
+            "vistream_frames_late",
+            "Inferred frames older than max_frame_age_ms when their batch ended (it ran long).",
+            labels=["camera"],
+        )
         for name, rt in d.cameras.items():
             hdr = rt.ring.header
             c = stats.cameras.get(name)
@@ -75,17 +81,30 @@ class DaemonCollector(Collector):
             up.add_metric([name], 1.0 if rt.online else 0.0)
             reconnects.add_metric([name], int(hdr["reconnects"]))
             inferred.add_metric([name], c.inferred if c else 0)
-            for reason in ("stale", "overwritten", "failed", "unattached"):
+            for reason in DROP_REASONS:
                 dropped.add_metric([name, reason], getattr(c, reason) if c else 0)
             skipped.add_metric([name, "no_motion"], c.skipped_no_motion if c else 0)
             torn.add_metric([name], c.torn if c else 0)
-        yield from (decoded, sampled, inferred, dropped, skipped, up, reconnects, torn)
+            late.add_metric([name], c.late if c else 0)
+        yield from (decoded, sampled, inferred, dropped, skipped, up, reconnects, torn, late)
 
         yield _histogram("vistream_batch_size", "Frames per inference call.", stats.batch_size)
         yield _histogram(
             "vistream_inference_seconds", "Duration of one inference call, NMS included.", stats.inference_s
         )
         yield _histogram("vistream_frame_age_seconds", "Capture to batch start.", stats.frame_age_s)
+        yield _histogram(
+            "vistream_result_frame_age_seconds", "Capture to the end of its batch.", stats.result_age_s
+        )
+        shape = GaugeMetricFamily(
+            "vistream_batch_shape",
+            "The model input batches are letterboxed to, in pixels (fitted to the cameras unless model.imgsz "
+            "is [height, width]).",
+            labels=["side"],
+        )
+        for side, value in zip(("height", "width"), stats.batch_shape, strict=True):
+            shape.add_metric([side], value)
+        yield shape
         yield _histogram("vistream_e2e_latency_seconds", "Capture to MQTT publish.", latency)
 
         connected = GaugeMetricFamily("vistream_mqtt_connected", "1 while connected to the MQTT broker.")

@@ -59,6 +59,11 @@ class Buckets:
         return self.bounds[-1]  # in the +Inf bucket: the largest finite bound is all we know
 
 
+# Why a sampled frame was never inferred: the CameraCounts fields /metrics and /api/cameras show as
+# `vistream_frames_dropped_total{reason}` and `dropped`.
+DROP_REASONS = ("stale", "overwritten", "failed", "unattached", "reshape")
+
+
 @dataclass
 class CameraCounts:
     inferred: int = 0
@@ -71,6 +76,10 @@ class CameraCounts:
     unattached: int = 0
     # Not dropped: motion gating decided the frame was not worth inferring (vistream.sources.motion).
     skipped_no_motion: int = 0
+    # Letterboxed for a batch shape the model no longer runs (the cameras changed): never inferred.
+    reshape: int = 0
+    # Inferred, but older than max_frame_age_ms when their batch ended (the batch ran long).
+    late: int = 0
 
     def merged(self, other: CameraCounts) -> CameraCounts:
         return CameraCounts(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
@@ -84,6 +93,8 @@ class CameraCounts:
             self.torn,
             self.unattached,
             self.skipped_no_motion,
+            self.reshape,
+            self.late,
         )
 
 
@@ -95,11 +106,14 @@ class SchedulerStats:
     batch_size: Buckets = field(default_factory=lambda: Buckets(BATCH_BUCKETS))
     inference_s: Buckets = field(default_factory=lambda: Buckets(SECONDS_BUCKETS))
     frame_age_s: Buckets = field(default_factory=lambda: Buckets(SECONDS_BUCKETS))
+    result_age_s: Buckets = field(default_factory=lambda: Buckets(SECONDS_BUCKETS))  # at inference end
     results_overflow: int = 0  # frames whose results did not fit the hand-off queue
     inference_errors: int = 0
     # Camera -> the newest seq the counts above account for (the consumer's position); a
     # successor scheduler counts from there, so no frame falls between two schedulers.
     positions: dict[str, int] = field(default_factory=dict)
+    batch_shape: tuple[int, int] = (0, 0)  # (height, width) batches are inferred at now
+    reshapes: int = 0  # times the batch shape changed (and the model was warmed up for it)
 
     def merged(self, other: SchedulerStats) -> SchedulerStats:
         cams = dict(self.cameras)
@@ -110,7 +124,10 @@ class SchedulerStats:
             self.batch_size.merged(other.batch_size),
             self.inference_s.merged(other.inference_s),
             self.frame_age_s.merged(other.frame_age_s),
+            self.result_age_s.merged(other.result_age_s),
             self.results_overflow + other.results_overflow,
             self.inference_errors + other.inference_errors,
             {**self.positions, **other.positions},  # positions are not sums: the later one holds
+            other.batch_shape if other.batch_shape != (0, 0) else self.batch_shape,
+            self.reshapes + other.reshapes,
         )

@@ -6,8 +6,10 @@ results it handles, and the status fields. A segment looks like this:
 
     [ring header][slot 0 header][slot 0 image][slot 0 plane] ... [slot N-1 ...]
 
-The image is the model input; the plane is the camera frame scaled to fit the
-plane's size (1280x720 by default), I420, for snapshots.
+The image is the model input, letterboxed to the batch shape the scheduler
+asks for in the header (`input_height` x `input_width`, at most the layout's
+size; each slot records the shape its frame has); the plane is the camera
+frame scaled to fit the plane's size (1280x720 by default), I420, for snapshots.
 
 Each slot is guarded seqlock style by its `version`, derived from the frame's
 sequence number so that a writer which died mid-write cannot confuse the next
@@ -47,7 +49,7 @@ from typing import ClassVar
 
 import numpy as np
 
-MAGIC = 0x76697374_72656D32  # "vistrem2": slots with a snapshot plane and holds
+MAGIC = 0x76697374_72656D33  # "vistrem3": slots with a snapshot plane, holds and their own input shape
 ALIGN = 64
 # A hold on a frame captured longer ago than this is ignored by the writer: a
 # result takes well under a second to reach the main process.
@@ -86,6 +88,10 @@ HEADER = np.dtype(
         ("motion_min_area", "<f4"),
         ("motion_keepalive_s", "<f4"),
         ("active_until", "<f8"),
+        # The batch shape (vistream.scheduler.shape) the reader letterboxes new frames to, written by
+        # the scheduler; 0 x 0: the layout's full height x width.
+        ("input_height", "<u4"),
+        ("input_width", "<u4"),
     ],
     align=True,
 )
@@ -103,6 +109,8 @@ SLOT = np.dtype(
         ("motion", "<f4"),  # changed-area fraction (vistream.sources.motion); -1 = not computed
         ("plane_width", "<u4"),  # this frame's snapshot plane; 0: none
         ("plane_height", "<u4"),
+        ("input_height", "<u4"),  # the shape this frame was letterboxed to (the first h*w*3 image bytes)
+        ("input_width", "<u4"),
         ("held", "<u8"),  # seq the scheduler holds in this slot (0: none); the scheduler writes it
         ("released", "<u8"),  # seq whose hold the main process released; the main process writes it
     ],
@@ -193,6 +201,12 @@ class FrameMeta:
     motion: float
     plane_width: int = 0  # the snapshot plane's size; 0: the frame has none
     plane_height: int = 0
+    input_height: int = 0  # the batch shape the frame was letterboxed to
+    input_width: int = 0
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.input_height, self.input_width
 
 
 class FrameRing:
@@ -221,9 +235,8 @@ class FrameRing:
             base = lay.header_bytes + i * lay.slot_bytes
             self.slots.append(np.ndarray((), SLOT, buffer=shm.buf, offset=base))
             image_at = base + _aligned(SLOT.itemsize)
-            self.images.append(
-                np.ndarray((lay.height, lay.width, lay.channels), np.uint8, buffer=shm.buf, offset=image_at)
-            )
+            # Flat: a frame letterboxed to a batch shape smaller than the layout uses the first bytes.
+            self.images.append(np.ndarray((lay.image_bytes,), np.uint8, buffer=shm.buf, offset=image_at))
             plane_at = image_at + _aligned(lay.image_bytes)
             self.planes.append(np.ndarray((lay.plane_bytes,), np.uint8, buffer=shm.buf, offset=plane_at))
 
@@ -273,15 +286,39 @@ class FrameRing:
 
     # -- writer side (the reader process) ----------------------------------------
 
-    def begin(self, now: float | None = None) -> np.ndarray:
-        """Mark the next slot as being written and return its image to fill.
+    def input_shape(self) -> tuple[int, int]:
+        """(height, width) new frames are letterboxed to: the batch shape the scheduler asked for,
+        or the layout's full image."""
+        h, w = int(self.header["input_height"]), int(self.header["input_width"])
+        lay = self.layout
+        if 0 < h <= lay.height and 0 < w <= lay.width:
+            return h, w
+        return lay.height, lay.width
+
+    def set_input_shape(self, height: int, width: int) -> None:
+        """The scheduler asks for frames letterboxed to height x width from now on."""
+        lay = self.layout
+        if not (0 < height <= lay.height and 0 < width <= lay.width):
+            raise ValueError(f"a {height}x{width} input does not fit this ring's {lay.height}x{lay.width}")
+        self.header["input_height"], self.header["input_width"] = height, width
+
+    def begin(self, now: float | None = None, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Mark the next slot as being written and return its (height, width, channels) image to fill,
+        `shape` (default: `input_shape()`) being its height and width.
 
         `now` (time.monotonic() by default) dates the holds: older than
         `HOLD_TTL_S` they are ignored."""
+        h, w = shape or self.input_shape()
         i = self._pick_slot(time.monotonic() if now is None else now)
         self._writing = i
-        self.slots[i]["version"] = 2 * (int(self.header["head"]) + 1) - 1
-        return self.images[i]
+        slot = self.slots[i]
+        slot["version"] = 2 * (int(self.header["head"]) + 1) - 1
+        slot["input_height"], slot["input_width"] = h, w
+        return self._image(i, h, w)
+
+    def _image(self, i: int, height: int, width: int) -> np.ndarray:
+        channels = self.layout.channels
+        return self.images[i][: height * width * channels].reshape(height, width, channels)
 
     def plane_buffer(self, width: int, height: int) -> np.ndarray:
         """The slot's snapshot plane being written, as an I420 (height*3/2, width) array to fill."""
@@ -409,6 +446,15 @@ class FrameRing:
             if hold:
                 slot["held"] = head  # before the copy, so the writer leaves the slot alone from now on
             meta = slot.copy()
+            shape = (int(meta["input_height"]), int(meta["input_width"]))
+            if shape != into.shape[:2]:
+                # Letterboxed for another batch shape: not copied, nor held; the caller sees the
+                # shape in the meta and drops the frame.
+                if hold:
+                    slot["held"] = 0
+                if int(slot["version"]) == 2 * head:
+                    return _meta(head, meta), torn
+                continue
             self._copy_image(i, into)
             if int(slot["version"]) == 2 * head:
                 return _meta(head, meta), torn
@@ -454,7 +500,7 @@ class FrameRing:
         return None
 
     def _copy_image(self, i: int, into: np.ndarray) -> None:
-        np.copyto(into, self.images[i])
+        np.copyto(into, self._image(i, *into.shape[:2]))
 
     def _copy_plane(self, i: int, nbytes: int) -> np.ndarray:
         return self.planes[i][:nbytes].copy()
@@ -473,6 +519,8 @@ def _meta(seq: int, rec: np.ndarray) -> FrameMeta:
         motion=float(rec["motion"]),
         plane_width=int(rec["plane_width"]),
         plane_height=int(rec["plane_height"]),
+        input_height=int(rec["input_height"]),
+        input_width=int(rec["input_width"]),
     )
 
 

@@ -33,6 +33,7 @@ from vistream.scheduler.messages import (
     RemoveCamera,
 )
 from vistream.scheduler.policy import BatchPolicy, Candidate, MotionGate
+from vistream.scheduler.shape import batch_shape
 from vistream.sources.letterbox import boxes_to_camera
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
     t0 = time.monotonic()
     try:
         detector = load_detector(spec.model, spec.batching.max_batch)
+        # Fitted to the cameras that reported their size while the model loaded; `Scheduler`
+        # follows later changes.
+        if detector.fixed_input is None:
+            detector.reshape(*batch_shape(reported_sizes(spec.rings).values(), spec.model.imgsz))
         detector.warmup()
     except ModelConfigError as exc:
         return _fatal(spec, 2, str(exc))
@@ -90,6 +95,18 @@ def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
         _flush(spec.results)
         _flush(spec.stats)
     return 0
+
+
+def reported_sizes(rings: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """Camera -> (width, height) of its stream, for the cameras whose reader has reported one."""
+    sizes = {}
+    for name, ring_name in rings.items():
+        ring = FrameRing.attach(ring_name)
+        try:
+            sizes[name] = (int(ring.header["stream_width"]), int(ring.header["stream_height"]))
+        finally:
+            ring.close()
+    return {name: size for name, size in sizes.items() if all(size)}
 
 
 def _fatal(spec: SchedulerSpec, code: int, message: str) -> int:
@@ -134,6 +151,12 @@ class Feed:
     def streaming(self) -> bool:
         return int(self.ring.header["state"]) == State.STREAMING
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the camera's stream; (0, 0) until its reader has decoded a frame."""
+        hdr = self.ring.header
+        return int(hdr["stream_width"]), int(hdr["stream_height"])
+
     def track(
         self, detections: list[Detection], captured_mono: float
     ) -> tuple[tuple[int | None, ...], tuple[int, ...]]:
@@ -165,8 +188,11 @@ class Scheduler:
         self.stats = SchedulerStats()
         self._failures = 0
         self._next_stats = 0.0
+        self._sizes: tuple[tuple[str, int, int], ...] | None = None  # what the batch shape was fitted to
+        self.stats.batch_shape = detector.input_hw
         for name, ring_name in spec.rings.items():
             self.add(name, ring_name)
+        self.fit_shape()
 
     def add(self, name: str, ring_name: str, detect_fps: float | None = None) -> None:
         fps = detect_fps or self.spec.detect_fps.get(name, 5.0)
@@ -191,9 +217,38 @@ class Scheduler:
         for name in list(self.feeds):
             self.remove(name)
 
+    def fit_shape(self) -> None:
+        """Keep the batch shape fitted to the cameras (vistream.scheduler.shape) as they are added,
+        removed or change resolution: re-warm the model for a new shape and ask every reader for it.
+        Frames already letterboxed for the old one are dropped (`reshape`), never inferred."""
+        sizes = tuple((name, *feed.size) for name, feed in self.feeds.items())
+        if sizes == self._sizes:
+            return
+        self._sizes = sizes
+        det = self.detector
+        want = det.fixed_input or batch_shape((s[1:] for s in sizes), self.spec.model.imgsz)
+        if want != det.input_hw:
+            old = det.input_hw
+            started = self.clock()
+            self.spec.beat[BEAT_BATCH_START] = started  # the supervisor times the warm-up as a batch
+            try:
+                det.reshape(*want)
+                det.warmup()
+            finally:
+                self.spec.beat[BEAT_BATCH_START] = 0.0
+            self.stats.reshapes += 1
+            log.info(
+                "batch shape %dx%d -> %dx%d (height x width) for cameras %s; model warm again after %.2fs",
+                *old, *want, ", ".join(f"{n} {w}x{h}" for n, w, h in sizes if w), self.clock() - started,
+            )  # fmt: skip
+        self.stats.batch_shape = want
+        for feed in self.feeds.values():
+            feed.ring.set_input_shape(*want)
+
     def run(self) -> None:
         while not self.stop:
             self._control()
+            self.fit_shape()
             self.step()
             now = self.clock()
             self.spec.beat[BEAT_TIME] = now
@@ -286,8 +341,12 @@ class Scheduler:
         for feed in feeds:
             # Held until the main process has handled the result (and rendered a snapshot, if any).
             meta = feed.consumer.take(buf[len(taken)], hold=True)
-            if meta is not None:
-                taken.append((feed, meta))
+            if meta is None:
+                continue
+            if meta.input_hw != buf.shape[1:3]:  # letterboxed before the reader heard of the new shape
+                feed.counts.reshape += 1
+                continue
+            taken.append((feed, meta))
         if not taken:
             return
         self.spec.beat[BEAT_BATCH_START] = started
@@ -306,12 +365,17 @@ class Scheduler:
         finally:
             self.spec.beat[BEAT_BATCH_START] = 0.0
         self._failures = 0
-        elapsed = self.clock() - started
+        ended = self.clock()
+        elapsed = ended - started
+        self.policy.observe(elapsed)
         frames = []
         for (feed, meta), found in zip(taken, boxes, strict=True):
             feed.counts.inferred += 1
             self.gate.inferred(feed.name, started)
             self.stats.frame_age_s.observe(started - meta.captured_mono)
+            self.stats.result_age_s.observe(ended - meta.captured_mono)
+            if ended - meta.captured_mono > self.policy.max_age:
+                feed.counts.late += 1
             frames.append(_frame_result(feed, meta, found))
             feed.last_result = frames[-1]
         self.stats.batch_size.observe(len(taken))

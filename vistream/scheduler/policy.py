@@ -5,9 +5,10 @@ is tested with a fake clock. The rules:
 
 * Only the newest frame of a camera is a candidate; older ones were replaced
   (counted by the ring consumer as `overwritten`).
-* A candidate older than `max_age` at decision time is dropped (`stale`): an
-  old answer is worse than no answer, and inferring it would make the next
-  frame older still.
+* A candidate older than `max_age` at decision time, or that would be by the
+  time a batch ends (`expected_s`, the recent inference time, is fed back by
+  the scheduler), is dropped (`stale`): an old answer is worse than no
+  answer, and inferring it would make the next frame older still.
 * A batch leaves as soon as every camera that is streaming has a frame ready,
   or `max_batch` frames are ready, or `max_wait` has passed since the first
   frame became ready, or waiting longer would make the oldest one stale.
@@ -40,6 +41,7 @@ class BatchPolicy:
         self.max_wait = max_wait_s
         self.max_age = max_age_s
         self._first_ready: float | None = None
+        self.expected_s = 0.0  # how long a batch takes, smoothed: a frame must still be fresh at its end
         self._served: dict[str, int] = {}  # camera -> ticket of its last service (higher: more recent)
         self._tickets = 0
 
@@ -47,15 +49,16 @@ class BatchPolicy:
         """Decide at time `now`; `streaming` is how many cameras currently deliver frames."""
         fresh: list[Candidate] = []
         stale: list[Candidate] = []
+        max_age = self.max_age - self.expected_s  # as old as this now, too old when the batch ends
         for c in candidates:
-            (stale if now - c.captured > self.max_age else fresh).append(c)
+            (stale if now - c.captured > max_age else fresh).append(c)
         if not fresh:
             self._first_ready = None
             return Decision(stale=stale)
         if self._first_ready is None:
             self._first_ready = now
         enough = min(self.max_batch, max(streaming, 1))
-        deadline = min(self._first_ready + self.max_wait, min(c.captured for c in fresh) + self.max_age)
+        deadline = min(self._first_ready + self.max_wait, min(c.captured for c in fresh) + max_age)
         if len(fresh) < enough and now < deadline:
             return Decision(stale=stale, wait_until=deadline)
         fresh.sort(key=lambda c: (self._served.get(c.camera, -1), c.captured))
@@ -66,6 +69,12 @@ class BatchPolicy:
         # Cameras left out have waited already: they go in the next batch without waiting again.
         self._first_ready = None if len(fresh) <= self.max_batch else now - self.max_wait
         return Decision(batch=batch, stale=stale)
+
+    def observe(self, batch_s: float) -> None:
+        """A batch took `batch_s` to infer: smoothed over the last few, it is what the next one will take.
+        Never more than half of `max_age`, so a slow batch cannot make every frame stale."""
+        expected = batch_s if not self.expected_s else 0.8 * self.expected_s + 0.2 * batch_s
+        self.expected_s = min(expected, self.max_age / 2)
 
     def forget(self, camera: str) -> None:
         """A camera was removed: it no longer counts for fairness."""

@@ -169,8 +169,8 @@ class CameraReader:
 
     def _write(self, frame: av.VideoFrame, captured_at: float, captured_mono: float) -> None:
         lay = self.ring.layout
-        box = letterbox(frame.width, frame.height, lay.width, lay.height)
-        img = self.ring.begin()
+        img = self.ring.begin()  # at the batch shape the scheduler asks for
+        box = letterbox(frame.width, frame.height, img.shape[1], img.shape[0])
         # One swscale pass does the resize and the YUV -> RGB conversion; the
         # result is copied once, straight into the shared-memory slot.
         box.inner(img)[...] = _rgb_view(self.scaler.model(frame, box.new_w, box.new_h))
