@@ -8,6 +8,7 @@ Run it under the shared lock:
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -109,7 +110,8 @@ def test_openvino_daemon_finds_a_person_and_reuses_its_export(
 ) -> None:
     """1. `vistream run` with `backend: openvino`, the .pt model, an empty export cache and the street
        clip as a file camera: the model is exported into the cache, the daemon says it runs OpenVINO.
-    2. A person is detected on the street clip with confidence > 0.5.
+    2. A person is detected on the street clip with confidence > 0.5, at the 384x640 batch shape
+       fitted to the 1920x1080 camera (/metrics says so).
     3. SIGTERM: exit 0. The cache holds one complete entry.
     4. A second start with the same config is a cache hit (no export) and again finds a person."""
     prefix = "itestov"
@@ -125,6 +127,8 @@ def test_openvino_daemon_finds_a_person_and_reuses_its_export(
             DaemonProcess(cfg, workdir) as daemon,
         ):
             assert person_found(sub, prefix, timeout=180) > 0.5
+            shape = re.findall(r'^vistream_batch_shape\{side="(\w+)"\} ([\d.]+)$', daemon.metrics(), re.M)
+            assert {side: float(v) for side, v in shape} == {"height": 384, "width": 640}
             code, _ = daemon.terminate()
             assert code == 0, daemon.log[-3000:]
         log = daemon.log
