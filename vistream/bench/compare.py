@@ -9,8 +9,8 @@ device for every part:
 2. vistream end to end (`vistream run` as a subprocess) with `detect_fps` offering more frames than
    the model can take: inferred frames/s, mean batch, capture-to-publish as received by an MQTT
    subscriber, frame age at inference end, late frames, drops and skips by reason, CPU and RSS per
-   process; with `--dead N` once without and once with N cameras at an address where nothing
-   listens;
+   process; with `--dead N` once without and once with N cameras at an address that takes
+   connections and never answers;
 3. Ultralytics' `predict(source=<.streams>, stream=True)` on the same streams (images counted), in
    a process of its own; with a dead camera it cannot start, and its error is recorded.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import socket
 import subprocess
 import sys
 import tempfile
@@ -179,6 +180,18 @@ class Harness:
     mqtt_port: int
     broker: str  # "mosquitto" or "embedded (amqtt)"
     tmp: Path
+    silent_port: int  # a port that takes connections and never says a word: where dead cameras point
+
+
+def silent_listener(stack: ExitStack) -> int:
+    """A TCP port that accepts connections (the kernel completes them into the backlog) and never
+    answers: a camera that hangs, the hardest kind of dead for a client, which waits for its timeout
+    on every attempt instead of being refused at once."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    stack.callback(sock.close)
+    return int(sock.getsockname()[1])
 
 
 def start_harness(stack: ExitStack, opts: Options) -> Harness:
@@ -193,7 +206,7 @@ def start_harness(stack: ExitStack, opts: Options) -> Harness:
         host, port, kind = embedded.host, embedded.start(), "embedded (amqtt)"
         stack.callback(embedded.stop)
     rtsp = stack.enter_context(RtspServer(opts.mounts))
-    return Harness(rtsp, host, port, kind, tmp)
+    return Harness(rtsp, host, port, kind, tmp, silent_listener(stack))
 
 
 # --- 1. The model's own limit ----------------------------------------------------------------
@@ -327,9 +340,9 @@ def model_limit(opts: Options, harness: Harness, shape: tuple[int, int]) -> dict
 
 def vistream_config(opts: Options, harness: Harness, dead: list[str]) -> dict[str, Any]:
     cams = [{"name": c, "url": harness.rtsp.url(c), "detect_fps": opts.detect_fps} for c in opts.cameras]
-    # A free port where nothing listens: each open is refused, the reader backs off and retries.
+    # A port that never answers: each open waits for the reader's timeout, then it backs off and retries.
     cams += [
-        {"name": c, "url": f"rtsp://127.0.0.1:{free_port()}/nothing", "detect_fps": opts.detect_fps}
+        {"name": c, "url": f"rtsp://127.0.0.1:{harness.silent_port}/nothing", "detect_fps": opts.detect_fps}
         for c in dead
     ]
     config = base_config(Path(opts.model), harness.mqtt_port, free_port(), PREFIX, cams)
