@@ -1,4 +1,4 @@
-"""The `vistream` command: run, check-config, demo, bench, --version.
+"""The `vistream` command: run, check-config, shards, demo, bench, --version.
 
 Exit codes (also in docs/cli.md): 0 clean stop; 2 invalid config or usage;
 3 the model could not be loaded; 1 anything else. 2 and 3 mean "cannot boot"
@@ -50,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="text (default; without timestamps when stderr is the journal) or json, one object per "
         "line for log shippers (default: $VISTREAM_LOG_FORMAT, then text)",
     )
+    run.add_argument(
+        "--shard",
+        metavar="K/N",
+        default=None,
+        help="run shard K (0-based) of N: only the cameras rendezvous hashing of their names gives it; "
+        "auto/N takes K from a host name ending in -K (default: $VISTREAM_SHARD, else all cameras)",
+    )
+
+    shards = sub.add_parser("shards", help="print which shard serves each camera")
+    shards.add_argument("-c", "--config", required=True, help="config file")
+    shards.add_argument("--count", type=int, required=True, metavar="N", help="number of shards")
 
     check = sub.add_parser("check-config", help="validate a config file without starting anything")
     check.add_argument("path")
@@ -91,6 +102,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Before the config is read, so that its errors reach a log shipper (or the journal, with
     # their priority) in the same format as everything after.
     setup_logging("info", fmt)
+    from vistream.ops.shard import ShardError, from_option
+
+    try:
+        shard = from_option(args.shard, os.environ)
+    except ShardError as exc:
+        log.error("%s", exc)
+        return 2
     path = args.config or os.environ.get("VISTREAM_CONFIG") or DEFAULT_CONFIG
     try:
         cfg = load_config(path)
@@ -101,13 +119,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(cfg.log_level.upper())
     from vistream.daemon import Daemon
 
-    return Daemon(cfg, config_path=path).run()
+    return Daemon(cfg, config_path=path, shard=shard).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from vistream.config import check_config
 
     return check_config(args.path)
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    from vistream.config import ConfigError, load_config
+    from vistream.ops.shard import MAX_SHARDS, table
+
+    if not 1 <= args.count <= MAX_SHARDS:
+        print(f"--count: {args.count} is not 1 to {MAX_SHARDS}", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(table(cfg, args.count))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -129,7 +163,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"run": cmd_run, "check-config": cmd_check_config, "demo": cmd_demo, "bench": cmd_bench}
+    commands = {
+        "run": cmd_run,
+        "check-config": cmd_check_config,
+        "shards": cmd_shards,
+        "demo": cmd_demo,
+        "bench": cmd_bench,
+    }
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

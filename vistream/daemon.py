@@ -28,6 +28,7 @@ from vistream.config.secrets import mqtt_password
 from vistream.ops.logs import LogHub, camera
 from vistream.ops.process import SPAWN, Child, StopFlag
 from vistream.ops.reload import diff as reload_diff
+from vistream.ops.shard import Shard
 from vistream.ops.stats import SchedulerStats
 from vistream.ops.summary import Summary
 from vistream.ops.supervise import Limits, RestartBudget
@@ -104,9 +105,13 @@ class Daemon:
         *,
         config_path: str | Path | None = None,
         on_tick: Callable[[Daemon], None] | None = None,
+        shard: Shard | None = None,
     ) -> None:
-        """`config_path`: the file SIGHUP reads again (without it, SIGHUP only logs)."""
-        self.cfg = cfg
+        """`config_path`: the file SIGHUP reads again (without it, SIGHUP only logs). `shard`: run
+        only its cameras, as `{client_id}-{K}` (docs/operations.md, "Sharding")."""
+        self.shard = shard or Shard(0, 1)
+        self.full_cfg = cfg  # every shard's cameras: Home Assistant discovery announces them all
+        self.cfg = self.shard.view(cfg)
         self.config_path = config_path
         self.instance = instance_id(cfg.mqtt.client_id)
         self.stop_flag = StopFlag()
@@ -183,6 +188,10 @@ class Daemon:
         self.logs = LogHub()
         self.logs.start()
         self._stack.callback(self.logs.stop)
+        if self.shard.active:
+            mine = [c.name for c in self.cfg.enabled_cameras]
+            log.info("shard %s (%s): %d of %d camera(s)%s", self.shard, self.cfg.mqtt.client_id, len(mine),
+                     len(self.full_cfg.cameras), f": {', '.join(mine)}" if mine else "")  # fmt: skip
 
     def _init_rings(self) -> None:
         remove_leftovers(self.instance)
@@ -205,7 +214,7 @@ class Daemon:
 
     def _init_mqtt(self) -> None:
         try:
-            self.mqtt = MqttPublisher(self.cfg.mqtt, mqtt_password(self.cfg.mqtt))
+            self.mqtt = MqttPublisher(self.cfg.mqtt, mqtt_password(self.cfg.mqtt), self._availability_topic())
         except ConfigError as exc:  # an unreadable password file or credential
             raise BootError(2, str(exc)) from None
         except (ssl.SSLError, OSError, ValueError) as exc:  # files that exist but are no TLS material
@@ -225,6 +234,13 @@ class Daemon:
         self._stack.callback(self.mqtt.stop, MQTT_GOODBYE_S)
         # Stops before MQTT: what is in flight gets its PUBACK, the rest stays for next time.
         self._stack.callback(self._stop_delivery)
+
+    def _availability_topic(self) -> str | None:
+        """A shard's Last Will is its own topic: on `{prefix}/status` one dead shard would say the
+        others are offline too."""
+        if not self.shard.active:
+            return None
+        return self.shard.daemon_topic(self.cfg.mqtt.topic_prefix, self.full_cfg.mqtt.client_id)
 
     def _stop_delivery(self) -> None:
         if self.delivery:
@@ -247,7 +263,7 @@ class Daemon:
 
     def _open_outbox(self) -> None:
         cfg = self.cfg
-        path = cfg.state_dir / OUTBOX_FILE
+        path = cfg.state_dir / self.shard.state_file(OUTBOX_FILE)  # one outbox per shard
         try:
             self.outbox = Outbox(path, max_rows=cfg.outbox.max_rows, max_age_s=cfg.outbox.max_age_s)
         except (OSError, sqlite3.Error) as exc:
@@ -258,7 +274,7 @@ class Daemon:
         from vistream.outputs.homeassistant import DiscoveryPublisher
 
         assert self.outbox is not None  # home_assistant: true always opens it
-        self.discovery = DiscoveryPublisher(self.cfg, self.outbox, self.mqtt.client)
+        self.discovery = DiscoveryPublisher(self.full_cfg, self.outbox, self.mqtt.client, self.shard)
         self.mqtt.add_listener(self.discovery)
 
     def _init_pump(self) -> None:
@@ -283,7 +299,11 @@ class Daemon:
             return
         from vistream.ops.metrics import serve_metrics
 
-        host, port = self.cfg.metrics.host, self.cfg.metrics.port
+        host, port = self.cfg.metrics.host, self.shard.metrics_port(self.cfg.metrics.port)
+        if port > 65535:
+            raise BootError(
+                2, f"metrics.port: {self.cfg.metrics.port} + shard {self.shard.index} is above 65535"
+            )
         try:
             server = serve_metrics(self, host, port)
         except OSError as exc:
@@ -432,7 +452,8 @@ class Daemon:
         finally:
             self.notifier.ready()
 
-    def _apply(self, new: Config) -> None:
+    def _apply(self, full: Config) -> None:
+        new = self.shard.view(full)
         change = reload_diff(self.cfg, new)
         if change.needs_restart:
             log.warning(
@@ -442,6 +463,7 @@ class Daemon:
         # Sections only a restart applies stay as they run, so self.cfg keeps describing the daemon.
         kept = {key.split(".")[0] for key in change.needs_restart}
         self.cfg = new.model_copy(update={k: getattr(self.cfg, k) for k in kept})
+        self.full_cfg = full.model_copy(update={k: getattr(self.full_cfg, k) for k in kept})
         for name in change.removed:
             self._remove_camera(name)
         for name, keys in change.restarted.items():
@@ -459,7 +481,7 @@ class Daemon:
                 self._open_outbox_late()
             self.alerts.reconfigure(self.cfg)
             if self.cfg.mqtt.home_assistant:
-                self.discovery.update(self.cfg)
+                self.discovery.update(self.full_cfg)
                 if self.mqtt.connected:
                     self.discovery.publish_all()
 

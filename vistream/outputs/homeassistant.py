@@ -2,7 +2,10 @@
 
 One device per daemon (its `client_id`); per camera and rule a `binary_sensor` on the rule's
 `active` topic and an `image` on its snapshot topic; per line and direction a `sensor` on the
-counter. Every entity is available only while `{prefix}/status` is `online`. The configs are
+counter. Every entity is available only while `{prefix}/status` is `online`; with `--shard K/N`
+(N > 1) while `{prefix}/daemons/{client_id}-{K}/status` of the shard serving its camera is. Every shard
+announces every camera's entities (the same retained configs), so a camera that moves to another shard
+keeps its entity ids and nothing a shard removes is another shard's. The configs are
 retained and published again on every connect (Home Assistant may have restarted and lost
 them); configs of rules, lines and cameras that left the config file are removed with an empty
 retained message, as Home Assistant's discovery protocol asks.
@@ -21,6 +24,7 @@ from typing import Any
 
 from vistream import __version__
 from vistream.config.models import Config
+from vistream.ops.shard import Shard, daemon_topic, owner
 from vistream.outputs.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -35,8 +39,9 @@ class Discovery:
     payload: bytes
 
 
-def discovery_messages(cfg: Config) -> list[Discovery]:
-    """The retained config message of every entity this config has."""
+def discovery_messages(cfg: Config, shard: Shard | None = None) -> list[Discovery]:
+    """The retained config message of every entity this config has (`cfg` with every camera, and the
+    client id without the shard's `-K`)."""
     prefix, node = cfg.mqtt.topic_prefix, _slug(cfg.mqtt.client_id)
     device = {
         "identifiers": [f"vistream_{node}"],
@@ -45,18 +50,21 @@ def discovery_messages(cfg: Config) -> list[Discovery]:
         "model": "vistream video analytics daemon",
         "sw_version": __version__,
     }
-    base = {
-        "device": device,
-        "availability": [{"topic": f"{prefix}/status"}],
-        "payload_available": "online",
-        "payload_not_available": "offline",
-    }
+    base = {"device": device, "payload_available": "online", "payload_not_available": "offline"}
     out: list[Discovery] = []
 
-    def add(component: str, object_id: str, name: str, extra: dict[str, object]) -> None:
+    def availability(camera: str) -> str:
+        if shard is None or not shard.active:
+            return f"{prefix}/status"
+        return daemon_topic(
+            prefix, Shard(owner(camera, shard.count), shard.count).client_id(cfg.mqtt.client_id)
+        )
+
+    def add(component: str, object_id: str, name: str, extra: dict[str, object], camera: str) -> None:
         unique = f"{node}_{object_id}"
         doc = {
             **base,
+            "availability": [{"topic": availability(camera)}],
             "name": name,
             "unique_id": unique,
             "default_entity_id": f"{component}.{unique}",
@@ -78,12 +86,14 @@ def discovery_messages(cfg: Config) -> list[Discovery]:
                     "payload_off": "OFF",
                     "device_class": "occupancy" if rule.line is None else "motion",
                 },
+                camera,
             )
             add(
                 "image",
                 f"{object_id}_snapshot",
                 f"{camera} {rule.name} snapshot",
                 {"image_topic": f"{prefix}/{camera}/{rule.name}/snapshot", "content_type": "image/jpeg"},
+                camera,
             )
     for cam in cfg.enabled_cameras:
         for line in cam.lines:
@@ -97,6 +107,7 @@ def discovery_messages(cfg: Config) -> list[Discovery]:
                         "state_class": "total_increasing",
                         "icon": "mdi:counter",
                     },
+                    cam.name,
                 )
     return out
 
@@ -119,8 +130,9 @@ class DiscoveryPublisher:
     topics were published, so entities that left the config are removed at the next start.
     """
 
-    def __init__(self, cfg: Config, state: Outbox, client: Any) -> None:
-        self.state, self.client = state, client
+    def __init__(self, cfg: Config, state: Outbox, client: Any, shard: Shard | None = None) -> None:
+        """`cfg`: the whole config, every shard's cameras (see `discovery_messages`)."""
+        self.state, self.client, self.shard = state, client, shard
         self.messages: list[Discovery] = []
         self.update(cfg, json.loads(state.get_state(STATE_KEY) or "[]"))
 
@@ -128,7 +140,7 @@ class DiscoveryPublisher:
         """The entities of `cfg` (at start, or after a reload), and removals of the others."""
         if previous is None:
             previous = [d.topic for d in self.messages if d.payload]
-        current = discovery_messages(cfg)
+        current = discovery_messages(cfg, self.shard)
         gone = removals(previous, current)
         if gone:
             log.info("Home Assistant: removing %d entities no longer configured", len(gone))

@@ -47,10 +47,14 @@ class ConnectionListener(Protocol):
 
 
 class MqttPublisher:
-    def __init__(self, cfg: MqttConfig, password: str | None = None) -> None:
+    def __init__(
+        self, cfg: MqttConfig, password: str | None = None, availability_topic: str | None = None
+    ) -> None:
+        """`availability_topic`: the daemon's own `online`/`offline` and Last Will (default
+        `{prefix}/status`; a shard's is `{prefix}/daemons/{client_id}/status`)."""
         self.cfg = cfg
         self.prefix = cfg.topic_prefix
-        self.availability_topic = f"{self.prefix}/status"
+        self.availability_topic = availability_topic or f"{self.prefix}/status"
         self.connected = False
         self.connects = 0
         self.failed_attempts = 0  # connection attempts in a row that ended before a CONNACK
