@@ -322,9 +322,18 @@ BROKEN = [
         "cameras:\n  - name: a\n    url: rtsp://h/x\n    motion: {enabled: true, min_area: 2}\n",
         "cameras[0].motion.min_area: must be <= 1 (line 4)",
     ),
-    ("planned-max-inflight", "model:\n  max_inflight: 2\n" + CAM, "model.max_inflight: " + NOT_YET),
-    ("planned-backend-triton", "model:\n  backend: triton\n" + CAM, "model.backend: " + NOT_YET),
-    ("planned-triton-url", "model:\n  path: grpc://triton:8001/yolo\n" + CAM, "model.path: " + NOT_YET),
+    (
+        "triton-url-without-port",
+        "model:\n  path: grpc://triton/yolo\n" + CAM,
+        "model.path: a Triton URL needs a host and a port, e.g. grpc://triton:8001/yolov8n "
+        "(got 'grpc://triton/yolo') (line 2)",
+    ),
+    (
+        "triton-backend-with-a-file",
+        "model:\n  backend: triton\n" + CAM,
+        "model.path: backend triton needs a grpc://HOST:PORT/MODEL or http://HOST:PORT/MODEL URL (line 1)",
+    ),
+    ("max-inflight-zero", "model:\n  max_inflight: 0\n" + CAM, "model.max_inflight: must be >= 1 (line 2)"),
 ]
 
 

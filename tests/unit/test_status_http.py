@@ -270,7 +270,14 @@ def test_app_answers(app_daemon: Any, ring: FrameRing) -> None:
         (cam,) = client.get("/api/cameras").json()
         assert cam["name"] == "cam" and cam["state"] == "streaming" and cam["online"] is True
         assert cam["url"] == "rtsp://***@cam.local/live" and cam["frame"] is None
-        assert cam["dropped"] == {"stale": 0, "overwritten": 0, "failed": 0, "unattached": 0, "reshape": 0}
+        assert cam["dropped"] == {
+            "stale": 0,
+            "overwritten": 0,
+            "failed": 0,
+            "unattached": 0,
+            "reshape": 0,
+            "backend": 0,
+        }
         assert client.get("/api/cameras/cam/latest.jpg").status_code == 503
         assert client.get("/api/cameras/nosuch/latest.jpg").status_code == 404
 

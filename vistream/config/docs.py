@@ -33,10 +33,7 @@ The config is one YAML file (`vistream run -c PATH`, `vistream check-config PATH
 _SCALARS = {int: "integer", float: "number", str: "string", bool: "boolean", Path: "path"}
 
 # Values (not keys) of planned capabilities; the keys come from each model's `planned_keys`.
-_PLANNED_VALUES = [
-    ("model.backend: triton", "the Triton Inference Server backend"),
-    ("model.path: grpc://HOST:PORT/MODEL", "models served by a Triton Inference Server"),
-]
+_PLANNED_VALUES: list[tuple[str, str]] = []
 
 
 def render() -> str:
@@ -123,6 +120,8 @@ def _planned() -> str:
         for key, what in model.planned_keys.items():
             rows.append(f"| `{prefix}{key}` | {what} |")
     rows += [f"| `{key}` | {what} |" for key, what in _PLANNED_VALUES]
+    if len(rows) == 2:  # nothing planned
+        return ""
     return (
         "## Planned keys\n\n"
         "Keys of capabilities on the roadmap. This version rejects them with `not supported yet` rather\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -55,25 +55,64 @@ __all__ = [
 ]
 
 
+TRITON_SCHEMES = ("grpc", "http")
+
+
+def is_triton_url(path: str) -> bool:
+    """A model served by Triton: `grpc://...`, or an `http(s)://` URL whose last part names no file
+    (`http://host:8000/yolov8n`; `https://.../yolov8n.pt` is a download)."""
+    m = SCHEME_RE.match(path)
+    scheme = m.group(1).lower() if m else ""
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    return scheme == "grpc" or (scheme in ("http", "https") and "." not in last)
+
+
+def triton_url_problem(path: str) -> str | None:
+    """Why a Triton URL is not usable (None when it is): grpc or http, a host and port, one model name."""
+    parts = urlsplit(path)
+    if parts.scheme.lower() not in TRITON_SCHEMES:
+        return f"a Triton server is reached by grpc:// or http://, not {parts.scheme}:// (got {path!r})"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        return f"a Triton URL needs a host and a port, e.g. grpc://triton:8001/yolov8n (got {path!r})"
+    if parts.username or parts.password or parts.query or parts.fragment:
+        return f"a Triton URL is scheme://HOST:PORT/MODEL, nothing else (got {path!r})"
+    name = parts.path.strip("/")
+    if not name or "/" in name:
+        return f"a Triton URL names one model after the port, e.g. grpc://triton:8001/yolov8n (got {path!r})"
+    return None
+
+
 class ModelConfig(Section):
     """The detection model and how it runs."""
 
-    planned_keys: ClassVar[dict[str, str]] = {"max_inflight": "bounded requests in flight to a Triton server"}
-
     path: str = Field(
         default="yolov8n.pt",
-        description="Ultralytics detection model: .pt, .onnx, *_openvino_model/, .engine. A bare release "
-        "name such as `yolov8n.pt` is downloaded by Ultralytics on first use; a relative path that exists "
-        "next to the config file is resolved against it.",
+        description="Ultralytics detection model: .pt, .onnx, *_openvino_model/, .engine, or a model on a "
+        "Triton Inference Server, `grpc://HOST:PORT/MODEL` or `http://HOST:PORT/MODEL` (see "
+        "docs/scaling.md; `vistream export-triton` writes one). A bare release name such as `yolov8n.pt` is "
+        "downloaded by Ultralytics on first use; a relative path that exists next to the config file is "
+        "resolved against it.",
     )
-    backend: Literal["auto", "torch", "onnxruntime", "openvino", "tensorrt"] = Field(
+    backend: Literal["auto", "torch", "onnxruntime", "openvino", "tensorrt", "triton"] = Field(
         default="auto",
         description="Inference backend. `auto`: an exported file runs on its own runtime (.onnx: "
         "onnxruntime, *_openvino_model/: openvino, .engine: tensorrt); a .pt model runs on TensorRT on "
         "CUDA when it is installed (else torch, fp16), on OpenVINO on a CPU when it is installed (else "
-        "torch). For openvino, onnxruntime and tensorrt a .pt model is exported once and kept in "
-        "`cache_dir`. A runtime that is not installed stops the daemon (exit 3) naming the extra: "
-        "`pip install vistream[openvino]`, `vistream[onnxruntime]`, `vistream[tensorrt]`.",
+        "torch); a `grpc://` or `http://` URL runs on `triton`. For openvino, onnxruntime and tensorrt a .pt "
+        "model is exported once and kept in `cache_dir`. A runtime that is not installed stops the daemon "
+        "(exit 3) naming the extra: `pip install vistream[openvino]`, `vistream[onnxruntime]`, "
+        "`vistream[tensorrt]`, `vistream[triton]`.",
+    )
+    max_inflight: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Batches that may be in flight at once to a Triton server: with 2 the scheduler builds "
+        "and sends the next batch while Triton runs the last. Local backends run one batch at a time.",
     )
     cache_dir: Path | None = Field(
         default=None,
@@ -117,19 +156,13 @@ class ModelConfig(Section):
             raise ValueError("must not be empty")
         m = SCHEME_RE.match(v)
         scheme = m.group(1).lower() if m else ""
-        # A URL without a file name is how Triton models are named (grpc://host:8001/model).
-        if scheme == "grpc" or (scheme in ("http", "https") and "." not in v.rstrip("/").rsplit("/", 1)[-1]):
-            raise ValueError(not_yet("Triton Inference Server URLs"))
+        if is_triton_url(v):
+            if problem := triton_url_problem(v):
+                raise ValueError(problem)
+            return v
         base = _base_dir(info)
         if not scheme and base is not None and not Path(v).is_absolute() and (base / v).exists():
             return os.path.normpath(base / v)
-        return v
-
-    @field_validator("backend", mode="before")
-    @classmethod
-    def _backend(cls, v: Any) -> Any:
-        if v == "triton":
-            raise ValueError(not_yet("the Triton Inference Server backend"))
         return v
 
     @field_validator("cache_dir")
@@ -183,6 +216,17 @@ class ModelConfig(Section):
         if self.classes is None and RELEASE_RE.match(Path(self.path).name):
             return coco_names()
         return None
+
+    @model_validator(mode="after")
+    def _triton_pairs(self) -> ModelConfig:
+        url = is_triton_url(self.path)
+        if self.backend == "triton" and not url:
+            need = "backend triton needs a grpc://HOST:PORT/MODEL or http://HOST:PORT/MODEL URL"
+            raise KeyProblems([(("path",), need)])
+        if url and self.backend not in ("auto", "triton"):
+            wrong = f"{self.backend!r} cannot run a Triton URL (use auto or triton)"
+            raise KeyProblems([(("backend",), wrong)])
+        return self
 
     @property
     def input_hw(self) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """Model backends behind one small interface (`Detector`), chosen by `model.backend`.
 
-One module per backend: `pytorch` (torch), `openvino`, `onnxruntime`, `tensorrt`; `ultralytics`
+One module per backend: `pytorch` (torch), `openvino`, `onnxruntime`, `tensorrt`, `triton` (a model
+on a Triton Inference Server; `triton_export` writes its model repository entry); `ultralytics`
 holds what they share (preprocessing, NMS, exports) and `export` the export cache. Importing this
 package imports no runtime, nor torch: only the scheduler process, which owns the model, pays for it.
 """
@@ -14,12 +15,28 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vistream.detector.base import FAULT_FILE_ENV, Detector, FaultHook, ModelConfigError, ModelLoadError
+from vistream.detector.base import (
+    FAULT_FILE_ENV,
+    BackendUnavailable,
+    Detector,
+    FaultHook,
+    ModelConfigError,
+    ModelLoadError,
+    Ticket,
+)
 
 if TYPE_CHECKING:
     from vistream.config.models import ModelConfig
 
-__all__ = ["Detector", "ModelConfigError", "ModelLoadError", "load_detector", "resolve_backend"]
+__all__ = [
+    "BackendUnavailable",
+    "Detector",
+    "ModelConfigError",
+    "ModelLoadError",
+    "Ticket",
+    "load_detector",
+    "resolve_backend",
+]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +46,7 @@ BACKENDS = {
     "openvino": ("openvino", "OpenVinoDetector", "openvino", "openvino"),
     "onnxruntime": ("onnxruntime", "OnnxRuntimeDetector", "onnxruntime", "onnxruntime"),
     "tensorrt": ("tensorrt", "TensorRtDetector", "tensorrt", "tensorrt"),
+    "triton": ("triton", "TritonDetector", "tritonclient", "triton"),
 }
 # The backend an exported model file can only run on.
 FORMAT_BACKENDS = {
@@ -46,14 +64,17 @@ def installed(module: str) -> bool:
 def resolve_backend(path: str, backend: str, device: str, cuda: bool, has=installed) -> str:
     """The backend `model.backend: auto` stands for (any other value is returned as it is).
 
-    An exported file runs on its own runtime. A .pt model: on CUDA, TensorRT when it is installed,
-    else torch (fp16); on a CPU, OpenVINO when it is installed (1.7-3.5x torch on a 2-core x86, see
-    docs/architecture.md), else torch.
+    A Triton URL (grpc://, http://) runs on triton. An exported file runs on its own runtime. A .pt
+    model: on CUDA, TensorRT when it is installed, else torch (fp16); on a CPU, OpenVINO when it is
+    installed (1.7-3.5x torch on a 2-core x86, see docs/architecture.md), else torch.
     """
+    from vistream.config.models import is_triton_url
     from vistream.detector.ultralytics import model_format
 
     if backend != "auto":
         return backend
+    if is_triton_url(path):
+        return "triton"
     fmt = model_format(path)
     if fmt != "pt":
         return FORMAT_BACKENDS[fmt]
@@ -90,7 +111,7 @@ def _load_backend(cfg: ModelConfig, max_batch: int) -> Detector:
     from vistream.detector.ultralytics import quiet_ultralytics
 
     quiet_ultralytics()
-    cuda = cfg.device != "cpu" and _cuda_available()
+    cuda = cfg.device != "cpu" and cfg.backend != "triton" and _cuda_available()
     backend = resolve_backend(cfg.path, cfg.backend, cfg.device, cuda)
     if problem := missing_runtime(backend):
         raise ModelLoadError(problem)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,33 @@ class ModelConfigError(Exception):
     """The model loaded but the config does not fit it (e.g. an unknown class): exit 2."""
 
 
+class BackendUnavailable(Exception):
+    """A remote backend (Triton) is down, refused a batch or did not answer it in time.
+
+    Not a fault of this process: the scheduler drops the batch's frames (reason `backend`) and
+    carries on, and the backend reconnects on its own; it never counts toward the scheduler's
+    consecutive failures, so an outage elsewhere cannot crash-loop it.
+    """
+
+
+class Ticket:
+    """A batch handed to `Detector.submit`: its result, or the error it ended with, once done."""
+
+    __slots__ = ("error", "n", "result")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.result: list[np.ndarray] | None = None
+        self.error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until done or `timeout` s passed; whether it is done."""
+        return self.done()
+
+
 class Detector(ABC):
     """A loaded model that turns a batch of frames into boxes.
 
@@ -38,6 +66,8 @@ class Detector(ABC):
             (height, width). On CUDA it is pinned host memory.
         fixed_input: the only (height, width) the model takes (an export with a
             static input size), or None when `reshape` takes any smaller shape.
+        max_inflight: how many batches may be submitted before the first is
+            collected (1: `submit` runs the batch before it returns).
     """
 
     names: dict[int, str]
@@ -45,6 +75,7 @@ class Detector(ABC):
     half: bool
     input_buffer: np.ndarray
     fixed_input: tuple[int, int] | None = None
+    max_inflight: int = 1
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -64,6 +95,36 @@ class Detector(ABC):
         Returns one float32 array of shape (k, 6) per frame: x1, y1, x2, y2,
         confidence, class id, in model-input pixels, after NMS.
         """
+
+    def submit(self, n: int, done: Callable[[], None] | None = None) -> Ticket:
+        """Start on the first `n` rows of `input_buffer`; `collect` the ticket for the boxes.
+
+        Once it returns, `input_buffer` is free for the next batch (what the batch needs was
+        taken). `done` may be called, from any thread, when the result is ready. Up to
+        `max_inflight` tickets may be outstanding; they complete in any order. This default runs
+        the batch here and now, so a local backend is exactly as fast as through `infer`.
+        """
+        ticket = Ticket(n)
+        try:
+            ticket.result = self.infer(n)
+        except Exception as exc:
+            ticket.error = exc
+        return ticket
+
+    def collect(self, ticket: Ticket, timeout: float | None = None) -> list[np.ndarray]:
+        """The boxes of a submitted batch, as `infer` returns them; raises what the batch raised.
+        Blocks until it is done (at most `timeout` s, then BackendUnavailable)."""
+        if not ticket.wait(timeout):
+            raise BackendUnavailable(f"no answer within {timeout:g}s")
+        if ticket.error is not None:
+            raise ticket.error
+        assert ticket.result is not None
+        return ticket.result
+
+    def unavailable(self) -> str | None:
+        """Why no batch should be submitted now (a remote backend down, waiting out its reconnect
+        backoff), or None. A local backend is always available."""
+        return None
 
     def warmup(self) -> None:
         """Run the shapes the daemon will use once, so the first real batch is not slow."""

@@ -236,6 +236,7 @@ class YoloDetector(Detector):
     """
 
     backend: str
+    stride = 32  # batch shapes are multiples of it
 
     def _setup(
         self,
@@ -288,8 +289,11 @@ class YoloDetector(Detector):
         if self.fixed_input is not None:
             super().reshape(height, width)  # raises: the model takes one shape only
         max_h, max_w = self._max_hw
-        if not (0 < height <= max_h and 0 < width <= max_w) or height % 32 or width % 32:
-            raise ValueError(f"a {height}x{width} batch does not fit model.imgsz {max_h}x{max_w} (stride 32)")
+        stride = self.stride
+        if not (0 < height <= max_h and 0 < width <= max_w) or height % stride or width % stride:
+            raise ValueError(
+                f"a {height}x{width} batch does not fit model.imgsz {max_h}x{max_w} (stride {stride})"
+            )
         self._views(height, width)
 
     @abstractmethod
@@ -297,25 +301,32 @@ class YoloDetector(Detector):
         """The raw model output for the float NCHW batch `x` (a torch tensor)."""
 
     def infer(self, n: int) -> list[np.ndarray]:
-        torch = self._torch
-        with torch.inference_mode():
-            if self._cuda:
-                self._staging[:n].copy_(self._host[:n], non_blocking=True)
-            x = self._input[:n]
-            x.copy_(self._staging[:n].permute(0, 3, 1, 2))
-            x.mul_(1 / 255)
-            preds = self._forward(x)
-            if isinstance(preds, np.ndarray):
-                preds = torch.from_numpy(preds)
-            out = self._nms(
-                preds,
-                self.cfg.conf,
-                self.cfg.iou,
-                self._classes,
-                max_det=self.cfg.max_det,
-                end2end=self._end2end,
-            )
-            return [o.float().cpu().numpy() for o in out]
+        with self._torch.inference_mode():
+            return self._postprocess(self._forward(self._preprocess(n)))
+
+    def _preprocess(self, n: int) -> Any:
+        """The first `n` rows of `input_buffer` as the float NCHW batch the model takes (a view of a
+        preallocated tensor, on the model's device): reordered, cast and scaled by 1/255."""
+        if self._cuda:
+            self._staging[:n].copy_(self._host[:n], non_blocking=True)
+        x = self._input[:n]
+        x.copy_(self._staging[:n].permute(0, 3, 1, 2))
+        x.mul_(1 / 255)
+        return x
+
+    def _postprocess(self, preds: Any) -> list[np.ndarray]:
+        """Ultralytics' NMS over the raw model output: one (k, 6) float32 array per frame."""
+        if isinstance(preds, np.ndarray):
+            preds = self._torch.from_numpy(preds)
+        out = self._nms(
+            preds,
+            self.cfg.conf,
+            self.cfg.iou,
+            self._classes,
+            max_det=self.cfg.max_det,
+            end2end=self._end2end,
+        )
+        return [o.float().cpu().numpy() for o in out]
 
     def describe(self, fmt: str, source: str) -> None:
         h, w = self.cfg.input_hw

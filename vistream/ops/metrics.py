@@ -51,7 +51,7 @@ class DaemonCollector(Collector):
             "Sampled frames never inferred: stale (older than max_frame_age_ms at batch time), overwritten "
             "(replaced by a newer frame first), failed (their batch raised), unattached (written while no "
             "scheduler was attached: model loading, a restart), reshape (letterboxed for a batch shape the "
-            "model had just left).",
+            "model had just left), backend (a remote backend, Triton, was down or did not answer in time).",
             labels=["camera", "reason"],
         )
         skipped = CounterMetricFamily(

@@ -61,7 +61,7 @@ class Buckets:
 
 # Why a sampled frame was never inferred: the CameraCounts fields /metrics and /api/cameras show as
 # `vistream_frames_dropped_total{reason}` and `dropped`.
-DROP_REASONS = ("stale", "overwritten", "failed", "unattached", "reshape")
+DROP_REASONS = ("stale", "overwritten", "failed", "unattached", "reshape", "backend")
 
 
 @dataclass
@@ -80,6 +80,9 @@ class CameraCounts:
     reshape: int = 0
     # Inferred, but older than max_frame_age_ms when their batch ended (the batch ran long).
     late: int = 0
+    # Taken for a batch a remote backend (Triton) did not answer in time or refused, or while it
+    # was down: not a failure of this process, so it never ends the scheduler.
+    backend: int = 0
 
     def merged(self, other: CameraCounts) -> CameraCounts:
         return CameraCounts(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
@@ -95,6 +98,7 @@ class CameraCounts:
             self.skipped_no_motion,
             self.reshape,
             self.late,
+            self.backend,
         )
 
 
@@ -114,6 +118,7 @@ class SchedulerStats:
     positions: dict[str, int] = field(default_factory=dict)
     batch_shape: tuple[int, int] = (0, 0)  # (height, width) batches are inferred at now
     reshapes: int = 0  # times the batch shape changed (and the model was warmed up for it)
+    backend_down: str = ""  # why the (remote) backend takes no batches now; "" while it does
 
     def merged(self, other: SchedulerStats) -> SchedulerStats:
         cams = dict(self.cameras)
@@ -130,4 +135,5 @@ class SchedulerStats:
             {**self.positions, **other.positions},  # positions are not sums: the later one holds
             other.batch_shape if other.batch_shape != (0, 0) else self.batch_shape,
             self.reshapes + other.reshapes,
+            other.backend_down,  # a state, not a sum: the latest scheduler's holds
         )

@@ -3,7 +3,7 @@
 "use strict";
 
 const REFRESH_MS = 2000;
-const DROP_REASONS = ["stale", "overwritten", "failed", "unattached", "reshape"];
+const DROP_REASONS = ["stale", "overwritten", "failed", "unattached", "reshape", "backend"];
 const tiles = new Map(); // camera name -> {root, fields, img, seq, loading}
 
 function el(tag, attrs = {}, ...children) {
