@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import uuid
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from vistream.config.models import BatchingConfig, ModelConfig
-from vistream.detector import Detector
+from vistream.detector import BackendUnavailable, Detector, Ticket
 from vistream.ops.process import StopFlag
 from vistream.ring.shm import FrameRing, RingLayout, State
 from vistream.scheduler.loop import MAX_CONSECUTIVE_FAILURES, Scheduler, SchedulerSpec
@@ -423,3 +424,168 @@ def test_a_frame_that_goes_stale_while_its_batch_runs_is_counted_late(rig: Rig) 
     rig.clock.t += 0.02  # b waited max_wait_ms for a, which will not come
     s.step()
     assert rig.counts("b").inferred == 2
+
+
+# -- batches in flight (a remote backend) -----------------------------------------------------
+
+
+class AsyncDetector(FakeDetector):
+    """Like a Triton backend: `submit` copies the batch and returns at once, the answer arrives
+    later (`answer`), or the batch fails as a remote backend does (`BackendUnavailable`)."""
+
+    max_inflight = 2
+
+    def __init__(self, max_batch: int) -> None:
+        super().__init__(max_batch)
+        self.tickets: list[Ticket] = []
+        self.sent: list[np.ndarray] = []
+        self.down: str | None = None  # what `unavailable()` says
+        self.waited = 0  # collects that found their batch not done yet
+
+    def submit(self, n: int, done=None) -> Ticket:  # type: ignore[no-untyped-def]
+        self.calls.append(n)
+        if self.failing:
+            raise BackendUnavailable("triton: connection refused")
+        self.sent.append(self.input_buffer[:n].copy())  # as a client serialises the request
+        self.tickets.append(Ticket(n))
+        return self.tickets[-1]
+
+    def answer(self, i: int, error: Exception | None = None) -> None:
+        t = self.tickets[i]
+        if error is not None:
+            t.error = error
+        else:
+            t.result = [np.array([[1, 2, 8, 9, 0.9, 0]], np.float32) for _ in range(t.n)]
+
+    def collect(self, ticket: Ticket, timeout: float | None = None) -> list[np.ndarray]:
+        if not ticket.done():  # the server answers while the scheduler waits
+            self.waited += 1
+            self.answer(self.tickets.index(ticket))
+        return super().collect(ticket, timeout)
+
+    def unavailable(self) -> str | None:
+        return self.down
+
+
+@pytest.fixture
+def arig() -> Iterator[Rig]:
+    r = Rig()
+    r.detector = AsyncDetector(4)
+    yield r
+    r.close()
+
+
+def held_seqs(ring: FrameRing) -> set[int]:
+    return {int(slot["held"]) for slot in ring.slots if int(slot["held"])}
+
+
+def test_two_batches_in_flight_hand_over_in_order(arig: Rig) -> None:
+    """1. A batch of a and b is submitted; nothing is handed over yet, both frames stay held.
+    2. The next frames go out as a second batch while the first is in flight (max_inflight 2).
+    3. The second answers first: nothing is handed over, results keep the order batches were sent.
+    4. The first answers (polled without waiting): both batches are handed over, first then
+       second, and every frame is counted inferred once; the holds stay for the main process."""
+    rig = arig
+    s = rig.start()
+    assert s.max_inflight == 2
+    first = (rig.write("a"), rig.write("b"))
+    s.step()
+    assert rig.detector.calls == [2] and rig.results.empty()
+    assert held_seqs(rig.rings["a"]) == {first[0]} and held_seqs(rig.rings["b"]) == {first[1]}
+    rig.clock.t += 0.1
+    second = (rig.write("a"), rig.write("b"))
+    s.step()
+    assert rig.detector.calls == [2, 2] and rig.results.empty()
+    rig.detector.answer(1)
+    s._complete(wait=False)  # what a step does first, below the limit
+    assert rig.results.empty() and rig.counts("a").inferred == 0
+    rig.detector.answer(0)
+    s._complete(wait=False)
+    got = [sorted(f.seq for f in rig.results.get_nowait().frames) for _ in range(2)]
+    assert got == [sorted(first), sorted(second)]
+    assert (rig.counts("a").inferred, rig.counts("b").inferred) == (2, 2)
+    assert rig.detector.waited == 0
+
+
+def test_with_max_inflight_out_the_oldest_is_waited_for(arig: Rig) -> None:
+    """Two batches out and a third ready: the scheduler waits for the oldest before it builds the
+    next (never more than max_inflight in flight), and hands it over."""
+    rig = arig
+    s = rig.start()
+    for _ in range(3):
+        rig.clock.t += 0.1
+        rig.write("a"), rig.write("b")
+        s.step()
+    assert rig.detector.waited == 1 and rig.detector.calls == [2, 2, 2]
+    assert len(rig.results.get_nowait().frames) == 2 and rig.results.empty()
+    assert len(s._inflight) == 2
+
+
+def test_model_max_inflight_1_runs_one_batch_at_a_time(arig: Rig) -> None:
+    """model.max_inflight: 1 keeps a remote backend to one batch at a time: each is collected in
+    the step that sent it."""
+    rig = arig
+    rig.spec = dataclasses.replace(rig.spec, model=ModelConfig(path="fake.pt", imgsz=IMGSZ, max_inflight=1))
+    s = rig.start()
+    rig.write("a"), rig.write("b")
+    s.step()
+    assert s.max_inflight == 1 and rig.detector.waited == 1 and len(rig.results.get_nowait().frames) == 2
+
+
+def test_a_backend_outage_drops_frames_as_backend_and_never_ends_the_scheduler(arig: Rig) -> None:
+    """1. A batch in flight fails as a remote backend does (BackendUnavailable): its frames are
+       dropped with reason `backend`, their holds given back, no inference error is counted and
+       the stats say why.
+    2. The backend refuses batches for more than MAX_CONSECUTIVE_FAILURES in a row: every frame
+       is dropped as `backend` and the scheduler carries on (an outage elsewhere must not
+       crash-loop it).
+    3. While it says it is unavailable (waiting out its backoff), frames are not even taken.
+    4. It is back: the next batch is inferred and the stats no longer report it down.
+    5. Every frame is accounted for exactly once."""
+    rig = arig
+    rig.rings["b"].header["state"] = State.CONNECTING
+    s = rig.start()
+    rig.write("a")
+    s.step()
+    rig.detector.answer(0, BackendUnavailable("triton at grpc://t:8001: no answer within 10s"))
+    s.step()
+    assert rig.counts("a").backend == 1 and held_seqs(rig.rings["a"]) == set()
+    assert s.stats.inference_errors == 0 and "no answer within 10s" in s.stats.backend_down
+    rig.detector.failing = True
+    for _ in range(MAX_CONSECUTIVE_FAILURES + 2):
+        rig.clock.t += 0.2
+        rig.write("a")
+        s.step()
+    assert rig.counts("a").backend == MAX_CONSECUTIVE_FAILURES + 3 and rig.counts("a").failed == 0
+    assert "connection refused" in s.stats.backend_down
+    rig.detector.failing, rig.detector.down = False, "triton: reconnecting in 0.5s"
+    calls = len(rig.detector.calls)
+    rig.clock.t += 0.2
+    rig.write("a")
+    s.step()
+    assert len(rig.detector.calls) == calls and rig.counts("a").backend == MAX_CONSECUTIVE_FAILURES + 4
+    assert s.stats.backend_down == "triton: reconnecting in 0.5s"
+    rig.detector.down = None
+    rig.clock.t += 0.2
+    rig.write("a")
+    s.step()
+    s.drain()
+    assert rig.counts("a").inferred == 1 and s.stats.backend_down == ""
+    s._send_stats()
+    assert accounted(rig, "a") + rig.counts("a").backend == rig.rings["a"].head
+
+
+def test_a_batch_in_flight_survives_a_reshape_and_a_camera_removal(arig: Rig) -> None:
+    """Batches in flight are handed over before the batch shape changes (the buffers are replaced)
+    and before a camera is removed (its frames' holds need its ring)."""
+    rig = arig
+    s = rig.start()
+    rig.write("a"), rig.write("b")
+    s.step()
+    rig.rings["a"].header["stream_width"], rig.rings["a"].header["stream_height"] = 1280, 720
+    s.fit_shape()
+    assert not s._inflight and len(rig.results.get_nowait().frames) == 2
+    rig.write("a"), rig.write("b")
+    s.step()
+    s.remove("b")
+    assert not s._inflight and rig.counts("a").inferred == 2

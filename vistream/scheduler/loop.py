@@ -5,6 +5,12 @@ locks) and never queues work without bound (only the newest frame of each
 camera is a candidate; results go to a bounded queue and overflow is counted).
 It sleeps on a semaphore the readers release after each frame, so it wakes
 the moment a frame lands instead of polling.
+
+A remote backend (Triton) may have up to `max_inflight` batches in flight:
+each keeps its frames' holds and accounting until its result is collected,
+results are handed over in the order the batches were sent, and a batch the
+backend could not take drops its frames (reason `backend`) without counting
+as a failure of this process.
 """
 
 from __future__ import annotations
@@ -15,11 +21,19 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from vistream.config.models import BatchingConfig, ModelConfig
-from vistream.detector import Detector, ModelConfigError, ModelLoadError, load_detector
+from vistream.detector import (
+    BackendUnavailable,
+    Detector,
+    ModelConfigError,
+    ModelLoadError,
+    Ticket,
+    load_detector,
+)
 from vistream.ops.process import StopFlag
 from vistream.ops.stats import CameraCounts, SchedulerStats
 from vistream.ring.shm import FrameMeta, FrameRing, RingConsumer, State
@@ -42,6 +56,7 @@ STATS_INTERVAL_S = 1.0
 IDLE_WAKE_S = 0.25  # heartbeat and control messages are handled at least this often
 MAX_CONSECUTIVE_FAILURES = 10  # then exit and let the supervisor start a fresh scheduler
 FLUSH_S = 1.0  # how long an exiting scheduler lets its queues hand their last messages over
+DRAIN_S = 1.0  # how long an exiting scheduler waits for each batch still in flight
 
 # Slots of the shared heartbeat array (multiprocessing.Array of doubles).
 BEAT_TIME, BEAT_BATCH_START, BEAT_READY = 0, 1, 2
@@ -178,6 +193,15 @@ class Feed:
         self.ring.close()
 
 
+@dataclass
+class InFlight:
+    """A batch handed to the detector and not collected yet, with the frames it holds."""
+
+    taken: list[tuple[Feed, FrameMeta]]
+    ticket: Ticket
+    started: float
+
+
 class Scheduler:
     def __init__(self, spec: SchedulerSpec, detector: Detector, stop: StopFlag, clock=time.monotonic) -> None:
         b = spec.batching
@@ -189,6 +213,8 @@ class Scheduler:
         self._failures = 0
         self._next_stats = 0.0
         self._sizes: tuple[tuple[str, int, int], ...] | None = None  # what the batch shape was fitted to
+        self._inflight: deque[InFlight] = deque()  # oldest first: results go out in this order
+        self.max_inflight = max(1, min(detector.max_inflight, spec.model.max_inflight))
         self.stats.batch_shape = detector.input_hw
         for name, ring_name in spec.rings.items():
             self.add(name, ring_name)
@@ -206,6 +232,8 @@ class Scheduler:
         self.stats.cameras[name] = self.feeds[name].counts
 
     def remove(self, name: str) -> None:
+        if name in self.feeds:
+            self.drain()  # its frames in flight still need the ring, to hand their holds back
         feed = self.feeds.pop(name, None)
         if feed:
             feed.close()
@@ -213,6 +241,7 @@ class Scheduler:
             self.gate.forget(name)
 
     def close(self) -> None:
+        self.drain(DRAIN_S)
         self._send_stats(force=True)
         for name in list(self.feeds):
             self.remove(name)
@@ -228,6 +257,7 @@ class Scheduler:
         det = self.detector
         want = det.fixed_input or batch_shape((s[1:] for s in sizes), self.spec.model.imgsz)
         if want != det.input_hw:
+            self.drain()  # no batch in flight while the buffers change
             old = det.input_hw
             started = self.clock()
             self.spec.beat[BEAT_BATCH_START] = started  # the supervisor times the warm-up as a batch
@@ -267,7 +297,11 @@ class Scheduler:
                 self.remove(msg.name)
 
     def step(self) -> None:
-        """One decision: drop what is stale, then run a batch or sleep until there may be one."""
+        """One decision: drop what is stale, then run a batch or sleep until there may be one.
+
+        Batches in flight that are done are handed over first; with `max_inflight` of them out,
+        the oldest is waited for before the next is built."""
+        self._complete(wait=len(self._inflight) >= self.max_inflight)
         now = self.clock()
         candidates, streaming = [], 0
         repeats: list[FrameResult] = []
@@ -290,8 +324,16 @@ class Scheduler:
             feed = self.feeds[c.camera]
             feed.consumer.skip_to(c.seq)
             feed.counts.stale += 1
-        if decision.batch:
+        if decision.batch and (why := self.detector.unavailable()) is not None:
+            # The backend is down and not due for a reconnect yet: the frames are not even taken.
+            self.stats.backend_down = why
+            for c in decision.batch:
+                self.feeds[c.camera].consumer.skip_to(c.seq)
+                self.feeds[c.camera].counts.backend += 1
+        elif decision.batch:
             self._run_batch([self.feeds[c.camera] for c in decision.batch])
+            # One at a time (a local backend): its result is handed over in this step, as before.
+            self._complete(wait=self.max_inflight == 1)
         else:
             self._wait(decision.wait_until, now)
 
@@ -335,6 +377,7 @@ class Scheduler:
                 pass
 
     def _run_batch(self, feeds: list[Feed]) -> None:
+        """Take the frames into the detector's input buffer and submit them as one batch."""
         buf = self.detector.input_buffer
         started = self.clock()
         taken: list[tuple[Feed, FrameMeta]] = []
@@ -351,20 +394,62 @@ class Scheduler:
             return
         self.spec.beat[BEAT_BATCH_START] = started
         try:
-            boxes = self.detector.infer(len(taken))
-        except Exception:
-            self._failures += 1
-            self.stats.inference_errors += 1
-            for feed, meta in taken:
-                feed.counts.failed += 1
-                feed.ring.unhold(meta.seq)
-            log.exception("inference failed on a batch of %d (%d in a row)", len(taken), self._failures)
-            if self._failures >= MAX_CONSECUTIVE_FAILURES:
-                raise
+            ticket = self.detector.submit(len(taken), self.spec.wake.release)
+        except Exception as exc:
+            self._failed(taken, exc)
             return
         finally:
             self.spec.beat[BEAT_BATCH_START] = 0.0
+        self._inflight.append(InFlight(taken, ticket, started))
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Hand over every batch in flight (each waited for at most `timeout` s)."""
+        while self._inflight:
+            self._complete(wait=True, timeout=timeout)
+
+    def _complete(self, wait: bool, timeout: float | None = None) -> None:
+        """Hand over the batches in flight that are done, oldest first; with `wait`, the oldest
+        is waited for. A batch done before an older one waits for it: results go out in order."""
+        while self._inflight and (wait or self._inflight[0].ticket.done()):
+            wait = False
+            batch = self._inflight.popleft()
+            self.spec.beat[BEAT_BATCH_START] = batch.started
+            try:
+                boxes = self.detector.collect(batch.ticket, timeout)
+            except Exception as exc:
+                self._failed(batch.taken, exc)
+                continue
+            finally:
+                self.spec.beat[BEAT_BATCH_START] = 0.0
+            self._hand_over(batch, boxes)
+
+    def _failed(self, taken: list[tuple[Feed, FrameMeta]], exc: Exception) -> None:
+        """A batch that produced no boxes: its frames are counted and their holds given back.
+
+        A remote backend that was down or did not answer drops them (reason `backend`) and is
+        not this process's failure; anything else counts toward MAX_CONSECUTIVE_FAILURES."""
+        for feed, meta in taken:
+            if feed.name in self.feeds:
+                feed.ring.unhold(meta.seq)
+        if isinstance(exc, BackendUnavailable):
+            self.stats.backend_down = str(exc)
+            for feed, _ in taken:
+                feed.counts.backend += 1
+            log.debug("batch of %d dropped: %s", len(taken), exc)
+            return
+        self._failures += 1
+        self.stats.inference_errors += 1
+        for feed, _ in taken:
+            feed.counts.failed += 1
+        log.error("inference failed on a batch of %d (%d in a row)", len(taken), self._failures, exc_info=exc)
+        if self._failures >= MAX_CONSECUTIVE_FAILURES:
+            raise exc
+
+    def _hand_over(self, batch: InFlight, boxes: list[Any]) -> None:
+        """Count a collected batch, map and track its boxes, and queue its results to the main process."""
         self._failures = 0
+        self.stats.backend_down = ""
+        started, taken = batch.started, batch.taken
         ended = self.clock()
         elapsed = ended - started
         self.policy.observe(elapsed)
