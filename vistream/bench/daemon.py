@@ -31,8 +31,19 @@ def base_config(model: Path, mqtt_port: int, metrics_port: int, client_id: str, 
 class DaemonProcess:
     """`vistream run -c CONFIG` in a subprocess; always stopped (SIGKILL at worst) on exit."""
 
-    def __init__(self, config: dict, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: dict,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        metrics_port: int | None = None,
+    ) -> None:
+        """`args`: more arguments for `vistream run`; `metrics_port`: where its HTTP server listens when
+        that is not the config's `metrics.port` (a shard's is `metrics.port + K`)."""
         self.config = config
+        self.args = args or []
+        self.metrics_port = metrics_port or config["metrics"]["port"]
         self.path = workdir / "config.yaml"
         self.path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "daemon.log"
@@ -43,7 +54,7 @@ class DaemonProcess:
     def start(self) -> Self:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [*VISTREAM, "run", "-c", str(self.path)],
+            [*VISTREAM, "run", "-c", str(self.path), *self.args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self._env,
@@ -56,7 +67,7 @@ class DaemonProcess:
 
     def metrics(self, timeout: float = 60.0) -> str:
         """The /metrics page, waiting for the endpoint to come up (the daemon may still be starting)."""
-        port = self.config["metrics"]["port"]
+        port = self.metrics_port
         deadline = time.monotonic() + timeout
         while True:
             try:
