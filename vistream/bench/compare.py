@@ -79,6 +79,7 @@ class Options:
     dead: int = 0
     max_batch: int = 8
     max_frame_age_ms: int = 500
+    threads: int | None = None  # model.threads, for vistream and the model alone
     out: Path = field(default_factory=lambda: Path("compare.json"))
 
     @property
@@ -154,6 +155,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         detect_fps=args.detect_fps,
         dead=args.dead,
         max_batch=max(args.max_batch, len(mounts) + args.dead),
+        threads=args.threads,
     )
     opts.out = args.out or default_out(args.backend, args.dead)
     return opts
@@ -302,7 +304,13 @@ def model_limit(opts: Options, harness: Harness, shape: tuple[int, int]) -> dict
 
     n = min(len(opts.cameras), opts.max_batch)  # a batch holds the newest frame of each camera
     cfg = ModelConfig.model_validate(
-        {"path": opts.model, "device": opts.device, "imgsz": opts.imgsz, "backend": opts.backend}
+        {
+            "path": opts.model,
+            "device": opts.device,
+            "imgsz": opts.imgsz,
+            "backend": opts.backend,
+            "threads": opts.threads,
+        }
     )
     t0 = time.monotonic()
     detector = load_detector(cfg, opts.max_batch)
@@ -346,7 +354,7 @@ def vistream_config(opts: Options, harness: Harness, dead: list[str]) -> dict[st
         for c in dead
     ]
     config = base_config(Path(opts.model), harness.mqtt_port, free_port(), PREFIX, cams)
-    config["model"].update(device=opts.device, imgsz=opts.imgsz, backend=opts.backend)
+    config["model"].update(device=opts.device, imgsz=opts.imgsz, backend=opts.backend, threads=opts.threads)
     config["batching"] = {
         "max_batch": opts.max_batch,
         "max_wait_ms": 10,
@@ -498,6 +506,7 @@ def run_bench(opts: Options) -> dict[str, Any]:
             "device": opts.device,
             "detect_fps": opts.detect_fps,
             "max_batch": opts.max_batch,
+            "threads": opts.threads,
             "max_frame_age_ms": opts.max_frame_age_ms,
             "seconds": opts.seconds,
             "warmup": opts.warmup,

@@ -24,6 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detect-fps", type=float, default=30, help="offered per camera (default 30)")
     p.add_argument("--dead", type=int, default=0, metavar="N", help="also N cameras where nothing listens")
     p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="model.threads for vistream and the model alone (default: the runtime's)",
+    )
     p.add_argument("--smoke", action="store_true", help="2 cameras, 10 s windows, short warm-ups")
     p.add_argument(
         "--model", help="weights (default ../shared/models/yolov8n.pt when there, else yolov8n.pt)"
