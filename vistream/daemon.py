@@ -190,8 +190,9 @@ class Daemon:
         self._stack.callback(self.logs.stop)
         if self.shard.active:
             mine = [c.name for c in self.cfg.enabled_cameras]
-            log.info("shard %s (%s): %d of %d camera(s)%s", self.shard, self.cfg.mqtt.client_id, len(mine),
-                     len(self.full_cfg.cameras), f": {', '.join(mine)}" if mine else "")  # fmt: skip
+            log.log(logging.INFO if mine else logging.WARNING, "shard %s (%s): %d of %d camera(s)%s",
+                    self.shard, self.cfg.mqtt.client_id, len(mine), len(self.full_cfg.cameras),
+                    f": {', '.join(mine)}" if mine else "; idle until a reload gives it one")  # fmt: skip
 
     def _init_rings(self) -> None:
         remove_leftovers(self.instance)

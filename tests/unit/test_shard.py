@@ -276,3 +276,37 @@ def test_run_auto_without_a_numbered_host_name_exits_2(
     with caplog.at_level(logging.ERROR):
         assert main(["run", "-c", str(tmp_path / "absent.yaml"), "--shard", "auto/2"]) == 2
     assert "the host name 'workstation' does not end in -K" in caplog.text
+
+
+def test_a_reload_keeps_applying_the_shard_filter() -> None:
+    """1. Shard 0 of 2 starts with 8 cameras: it runs only its own.
+    2. A reload (SIGHUP) adds 8 cameras and removes one camera of each shard: shard 0 starts only the
+    new cameras the hash gives it and stops only its own removed camera; its client id stays `vs-0`
+    (no `mqtt` restart asked for) and Home Assistant sees the whole new config."""
+    from types import SimpleNamespace
+
+    from vistream.daemon import Daemon
+
+    before = [f"c{i}" for i in range(8)]
+    gone = [next(n for n in before if owner(n, 2) == k) for k in (0, 1)]
+    after = [n for n in before if n not in gone] + [f"n{i}" for i in range(8)]
+
+    def plain(names: list[str]) -> Config:  # nothing to deliver: no outbox to open
+        cams = [{"name": n, "url": f"rtsp://h/{n}"} for n in names]
+        return Config.model_validate({"mqtt": {"client_id": "vs"}, "cameras": cams})
+
+    d = Daemon(plain(before), shard=Shard(0, 2))
+    assert [c.name for c in d.cfg.enabled_cameras] == [n for n in before if owner(n, 2) == 0]
+    started: list[str] = []
+    stopped: list[str] = []
+    d._add_camera = lambda cam: started.append(cam.name)  # type: ignore[method-assign]
+    d._remove_camera = stopped.append  # type: ignore[method-assign]
+    d.alerts = SimpleNamespace(reconfigure=lambda cfg: None)  # type: ignore[assignment]
+    d.discovery = SimpleNamespace(update=lambda cfg: None, publish_all=lambda: None)  # type: ignore[assignment]
+    d.mqtt = SimpleNamespace(connected=False)  # type: ignore[assignment]
+    d._apply(plain(after))
+    assert started == [n for n in after if n.startswith("n") and owner(n, 2) == 0]
+    assert stopped == [gone[0]]
+    assert [c.name for c in d.cfg.enabled_cameras] == [n for n in after if owner(n, 2) == 0]
+    assert d.cfg.mqtt.client_id == "vs-0"
+    assert [c.name for c in d.full_cfg.enabled_cameras] == after
