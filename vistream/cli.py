@@ -89,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="vistream side by side with the model alone and Ultralytics' predictor on the same streams",
     )
     bench_arguments(bench)
+
+    triton = sub.add_parser(
+        "export-triton", help="write a Triton model repository entry (config.pbtxt + model) for a .pt model"
+    )
+    triton.add_argument("--model", required=True, help="YOLO detection weights (.pt)")
+    triton.add_argument("--out", required=True, help="the model repository folder")
+    triton.add_argument("--name", default=None, help="model name on the server (default: the file's stem)")
+    triton.add_argument("--imgsz", type=int, default=640, help="export input size (default 640)")
+    triton.add_argument("--max-batch", type=int, default=8, help="max_batch_size (default 8)")
+    triton.add_argument("--format", choices=("onnx", "engine"), default="onnx", help="default onnx")
     return p
 
 
@@ -160,6 +170,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_export_triton(args: argparse.Namespace) -> int:
+    from vistream.detector.triton_export import main as export_triton
+
+    setup_logging("warning")
+    return export_triton(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -169,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "shards": cmd_shards,
         "demo": cmd_demo,
         "bench": cmd_bench,
+        "export-triton": cmd_export_triton,
     }
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -82,7 +82,8 @@ def _literal(value: Any, what: str, where: str) -> Any:
     try:
         return ast.literal_eval(value)
     except (ValueError, SyntaxError) as exc:
-        raise ModelLoadError(f"model.path: {where}: metadata {what} is not a Python literal: {exc}") from exc
+        field = f"metadata {what}" if what else "metadata"
+        raise ModelLoadError(f"model.path: {where}: {field} is not a Python literal: {exc}") from exc
 
 
 def parse_model_config(config: dict[str, Any], where: str) -> TritonModel:
