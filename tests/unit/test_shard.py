@@ -173,6 +173,7 @@ def test_view_disables_the_other_shards_cameras_and_renames_the_client() -> None
     assert cfg.mqtt.client_id == "vs"  # the loaded config is not changed
     assert Shard(1, 2).metrics_port(9108) == 9109
     assert Shard(1, 2).metrics_port(0) == 0
+    assert parse("auto/2", hostname="vistream-1").metrics_port(9108) == 9108  # a pod each: one port
     assert Shard(1, 2).state_file("outbox.sqlite3") == "outbox-1.sqlite3"
     assert Shard(1, 2).daemon_topic("vs", "vs") == "vs/daemons/vs-1/status"
     assert Shard(0, 1).view(cfg) is cfg

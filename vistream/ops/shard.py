@@ -16,7 +16,7 @@ import hashlib
 import re
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vistream.config.models import Config
 
@@ -55,10 +55,14 @@ def assign(cameras: Iterable[str], count: int) -> dict[int, list[str]]:
 
 @dataclass(frozen=True)
 class Shard:
-    """Shard `index` of `count`. A count of 1 is the same as not sharding (`active` is False)."""
+    """Shard `index` of `count`. A count of 1 is the same as not sharding (`active` is False).
+
+    `auto`: K came from the host name (`auto/N`), so this host (or pod) runs no other shard.
+    """
 
     index: int
     count: int
+    auto: bool = field(default=False, compare=False)
 
     @property
     def active(self) -> bool:
@@ -76,8 +80,12 @@ class Shard:
         return daemon_topic(prefix, self.client_id(base_client_id))
 
     def metrics_port(self, port: int) -> int:
-        """`metrics.port + K`, so shards on one host do not collide; 0 (any free port) stays 0."""
-        return port + self.index if self.active and port else port
+        """`metrics.port + K`, so shards on one host do not collide; 0 (any free port) stays 0.
+
+        Under `auto/N` it stays `metrics.port`: K comes from the host name, so no two shards share a
+        host (a pod each, with its own network), and one probe or scrape port fits every pod.
+        """
+        return port + self.index if self.active and port and not self.auto else port
 
     def state_file(self, name: str) -> str:
         """A file in `state_dir` that is the shard's own: `outbox.sqlite3` -> `outbox-K.sqlite3`."""
@@ -125,7 +133,7 @@ def parse(text: str, source: str = "--shard", hostname: str | None = None) -> Sh
             raise ShardError(
                 f"{source}: {text!r}: the host name {host!r} gives shard {index}, not below {count}"
             )
-        return Shard(index, count)
+        return Shard(index, count, auto=True)
     index = int(m.group(1))
     if index >= count:
         raise ShardError(f"{source}: {text!r}: K must be below N (shards are 0 to {count - 1})")
