@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from support.rings import temp_ring
 
-from vistream.config.models import BatchingConfig, CameraConfig
+from vistream.config.models import BatchingConfig, CameraConfig, ModelConfig
 from vistream.detector import Detector
 from vistream.ops.process import StopFlag
 from vistream.outputs.snapshot import COLOURS, box_label, read_snapshot, render_snapshot, snapshot_jpeg
@@ -160,14 +160,16 @@ def test_scheduler_holds_a_frame_until_its_result_is_handed_off(
     if case == "results_full":
         results.put("an older batch nobody took")
     spec = SchedulerSpec(
-        model=None, batching=BatchingConfig(), rings={"cam": ring.name}, wake=threading.Semaphore(0),
-        results=results, stats=queue.Queue(), control=queue.Queue(), beat=[0.0] * 3,
+        model=ModelConfig(path="fake.pt"), batching=BatchingConfig(), rings={"cam": ring.name},
+        wake=threading.Semaphore(0), results=results, stats=queue.Queue(), control=queue.Queue(),
+        beat=[0.0] * 3,
     )  # fmt: skip
     scheduler = Scheduler(spec, FakeDetector(fail=case == "batch_failed"), StopFlag())
     try:
         feed = scheduler.feeds["cam"]
         feed.consumer.last_seq = 0
         scheduler._run_batch([feed])
+        scheduler.drain()
         for k in range(6):
             reader._write(frame, 1000.0 + k / 30, time.monotonic())
         assert (ring.read_plane(1) is not None) is held
