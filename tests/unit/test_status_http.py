@@ -129,7 +129,9 @@ def fake_daemon(now: float, **changes: Any) -> Any:
         scheduler=SimpleNamespace(child=Part(), beat=beat),
         pump=Part(beat=now),
         logs=Part(beat=now),
+        backend_down="",
     )
+    d.scheduler_stats = lambda: SimpleNamespace(backend_down=d.backend_down)
     for key, value in changes.items():
         if key.startswith("beat_"):
             beat[{"beat_time": BEAT_TIME, "beat_batch": BEAT_BATCH_START, "beat_ready": BEAT_READY}[key]] = (
@@ -165,6 +167,8 @@ NOW = 1000.0
         ({"beat_time": NOW - 2.5}, "the scheduler made no progress for 2.5s (limit 2s)"),
         ({"pump": Part(alive=False, beat=NOW)}, "the result pump thread is dead"),
         ({"logs": Part(beat=NOW - 5)}, "the log hub thread made no progress for 5.0s (limit 2s)"),
+        ({"backend_down": "Triton model 'm' at grpc://t:8001: connection refused"},
+         "the model backend is unavailable: Triton model 'm' at grpc://t:8001: connection refused"),
     ],
 )  # fmt: skip
 def test_health_says_why_in_one_line(changes: dict[str, Any], reason: str | None) -> None:

@@ -63,7 +63,8 @@ LINE_COLOUR = (255, 0, 255)
 
 
 def health(d: Daemon, now: float) -> str | None:
-    """None when the model is loaded and results flow (the watchdog's verdict); else why not, one line.
+    """None when the model is loaded and results flow (the watchdog's verdict) and a remote model
+    answers; else why not, one line.
 
     "Flow" is what feeds systemd's watchdog: the scheduler looped (a batch, or idle for want of
     frames) within the daemon's progress window (at most the watchdog period, see Limits) and the
@@ -74,7 +75,11 @@ def health(d: Daemon, now: float) -> str | None:
     if d.ready is None:
         return "starting: the model is not loaded yet"
     if d.flowing(now):
-        return None
+        # Everything here turns, but a remote model (Triton) is down: frames are dropped (reason
+        # `backend`) until it answers again. Not a reason to starve the watchdog: a restart of
+        # this daemon would not bring the server back.
+        down = d.scheduler_stats().backend_down
+        return f"the model backend is unavailable: {down}" if down else None
     window = d.limits.window_s
     sched = d.scheduler
     if sched is None or not sched.child.alive:
