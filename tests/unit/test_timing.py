@@ -15,7 +15,7 @@ import pytest
 from vistream.config.models import CameraConfig
 from vistream.sources import reader as reader_mod
 from vistream.sources.probe import PortWatch, camera_address, port_open
-from vistream.sources.timing import Backoff, CaptureClock, Throttle
+from vistream.sources.timing import Backoff, CaptureClock, Deferral, Throttle
 
 
 @pytest.mark.parametrize(
@@ -117,6 +117,7 @@ def test_wall_clock_steps_do_not_age_frames(monkeypatch: pytest.MonkeyPatch) -> 
             self.cam = CameraConfig(name="c", url="/dev/null", detect_fps=30)
             self.hdr = {"frames_decoded": 0, "stream_width": 0, "stream_height": 0}
             self.throttle, self.clock, self.url, self.stop = Throttle(30), CaptureClock(), "/dev/null", None
+            self.deferral = None
 
         def _write(self, frame: object, captured_at: float, captured_mono: float) -> None:
             written.append((captured_at, captured_mono, clocks.time(), clocks.monotonic()))
@@ -336,3 +337,42 @@ def test_flapping_port_starts_the_backoff_over_at_most_once_per_cap(monkeypatch:
     opens = simulate(monkeypatch, lambda t: False, flapping).opens
     assert len(opens) <= 600 / 30 * 8
     assert min(np.diff(opens)) >= 0.25
+
+
+def test_deferral_leaves_frames_the_busy_model_will_not_take_unconverted() -> None:
+    """Frames at 30 fps, the scheduler taking one every 0.3 s (its batch time):
+    1. Until two takes are seen (a period is known) every frame is converted.
+    2. Then, right after a take, the next frame is converted (the model wants it when it is free);
+       the following ones are left until 1.5 frame intervals before the next take is due, so the
+       frame taken is at most that old.
+    3. A take that does not come when due (the scheduler stopped, or skips frames) ends the deferral."""
+    d = Deferral(1 / 30)
+    head, taken, t = 0, 0, 0.0
+    converted: list[float] = []
+    for i in range(90):  # 3 s
+        t = i / 30
+        if i and i % 9 == 0:  # a take every 0.3 s, of the newest frame written
+            taken = head
+        d.observe(taken, t)
+        if not d.defer(head, t):
+            head += 1
+            converted.append(t)
+    assert converted[:19] == [i / 30 for i in range(19)]  # no period known until the second take
+    later = [c for c in converted if c >= 1.0]
+    assert len(later) < 0.5 * 60  # most of the last 2 s went unconverted
+    for take in (1.2, 1.5, 1.8, 2.1, 2.4, 2.7):
+        newest = max(c for c in converted if c < take - 1e-9)
+        assert take - newest <= 1.5 / 30 + 1e-9  # the frame taken is fresh
+
+    t += 1.0  # no take for a second: every frame is converted again
+    d.observe(taken, t)
+    assert not d.defer(head, t)
+
+
+def test_deferral_never_defers_for_a_scheduler_that_keeps_up() -> None:
+    """A scheduler that takes every frame as it is written (a fast model): nothing is deferred."""
+    d = Deferral(1 / 30)
+    for head in range(60):
+        t = head / 30
+        d.observe(head, t)  # the previous frame was taken at once
+        assert not d.defer(head, t)

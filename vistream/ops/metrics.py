@@ -68,6 +68,12 @@ class DaemonCollector(Collector):
             "Ring reads retried because the writer lapped them.",
             labels=["camera"],
         )
+        deferred = CounterMetricFamily(
+            "vistream_frames_deferred",
+            "Frames kept at detect_fps that the reader did not letterbox: the model was busy and a newer "
+            "frame would come before it was free (not in sampled).",
+            labels=["camera"],
+        )
         late = CounterMetricFamily(
             "vistream_frames_late",
             "Inferred frames older than max_frame_age_ms when their batch ended (it ran long).",
@@ -78,6 +84,7 @@ class DaemonCollector(Collector):
             c = stats.cameras.get(name)
             decoded.add_metric([name], int(hdr["frames_decoded"]))
             sampled.add_metric([name], int(hdr["head"]))
+            deferred.add_metric([name], int(hdr["deferred"]))
             up.add_metric([name], 1.0 if rt.online else 0.0)
             reconnects.add_metric([name], int(hdr["reconnects"]))
             inferred.add_metric([name], c.inferred if c else 0)
@@ -86,7 +93,7 @@ class DaemonCollector(Collector):
             skipped.add_metric([name, "no_motion"], c.skipped_no_motion if c else 0)
             torn.add_metric([name], c.torn if c else 0)
             late.add_metric([name], c.late if c else 0)
-        yield from (decoded, sampled, inferred, dropped, skipped, up, reconnects, torn, late)
+        yield from (decoded, sampled, deferred, inferred, dropped, skipped, up, reconnects, torn, late)
 
         yield _histogram("vistream_batch_size", "Frames per inference call.", stats.batch_size)
         yield _histogram(

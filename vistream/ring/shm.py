@@ -80,6 +80,9 @@ HEADER = np.dtype(
         # Holds, counted by the reader: ignored because stale, and overwritten for want of a free slot.
         ("holds_expired", "<u8"),
         ("holds_broken", "<u8"),
+        # Sampled frames the reader left unconverted: the model was busy and a newer frame would come
+        # before it was free (vistream.sources.timing.Deferral); never written, so not in `head`.
+        ("deferred", "<u8"),
         # Written by the main process: snapshots asked for whose frame was no longer in the ring.
         ("snapshots_lost", "<u8"),
         # Motion gating (vistream.sources.motion). The reader writes the camera's settings when it
@@ -330,6 +333,10 @@ class FrameRing:
                 f"a {width}x{height} plane does not fit {lay.plane_width}x{lay.plane_height} I420"
             )
         return self.planes[self._writing][: width * height * 3 // 2].reshape(height * 3 // 2, width)
+
+    def last_taken(self) -> int:
+        """The newest seq the consumer took (and held) from this ring, as far as the slots still show."""
+        return max(int(slot["held"]) for slot in self.slots)
 
     def _pick_slot(self, now: float) -> int:
         """The slot for the next frame: never the newest, a held one only when no other is left,

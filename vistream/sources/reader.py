@@ -28,7 +28,7 @@ from vistream.sources.letterbox import letterbox
 from vistream.sources.motion import NOT_COMPUTED, FrameMotion
 from vistream.sources.probe import PortWatch
 from vistream.sources.stream import STREAM_ERRORS, decoded_frames, open_camera, stream_info
-from vistream.sources.timing import Backoff, CaptureClock, Throttle
+from vistream.sources.timing import Backoff, CaptureClock, Deferral, Throttle
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ class CameraReader:
         self.url = redact_url(self.cam.url)
         self.scaler = FrameScaler()
         self.motion = FrameMotion(self.cam.motion) if self.cam.motion.enabled else None
+        # Motion gating scores every sampled frame, and its skips take no holds: nothing to defer there.
+        self.deferral = None if self.motion else Deferral(self.throttle.interval)
         self.hdr["motion_min_area"] = self.cam.motion.min_area
         self.hdr["motion_keepalive_s"] = self.cam.motion.keepalive_s
 
@@ -163,8 +165,14 @@ class CameraReader:
                 if hdr["stream_width"] != frame.width or hdr["stream_height"] != frame.height:
                     hdr["stream_width"], hdr["stream_height"] = frame.width, frame.height
                 captured_at, captured_mono = self.clock.stamp(t, wall, mono)
-                if self.throttle.keep(t):
-                    self._write(frame, captured_at, captured_mono)
+                if not self.throttle.keep(t):
+                    continue
+                if self.deferral is not None:
+                    self.deferral.observe(self.ring.last_taken(), mono)
+                    if self.deferral.defer(self.ring.head, mono):
+                        hdr["deferred"] += 1
+                        continue
+                self._write(frame, captured_at, captured_mono)
         return n
 
     def _write(self, frame: av.VideoFrame, captured_at: float, captured_mono: float) -> None:

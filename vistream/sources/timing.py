@@ -1,4 +1,5 @@
-"""Small clocks of the reader: which frames to keep, when they were captured, how long to back off."""
+"""Small clocks of the reader: which frames to keep, when they were captured, whether to convert
+them now, how long to back off."""
 
 from __future__ import annotations
 
@@ -84,6 +85,48 @@ class CaptureClock:
         """
         captured_mono = self.captured(pts_s, mono)
         return wall - (mono - captured_mono), captured_mono
+
+
+class Deferral:
+    """Whether a sampled frame can go unconverted because the scheduler will not take it.
+
+    The scheduler takes only the newest frame of a camera, once per batch. While a batch runs, the
+    frames a reader letterboxes are replaced by newer ones before the model is free, and at
+    `detect_fps` above what the model takes that conversion is most of a reader's work (3 ms of
+    CPU for a 1080p frame). So the reader watches when the scheduler takes its frames (the holds it
+    puts on ring slots), learns the period between takes, and leaves a frame unconverted when the
+    last one it wrote is still waiting and another frame will come before the next take is due.
+    The frame the scheduler then takes is at most about 1.5 frame intervals old, as before.
+
+    Never defers before a take has been seen twice, when the scheduler took the newest frame
+    already (the next one is wanted as soon as the model is free), or once the predicted take is
+    overdue (a scheduler that stopped taking, or skips frames for want of motion). Pure, with the
+    time passed in.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval  # expected time between sampled frames
+        self.taken = 0  # the newest seq the scheduler took
+        self.taken_at: float | None = None  # when the reader first saw it taken
+        self.period: float | None = None  # smoothed time between takes
+        self._last_frame: float | None = None
+
+    def observe(self, taken: int, now: float) -> None:
+        """Before each sampled frame: the newest seq the scheduler took, and the time."""
+        if self._last_frame is not None:  # frames may come slower than detect_fps
+            self.interval = 0.9 * self.interval + 0.1 * min(now - self._last_frame, 1.0)
+        self._last_frame = now
+        if taken > self.taken:
+            if self.taken_at is not None and self.taken:
+                gap = now - self.taken_at
+                self.period = gap if self.period is None else 0.7 * self.period + 0.3 * gap
+            self.taken, self.taken_at = taken, now
+
+    def defer(self, head: int, now: float) -> bool:
+        """Leave this frame unconverted? `head` is the newest seq written to the ring."""
+        if self.period is None or self.taken_at is None or head <= self.taken:
+            return False
+        return now + 1.5 * self.interval < self.taken_at + self.period
 
 
 class Backoff:
