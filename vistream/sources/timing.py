@@ -95,8 +95,8 @@ class Deferral:
     `detect_fps` above what the model takes that conversion is most of a reader's work (3 ms of
     CPU for a 1080p frame). So the reader watches when the scheduler takes its frames (the holds it
     puts on ring slots), learns the period between takes, and leaves a frame unconverted when the
-    last one it wrote is still waiting and another frame will come before the next take is due.
-    The frame the scheduler then takes is at most about 1.5 frame intervals old, as before.
+    last one it wrote is still waiting and another frame will come before the next take is due
+    (with a margin of 1.5 frame intervals and a fifth of the period, for batches that end early).
 
     Never defers before a take has been seen twice, when the scheduler took the newest frame
     already (the next one is wanted as soon as the model is free), or once the predicted take is
@@ -126,7 +126,9 @@ class Deferral:
         """Leave this frame unconverted? `head` is the newest seq written to the ring."""
         if self.period is None or self.taken_at is None or head <= self.taken:
             return False
-        return now + 1.5 * self.interval < self.taken_at + self.period
+        # The take is seen up to a frame late, and batches vary: a margin of both.
+        margin = 1.5 * self.interval + 0.2 * self.period
+        return now + margin < self.taken_at + self.period
 
 
 class Backoff:
