@@ -16,3 +16,20 @@ setup_venv() {
         { cat pyproject.toml; echo "extras=$extras"; } > "$stamp"
     fi
 }
+
+# The test Triton server (tests/support/triton_server.py) runs under .venv-triton: a venv of Debian's
+# /usr/bin/python3 with PyTriton, which bundles tritonserver. Not the pyenv python3: PyTriton's python
+# stub fails inside Triton with `_thread.RLock has no attribute _recursion_count` under it. numpy<2:
+# under numpy 2 PyTriton 0.7 returns empty outputs. Built when missing or when these pins change.
+TRITON_VENV_PACKAGES=("nvidia-pytriton>=0.7,<0.8" "numpy<2" "onnxruntime>=1.17")
+setup_triton_venv() {
+    local stamp=.venv-triton/.installed
+    if [[ ! -x .venv-triton/bin/python ]]; then
+        [[ -x /usr/bin/python3 ]] || { echo "$0: /usr/bin/python3 (Debian's) is needed for .venv-triton" >&2; return 1; }
+        /usr/bin/python3 -m venv .venv-triton
+    fi
+    if ! cmp -s <(printf '%s\n' "${TRITON_VENV_PACKAGES[@]}") "$stamp"; then
+        .venv-triton/bin/python -m pip install "${TRITON_VENV_PACKAGES[@]}"
+        printf '%s\n' "${TRITON_VENV_PACKAGES[@]}" > "$stamp"
+    fi
+}

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 3.0  # reading the model config, at load and at each reconnect
 REQUEST_TIMEOUT_S = 10.0  # one batch, queueing on the server included
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.25, 2.0
+MAX_MESSAGE = 1 << 30  # bytes, either way
 LOAD_LOG_EVERY_S = 30.0  # how often a load waiting for an unreachable server says so again
 
 Done = Callable[[], None] | None  # called, from any thread, when a request's answer arrived
@@ -174,7 +175,14 @@ class _Grpc:
     def __init__(self, client_mod: Any, url: str) -> None:
         self.mod = client_mod
         # Short reconnect backoff in the channel itself too: its default grows to two minutes.
-        args = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 2000)]
+        # A batch's input and raw output run to tens of MB (8 x 3 x 640 x 640 floats in, 8 x 84 x
+        # 8400 out), past gRPC's default 4 MB message limit.
+        args = [
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ]
         self.client = client_mod.InferenceServerClient(url=url, channel_args=args)
 
     def config(self, model: str) -> dict[str, Any]:
@@ -361,8 +369,11 @@ class TritonDetector(YoloDetector):
             reason = _short(ticket.error) if ticket.error is not None else "an answer without predictions"
             self._mark_down(reason)
             raise BackendUnavailable(f"{self._where}: {reason}") from ticket.error
+        raw = ticket.raw[: ticket.n]
+        if not raw.flags.writeable:  # the client's view of its response buffer; torch wants its own
+            raw = raw.copy()
         with self._torch.inference_mode():
-            return self._postprocess(ticket.raw[: ticket.n])
+            return self._postprocess(raw)
 
     def infer(self, n: int) -> list[np.ndarray]:
         return self.collect(self.submit(n))
