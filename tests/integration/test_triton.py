@@ -119,9 +119,9 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def healthz(port: int) -> tuple[int, str]:
+def healthz(port: int, path: str = "/healthz") -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
             return resp.status, resp.read().decode().strip()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode().strip()
@@ -195,6 +195,7 @@ def test_daemon_on_triton_survives_a_server_restart(
                    30, "frames dropped with reason backend")  # fmt: skip
         code, body = healthz(port)
         assert code == 503 and "the model backend is unavailable" in body and "yolov8n" in body, body
+        assert healthz(port, "/livez") == (200, "ok")  # a liveness probe must not restart the daemon
         before = settled(daemon, "vistream_frames_inferred_total")
         assert daemon.proc.poll() is None
         time.sleep(max(0.0, 15 - (time.monotonic() - stopped)))

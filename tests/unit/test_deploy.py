@@ -209,7 +209,8 @@ def test_statefulset_shards_match_replicas() -> None:
 
 
 def test_probes_hit_healthz_on_the_metrics_port() -> None:
-    """1. startup, liveness and readiness probes GET /healthz on the container port that is the
+    """1. the readiness probe GETs /healthz, startup and liveness /livez (which a Triton outage does
+    not fail: restarting the pods would not bring Triton back), on the container port that is the
     config's metrics.port; 2. the server listens on all interfaces, so the kubelet reaches it;
     3. the headless Service exposes that port."""
     cfg = daemon_config()["metrics"]
@@ -217,9 +218,13 @@ def test_probes_hit_healthz_on_the_metrics_port() -> None:
     assert cfg["host"] in ("0.0.0.0", "::"), "the kubelet probes the pod's IP, not its loopback"
     sts = statefulset()
     ctr = container(sts["spec"]["template"]["spec"], "vistream")
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    for probe, path in (
+        ("startupProbe", "/livez"),
+        ("livenessProbe", "/livez"),
+        ("readinessProbe", "/healthz"),
+    ):
         get = ctr[probe]["httpGet"]
-        assert get["path"] == "/healthz", probe
+        assert get["path"] == path, probe
         assert port_number(ctr, get["port"]) == cfg["port"], probe
     service = resource("Service", sts["spec"]["serviceName"])
     assert service["spec"]["clusterIP"] == "None"

@@ -177,6 +177,15 @@ def test_health_says_why_in_one_line(changes: dict[str, Any], reason: str | None
     assert health(fake_daemon(NOW, **changes), NOW) == reason
 
 
+def test_liveness_does_not_hang_on_a_remote_model() -> None:
+    """/livez: the same verdict as /healthz, except that Triton being down is no reason for 503
+    (restarting the daemon would not bring it back); anything wrong in the daemon still is."""
+    down = {"backend_down": "Triton model 'm' at grpc://t:8001: connection refused"}
+    assert health(fake_daemon(NOW, **down), NOW, remote=False) is None
+    both = down | {"pump": Part(alive=False, beat=NOW)}
+    assert health(fake_daemon(NOW, **both), NOW, remote=False) == "the result pump thread is dead"
+
+
 def test_rates_over_the_last_seconds() -> None:
     """1. One sample: no rate yet. 2. Samples a second apart: frames per second over the window (5 s),
     older samples forgotten. 3. A counter that went back counts as 0, not negative. 4. A camera that

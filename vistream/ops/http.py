@@ -4,6 +4,7 @@
 |---|---|
 | `/metrics` | prometheus-client's ASGI app over the daemon's collector (vistream.ops.metrics) |
 | `/healthz` | 200 `ok`, or 503 and a one-line reason (`health`) |
+| `/livez` | the same, except that a remote model (Triton) being down is no reason for 503 |
 | `/api/status` | the daemon as a whole: health, model, MQTT, cameras online |
 | `/api/cameras` | one object per camera: state, rates, drops by reason, the latest frame's seq |
 | `/api/cameras/{name}/latest.jpg` | the latest inferred frame: boxes, track ids, zones, lines drawn |
@@ -62,9 +63,9 @@ ZONE_COLOUR = (255, 255, 255)  # BGR
 LINE_COLOUR = (255, 0, 255)
 
 
-def health(d: Daemon, now: float) -> str | None:
+def health(d: Daemon, now: float, *, remote: bool = True) -> str | None:
     """None when the model is loaded and results flow (the watchdog's verdict) and a remote model
-    answers; else why not, one line.
+    answers (unless `remote` is false: `/livez`); else why not, one line.
 
     "Flow" is what feeds systemd's watchdog: the scheduler looped (a batch, or idle for want of
     frames) within the daemon's progress window (at most the watchdog period, see Limits) and the
@@ -78,7 +79,7 @@ def health(d: Daemon, now: float) -> str | None:
         # Everything here turns, but a remote model (Triton) is down: frames are dropped (reason
         # `backend`) until it answers again. Not a reason to starve the watchdog: a restart of
         # this daemon would not bring the server back.
-        down = d.scheduler_stats().backend_down
+        down = remote and d.scheduler_stats().backend_down
         return f"the model backend is unavailable: {down}" if down else None
     window = d.limits.window_s
     sched = d.scheduler
@@ -306,6 +307,14 @@ def build_app(d: Daemon, metrics_app: ASGIApp, clock: Callable[[], float] = time
             return PlainTextResponse("ok\n")
         return PlainTextResponse(f"{reason}\n", status_code=503)
 
+    async def livez(request: Request) -> Response:
+        # /healthz without the remote model: what an orchestrator's liveness probe asks, since
+        # restarting this daemon would not bring a Triton server back.
+        reason = health(d, clock(), remote=False)
+        if reason is None:
+            return PlainTextResponse("ok\n")
+        return PlainTextResponse(f"{reason}\n", status_code=503)
+
     async def api_status(request: Request) -> Response:
         return JSONResponse(status(d, clock()))
 
@@ -335,6 +344,7 @@ def build_app(d: Daemon, metrics_app: ASGIApp, clock: Callable[[], float] = time
     routes = [
         Route("/", index),
         Route("/healthz", healthz),
+        Route("/livez", livez),
         Route("/metrics", _AsgiEndpoint(metrics_app)),
         Route("/api/status", api_status),
         Route("/api/cameras", api_cameras),
