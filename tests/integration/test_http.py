@@ -21,7 +21,7 @@ from support.rtsp_server import RtspServer
 
 pytestmark = pytest.mark.integration
 
-DROP_REASONS = {"stale", "overwritten", "failed", "unattached"}
+DROP_REASONS = {"stale", "overwritten", "failed", "unattached", "reshape", "backend"}
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Message, bytes]:

@@ -217,7 +217,8 @@ def test_daemon_on_triton_survives_a_server_restart(
         metrics = daemon.metrics()
         code, _ = daemon.terminate()
         assert code == 0, daemon.log[-3000:]
-    assert "Traceback" not in daemon.log, daemon.log[-5000:]
+    # (Triton's own error text, quoted in the warnings, may hold a traceback of its Python stub.)
+    assert not re.search(r"^Traceback", daemon.log, re.M), daemon.log[-5000:]
     assert stats["inference_count"] == after - before, (stats, before, after)
     figures = {
         "outage_s": round(outage_s, 1),
