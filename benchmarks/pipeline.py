@@ -192,8 +192,8 @@ def print_summary(r: dict[str, Any]) -> None:
         counts = [int(c[f"dropped_{r}"]) for r in REASONS] + [int(c["unaccounted"])]
         rows.append([cam, d["fps"], *rates, *counts, d["objects_per_frame"] or 0.0])
     print("\nframes per second, then frames dropped (counts over the window)")
-    header = ["camera", "mqtt", "decoded", "sampled", "inferred", "stale", "overwr", "failed", "unatt."]
-    header.append("unacc.")
+    short = [r if len(r) <= 6 else r[:5] + "." for r in REASONS]
+    header = ["camera", "mqtt", "decoded", "sampled", "inferred", *short, "unacc."]
     table([*header, "obj/frame"], rows)
     size = m["batch_size_mean"] or 0.0
     print(f"\n{m['batches']:.0f} batches ({m['batches_per_s']:.2f}/s), mean size {size:.2f}")

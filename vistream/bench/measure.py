@@ -23,9 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vistream.bench.daemon import DaemonProcess
 from vistream.bench.mosquitto import Message, Subscriber
+from vistream.ops.stats import DROP_REASONS
 
 MIB = 1024 * 1024
-REASONS = ("stale", "overwritten", "failed", "unattached")
+REASONS = DROP_REASONS  # every reason /metrics counts drops by
 # Distribution names: Ultralytics is installed as its headless build.
 DISTS = {"vistream": "vistream", "torch": "torch", "ultralytics": "ultralytics-opencv-headless", "av": "av"}
 
