@@ -289,6 +289,11 @@ class FrameRing:
 
     # -- writer side (the reader process) ----------------------------------------
 
+    @property
+    def stream_size(self) -> tuple[int, int]:
+        """(width, height) of the camera's stream as its reader reported it; (0, 0) before a frame."""
+        return int(self.header["stream_width"]), int(self.header["stream_height"])
+
     def input_shape(self) -> tuple[int, int]:
         """(height, width) new frames are letterboxed to: the batch shape the scheduler asked for,
         or the layout's full image."""

@@ -87,7 +87,7 @@ def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
         # Fitted to the cameras that reported their size while the model loaded; `Scheduler`
         # follows later changes.
         if detector.fixed_input is None:
-            detector.reshape(*batch_shape(reported_sizes(spec.rings).values(), spec.model.imgsz))
+            detector.reshape(*batch_shape(reported_sizes(spec.rings), spec.model.imgsz))
         detector.warmup()
     except ModelConfigError as exc:
         return _fatal(spec, 2, str(exc))
@@ -112,16 +112,16 @@ def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
     return 0
 
 
-def reported_sizes(rings: dict[str, str]) -> dict[str, tuple[int, int]]:
-    """Camera -> (width, height) of its stream, for the cameras whose reader has reported one."""
-    sizes = {}
-    for name, ring_name in rings.items():
+def reported_sizes(rings: dict[str, str]) -> list[tuple[int, int]]:
+    """(width, height) of each camera's stream as far as its reader has reported it ((0, 0): not yet)."""
+    sizes = []
+    for ring_name in rings.values():
         ring = FrameRing.attach(ring_name)
         try:
-            sizes[name] = (int(ring.header["stream_width"]), int(ring.header["stream_height"]))
+            sizes.append(ring.stream_size)
         finally:
             ring.close()
-    return {name: size for name, size in sizes.items() if all(size)}
+    return sizes
 
 
 def _fatal(spec: SchedulerSpec, code: int, message: str) -> int:
@@ -165,12 +165,6 @@ class Feed:
     @property
     def streaming(self) -> bool:
         return int(self.ring.header["state"]) == State.STREAMING
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) of the camera's stream; (0, 0) until its reader has decoded a frame."""
-        hdr = self.ring.header
-        return int(hdr["stream_width"]), int(hdr["stream_height"])
 
     def track(
         self, detections: list[Detection], captured_mono: float
@@ -250,7 +244,7 @@ class Scheduler:
         """Keep the batch shape fitted to the cameras (vistream.scheduler.shape) as they are added,
         removed or change resolution: re-warm the model for a new shape and ask every reader for it.
         Frames already letterboxed for the old one are dropped (`reshape`), never inferred."""
-        sizes = tuple((name, *feed.size) for name, feed in self.feeds.items())
+        sizes = tuple((name, *feed.ring.stream_size) for name, feed in self.feeds.items())
         if sizes == self._sizes:
             return
         self._sizes = sizes
