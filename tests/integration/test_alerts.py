@@ -22,6 +22,7 @@ from support.daemon import DaemonProcess, base_config
 from support.mosquitto import Message, Mosquitto, Subscriber
 from support.procs import free_port
 from support.rtsp_server import RtspServer
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +49,6 @@ def events(sub: Subscriber, topic: str) -> list[dict[str, Any]]:
 def retained_values(sub: Subscriber, topic: str, live: bool = False) -> list[bytes]:
     """Payloads on a retained topic; `live`: only as published, not the broker's replays on (re)subscribe."""
     return [m.payload for m in sub.messages if m.topic == topic and not (live and m.retain)]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def test_zone_and_line_events_with_snapshots_and_home_assistant(

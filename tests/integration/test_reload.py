@@ -12,6 +12,7 @@ from support.daemon import DaemonProcess, NotifySocket, base_config
 from support.mosquitto import Mosquitto, Subscriber
 from support.procs import free_port
 from support.rtsp_server import RtspServer
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -19,14 +20,6 @@ pytestmark = pytest.mark.integration
 def seqs(sub: Subscriber, prefix: str, camera: str, since: float = 0.0) -> list[int]:
     topic = f"{prefix}/{camera}/detections"
     return [m.json()["seq"] for m in sub.messages if m.topic == topic and m.timestamp >= since]
-
-
-def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
 
 
 def segments(prefix: str, camera: str) -> list[Path]:

@@ -15,20 +15,13 @@ from support.daemon import DaemonProcess, base_config
 from support.mosquitto import Mosquitto, Subscriber
 from support.procs import free_port
 from support.rtsp_server import RtspServer
+from support.waiting import wait_until
 
 from vistream.ops.shard import owner
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "ishard"
-
-
-def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
 
 
 def two_free_ports() -> int:

@@ -25,6 +25,7 @@ from support.daemon import VISTREAM, DaemonProcess, base_config
 from support.mosquitto import Mosquitto, Subscriber
 from support.procs import free_port
 from support.triton_server import TritonServer
+from support.waiting import wait_until
 
 from vistream.config.models import ModelConfig
 from vistream.detector import load_detector
@@ -125,15 +126,6 @@ def healthz(port: int, path: str = "/healthz") -> tuple[int, str]:
             return resp.status, resp.read().decode().strip()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode().strip()
-
-
-def wait_until(check: Callable[[], object], timeout: float, what: str, every: float = 0.2) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def settled(daemon: DaemonProcess, name: str, **labels: str) -> float:
