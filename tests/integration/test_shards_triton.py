@@ -16,11 +16,12 @@ import pytest
 from support.daemon import DaemonProcess, base_config
 from support.mosquitto import Mosquitto, Subscriber
 from support.triton_server import TritonServer
+from support.waiting import wait_until
 
 from vistream.ops.shard import owner
 
 from .test_shards import payloads, seqs, two_free_ports
-from .test_triton import MAX_BATCH, make_triton, metric, triton_entry, wait_until  # noqa: F401 (fixtures)
+from .test_triton import MAX_BATCH, make_triton, metric, triton_entry  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 
