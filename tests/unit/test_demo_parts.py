@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import queue
 import socket
 import threading
@@ -28,20 +27,11 @@ from vistream.demo.table import (
 from vistream.events.geometry import Line, Zone, anchor
 
 CLIP_SECONDS = 2
-MODEL = Path(os.environ.get("VISTREAM_TEST_MODEL", Path(__file__).parents[3] / "shared/models/yolov8n.pt"))
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return footage.ensure_clips(tmp_path_factory.mktemp("demo-cache"), 2, seconds=CLIP_SECONDS)
-
-
-def _model() -> Path:
-    if not MODEL.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"test model missing at {MODEL}")
-        pytest.skip(f"test model missing at {MODEL}")
-    return MODEL
 
 
 # --- footage ---------------------------------------------------------------------------------
@@ -98,12 +88,12 @@ def test_default_cache_dir_honours_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert footage.default_cache_dir() == Path.home() / ".cache" / "vistream" / "demo"
 
 
-def test_yolo_sees_people_and_the_bus(clips: list[Path]) -> None:
+def test_yolo_sees_people_and_the_bus(clips: list[Path], model_path: Path) -> None:
     """YOLOv8n finds persons (and the bus in the bus clip) at conf > 0.5 in frames across each
     clip, so the demo shows detections and not an empty table."""
     from ultralytics import YOLO
 
-    model = YOLO(str(_model()))
+    model = YOLO(str(model_path))
     for path, expected in zip(clips, ({"person", "bus"}, {"person"}), strict=True):
         with av.open(str(path)) as container:
             frames = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
@@ -113,13 +103,13 @@ def test_yolo_sees_people_and_the_bus(clips: list[Path]) -> None:
             assert expected <= labels, f"{path.name}: {labels}"
 
 
-def test_scenes_fit_the_footage(clips: list[Path]) -> None:
+def test_scenes_fit_the_footage(clips: list[Path], model_path: Path) -> None:
     """Over one loop of each clip (every 5th frame), YOLOv8n puts people's feet (the bottom-centre
     the rules use) both inside and outside the clip's zone, and on both sides of its line within
     the line's extent: the demo's zone and line rules have something to fire on."""
     from ultralytics import YOLO
 
-    model = YOLO(str(_model()))
+    model = YOLO(str(model_path))
     every = footage.ensure_clips(clips[0].parent, footage.MAX_CLIPS, seconds=CLIP_SECONDS)
     for index, path in enumerate(every):
         scene = footage.scene(index)
