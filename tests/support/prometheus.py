@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import yaml
 
-from .procs import free_port, stop_process, wait_for_port
+from vistream.bench.procs import ServerProcess
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"
@@ -62,43 +59,33 @@ def config_for(target: str, config_file: Path | None = None, interval_s: float =
     return config
 
 
-class Prometheus:
+class Prometheus(ServerProcess):
     """`with Prometheus(config) as prom:` a server on prom.url until the block ends.
 
     `query(expr)` runs an instant query through the HTTP API and returns its result vector;
     `wait_for(expr, predicate)` polls until the result satisfies the predicate.
     """
 
-    host = "127.0.0.1"
+    program = "prometheus"
+    stop_timeout = 10.0
+    log_tail = 4000
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.port = free_port(self.host)
+        super().__init__()
         self.url = f"http://{self.host}:{self.port}"
-        self._dir = Path(tempfile.mkdtemp(prefix="prometheus-"))
         self.config_path = self._dir / "prometheus.yml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self._log = self._dir / "prometheus.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [
+            PROMETHEUS,
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self._dir / 'data'}",
+            f"--web.listen-address={self.host}:{self.port}",
+        ]
 
     def start(self, timeout: float = 30.0) -> Self:
-        with self._log.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [
-                    PROMETHEUS,
-                    f"--config.file={self.config_path}",
-                    f"--storage.tsdb.path={self._dir / 'data'}",
-                    f"--web.listen-address={self.host}:{self.port}",
-                ],
-                stdout=log,
-                stderr=log,
-            )
-        try:
-            wait_for_port(self.host, self.port, timeout, self._proc)
-            self._wait_ready(timeout)
-        except (RuntimeError, TimeoutError) as exc:
-            self.stop()
-            raise RuntimeError(f"prometheus did not start: {exc}\n{self.log()[-4000:]}") from exc
-        return self
+        return super().start(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         """The port opens before the TSDB is loaded; /-/ready answers 200 once queries work."""
@@ -150,23 +137,3 @@ class Prometheus:
                 raise TimeoutError(f"{expr!r} after {timeout} s: {result}; targets: {health}")
             time.sleep(0.5)
         return result
-
-    def log(self) -> str:
-        return self._log.read_text(errors="replace") if self._log.exists() else ""
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            stop_process(self._proc, timeout=10)
-            self._proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

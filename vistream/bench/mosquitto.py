@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,7 +16,7 @@ from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 
-from .procs import free_port, stop_process, wait_for_port
+from .procs import ServerProcess
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
@@ -40,7 +38,7 @@ class TlsFiles:
     keyfile: Path
 
 
-class Mosquitto:
+class Mosquitto(ServerProcess):
     """`with Mosquitto() as broker:` a broker on broker.host:broker.port until the block ends.
 
     stop() and start() (or restart()) keep the port, so a test can take the broker away and bring it
@@ -50,7 +48,7 @@ class Mosquitto:
     With `tls` the listener speaks TLS only (clients then need the CA that signed `tls.certfile`).
     """
 
-    host = "127.0.0.1"
+    program = "mosquitto"
 
     def __init__(
         self,
@@ -59,13 +57,10 @@ class Mosquitto:
         persistent: bool = False,
         tls: TlsFiles | None = None,
     ) -> None:
-        self.port = port or free_port(self.host)
+        super().__init__(port)
         self.users = dict(users or {})
         self.persistent = persistent
         self.tls = tls
-        self._dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
-        self._log = self._dir / "mosquitto.log"
-        self._proc: subprocess.Popen[bytes] | None = None
         self._write_config()
 
     def _write_config(self) -> None:
@@ -98,46 +93,12 @@ class Mosquitto:
             lines.append("allow_anonymous true")
         (self._dir / "mosquitto.conf").write_text("\n".join(lines) + "\n")
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self, timeout: float = 10.0) -> Self:
-        assert not self.running, "broker already running"
-        with self._log.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [MOSQUITTO, "-c", str(self._dir / "mosquitto.conf")], stdout=log, stderr=log
-            )
-        try:
-            wait_for_port(self.host, self.port, timeout, self._proc)
-        except (RuntimeError, TimeoutError) as exc:
-            self.stop()
-            raise RuntimeError(f"mosquitto did not start: {exc}\n{self.log()}") from exc
-        return self
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            stop_process(self._proc)
-            self._proc = None
+    def command(self) -> list[str]:
+        return [MOSQUITTO, "-c", str(self._dir / "mosquitto.conf")]
 
     def restart(self) -> None:
         self.stop()
         self.start()
-
-    def log(self) -> str:
-        return self._log.read_text(errors="replace") if self._log.exists() else ""
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)
