@@ -29,12 +29,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import Any, Self
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV = REPO_ROOT / ".venv-triton"
 PYTHON = VENV / "bin" / "python"
-READY_LINE = "TRITON READY"
 
 
 def missing_dependency() -> str | None:
@@ -59,34 +58,40 @@ class TritonServer:
     ) -> None:
         self.entry, self.threads = entry, threads
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = entry.parent / f".triton-{grpc_port}.log"
-        self._log: IO[str] | None = None
+        self._ready = entry.parent / f".triton-{grpc_port}.ready"
 
     @property
     def name(self) -> str:
         return self.entry.name
 
     def start(self, timeout: float = 120.0) -> Self:
-        self._log = self.log_path.open("a")
+        """Start the server and wait until it serves the entry: the server script creates its
+        ready file once PyTriton's `run()` returned. (Not a line on its stdout: PyTriton prints
+        tritonserver's own log lines there from another thread, and one of them written in the
+        middle of ours left the line unrecognised and the wait blocked in `readline` for good.)
+        Everything the server prints goes to `log_path`."""
+        self._ready.unlink(missing_ok=True)
         cmd = [
             str(PYTHON), __file__, "--entry", str(self.entry), "--grpc-port", str(self.grpc_port),
             "--http-port", str(self.http_port), "--metrics-port", str(self.metrics_port),
-            "--threads", str(self.threads),
+            "--threads", str(self.threads), "--ready-file", str(self._ready),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._log, text=True, start_new_session=True
-        )
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            if line.strip() == READY_LINE:
-                return self
-        self.stop()
-        raise RuntimeError(f"the test Triton server did not start: {self.log()[-3000:]}")
+        while not self._ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                why = (
+                    f"exited with {self.proc.returncode}"
+                    if self.proc.poll() is not None
+                    else f"not ready after {timeout} s"
+                )
+                self.stop()
+                raise RuntimeError(f"the test Triton server {why}: {self.log()[-3000:]}")
+            time.sleep(0.05)
+        return self
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM to the server's process group (PyTriton, tritonserver, the python stubs), then SIGKILL."""
@@ -103,8 +108,7 @@ class TritonServer:
         finally:
             self._reap_group(self.proc.pid)
             self.proc = None
-            if self._log:
-                self._log.close()
+            self._ready.unlink(missing_ok=True)
 
     @staticmethod
     def _reap_group(pgid: int) -> None:
@@ -210,7 +214,7 @@ def serve(args: argparse.Namespace) -> None:
             strict=False,
         )
         triton.run()
-        print(READY_LINE, flush=True)
+        Path(args.ready_file).touch()
         while not stop:
             time.sleep(0.1)
 
@@ -222,6 +226,7 @@ def main() -> None:
     p.add_argument("--http-port", type=int, required=True)
     p.add_argument("--metrics-port", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ready-file", required=True, help="created once the entry is served")
     serve(p.parse_args())
     sys.exit(0)
 
