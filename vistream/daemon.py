@@ -25,6 +25,7 @@ from typing import Any
 from vistream.config.loader import load_config
 from vistream.config.models import CameraConfig, Config, ConfigError
 from vistream.config.secrets import mqtt_password
+from vistream.ops.cameras import CameraRuntime
 from vistream.ops.logs import LogHub, camera
 from vistream.ops.process import SPAWN, Child, StopFlag
 from vistream.ops.reload import diff as reload_diff
@@ -40,7 +41,7 @@ from vistream.outputs.outbox import FILENAME as OUTBOX_FILE
 from vistream.outputs.outbox import Outbox
 from vistream.outputs.results import ResultPump
 from vistream.ring.naming import instance_id, remove_leftovers, segment_name, shm_shortage
-from vistream.ring.shm import FrameRing, RingLayout, State
+from vistream.ring.shm import FrameRing, RingLayout
 from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME, SchedulerSpec, run_scheduler
 from vistream.scheduler.messages import AddCamera, Fatal, Ready, RemoveCamera
 from vistream.sources.reader import ReaderSpec, run_reader
@@ -56,9 +57,7 @@ SCHEDULER_STOP_S = 3.0
 PUMP_DRAIN_S = 1.0
 DELIVERY_STOP_S = 1.0
 MQTT_GOODBYE_S = 1.5
-READER_GRACE_S = 10.0  # on top of the camera's open/read timeouts before a silent reader counts as hung
 STATUS_EVERY_S = 5.0
-OFFLINE_WARN_S = 60.0  # a camera offline this long gets a warning (once per outage)
 # What a scheduler exits with when it cannot load the model (3) or the config does not fit the
 # model (2): its own verdict, final however often it is restarted.
 CANNOT_BOOT = (2, 3)
@@ -74,18 +73,6 @@ class BootError(Exception):
     def __init__(self, exit_code: int, message: str) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-@dataclass
-class CameraRuntime:
-    cfg: CameraConfig
-    ring: FrameRing
-    child: Child
-    budget: RestartBudget = field(default_factory=RestartBudget)
-    online: bool = False
-    restarts: int = 0
-    offline_since: float | None = None  # when the daemon last saw it go offline (monotonic)
-    offline_warned: bool = False
 
 
 @dataclass
@@ -557,8 +544,8 @@ class Daemon:
             return
         self._supervise_threads(now)
         for rt in self.cameras.values():
-            self._supervise_reader(rt, now)
-            self._set_online(rt, self._is_online(rt, now), now)
+            rt.supervise(now)
+            self._set_online(rt, rt.streaming(now), now)
         self._notify_systemd(now)
         if self.ready:
             sampled = sum(int(rt.ring.header["head"]) for rt in self.cameras.values())
@@ -648,54 +635,10 @@ class Daemon:
         self.scheduler_restarts += 1
         self._start_scheduler(base)
 
-    def _supervise_reader(self, rt: CameraRuntime, now: float) -> None:
-        hdr = rt.ring.header
-        silent = now - max(float(hdr["heartbeat"]), rt.child.started_at)
-        if rt.child.alive and silent > rt.cfg.open_timeout_s + rt.cfg.read_timeout_s + READER_GRACE_S:
-            log.error("camera %s: reader silent for %.0fs: killing it", rt.cfg.name, silent,
-                      extra=camera(rt.cfg.name))  # fmt: skip
-            rt.child.stop(1.0)
-        if rt.child.alive or not rt.budget.take():
-            return
-        log.error("camera %s: reader exited (code %s): restarting it", rt.cfg.name, rt.child.exitcode,
-                  extra=camera(rt.cfg.name))  # fmt: skip
-        rt.child.close()
-        rt.restarts += 1
-        hdr["state"] = State.STARTING
-        rt.child.start()
-
-    def _is_online(self, rt: CameraRuntime, now: float) -> bool:
-        hdr = rt.ring.header
-        return (
-            rt.child.alive
-            and int(hdr["state"]) == State.STREAMING
-            and now - float(hdr["last_frame"]) < rt.cfg.read_timeout_s
-        )
-
     def _set_online(self, rt: CameraRuntime, online: bool, now: float) -> None:
-        """Announce a change (a log line, the MQTT status); warn once when an outage lasts a minute."""
-        name, extra = rt.cfg.name, camera(rt.cfg.name)
-        if online == rt.online and name in self._announced:
-            if online:
-                return
-            if rt.offline_since is None:  # a reader restarted by a reload: its outage starts now
-                rt.offline_since = now
-            down = now - rt.offline_since
-            if down >= OFFLINE_WARN_S and not rt.offline_warned:
-                rt.offline_warned = True
-                hdr = rt.ring.header
-                state = State.NAMES.get(int(hdr["state"]), "?")
-                log.warning("camera %s: offline for %.0fs (reader %s, %d reconnects)",
-                            name, down, state, int(hdr["reconnects"]), extra=extra)  # fmt: skip
-            return
-        self._announced.add(name)
-        rt.online = online
-        if online and rt.offline_since is not None:
-            log.info("camera %s: online, after %.0fs offline", name, now - rt.offline_since, extra=extra)
-        else:
-            log.info("camera %s: %s", name, "online" if online else "offline", extra=extra)
-        rt.offline_since, rt.offline_warned = (None, False) if online else (now, False)
-        self.mqtt.camera_status(name, online)
+        if rt.observe(online, now, announced=rt.name in self._announced):
+            self._announced.add(rt.name)
+            self.mqtt.camera_status(rt.name, online)
 
     def _drain_stats(self) -> None:
         sched = self.scheduler

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from vistream.config.models import Config
-from vistream.daemon import OFFLINE_WARN_S, CameraRuntime, Daemon
+from vistream.daemon import Daemon
 from vistream.events.engine import FrameOutcome
 from vistream.events.rules import Event
+from vistream.ops.cameras import OFFLINE_WARN_S, CameraRuntime
 from vistream.ops.logs import JsonFormatter, LogHub, PipeHandler, TextFormatter, make_formatter, on_journal
 from vistream.ops.process import SPAWN, Child, StopFlag
 from vistream.outputs.alerts import Alerts, describe
@@ -219,7 +220,7 @@ def test_a_camera_offline_for_a_minute_gets_one_warning_and_its_return_says_how_
     rt = CameraRuntime(cfg.cameras[0], SimpleNamespace(header=header), None)  # type: ignore[arg-type]
     timeline = [(0, False), (59, False), (OFFLINE_WARN_S, False), *((t, False) for t in range(61, 200))]
     timeline += [(200, True), (250, True), (300, False), (305, False), (310, True)]
-    with caplog.at_level(logging.INFO, logger="vistream.daemon"):
+    with caplog.at_level(logging.INFO, logger="vistream.ops.cameras"):
         for t, online in timeline:
             d._set_online(rt, online, 1000.0 + t)
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]
