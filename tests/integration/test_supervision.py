@@ -11,26 +11,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support.daemon import DaemonProcess, base_config
+from support.daemon import DaemonProcess, base_config, child, counter_samples, unaccounted
 from support.mosquitto import Mosquitto, Subscriber
 from support.procs import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def child(daemon: DaemonProcess, title: str) -> psutil.Process:
-    """The daemon's child whose process title is `vistream: <title>`."""
-    assert daemon.proc is not None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        for proc in psutil.Process(daemon.proc.pid).children():
-            try:
-                if " ".join(proc.cmdline()).strip() == f"vistream: {title}":
-                    return proc
-            except psutil.NoSuchProcess:
-                continue
-        time.sleep(0.2)
-    raise AssertionError(f"no child process titled 'vistream: {title}'")
 
 
 def file_cameras(samples_dir: Path, *names: str) -> list[dict]:
@@ -141,21 +126,6 @@ def test_model_that_fails_after_a_scheduler_restart_ends_the_daemon_with_3(
     assert not list(Path("/dev/shm").glob(f"vistream.{prefix}.*"))
 
 
-COUNTER_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
-
-
-def counter_samples(page: str) -> dict[str, float]:
-    """Every counter-like sample of a /metrics page (counters and histogram parts), by full key."""
-    out = {}
-    for line in page.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, _, value = line.rpartition(" ")
-        if key.partition("{")[0].endswith(COUNTER_SUFFIXES):
-            out[key] = float(value)
-    return out
-
-
 class Scraper:
     """Scrapes /metrics in a loop and records every counter that went backwards between two scrapes."""
 
@@ -181,16 +151,6 @@ class Scraper:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(30)
-
-
-def unaccounted(daemon: DaemonProcess, cam: str) -> float:
-    """sampled - (inferred + every drop reason): the frames not accounted for yet (pending)."""
-    page = counter_samples(daemon.metrics())
-    sampled = page.get(f'vistream_frames_sampled_total{{camera="{cam}"}}', 0.0)
-    inferred = page.get(f'vistream_frames_inferred_total{{camera="{cam}"}}', 0.0)
-    drops = f'vistream_frames_dropped_total{{camera="{cam}"'
-    dropped = sum(v for k, v in page.items() if k.startswith(drops))
-    return sampled - inferred - dropped
 
 
 def test_accounting_holds_across_a_scheduler_restart(
