@@ -1,10 +1,12 @@
 """The Triton backend against in-process inference of the same model on the same machine.
 
-    flock /tmp/vistream-itest.lock .venv/bin/python benchmarks/triton.py [--seconds 30] [--out PATH]
+    flock /tmp/vistream-itest.lock .venv/bin/python benchmarks/triton.py [--seconds 30] [--input uint8]
 
 The model is `vistream export-triton`'s entry of yolov8n, served by the test Triton server
 (tests/support/triton_server.py: PyTriton's tritonserver, the entry's model.onnx on onnxruntime
-with 1 thread) and run in-process by the onnxruntime backend on the same file with 1 thread.
+with 1 thread) and run in-process by the onnxruntime backend on the default entry's file with 1
+thread. `--input uint8` serves the `--input uint8` entry (bytes on the wire, preprocessing in the
+model) instead, and writes triton-cpu-uint8.json.
 
 1. The hop: one batch of the street frame (1 and 4 frames, 384x640) through the backend's
    `infer`, in-process and through Triton over gRPC: p50/p99 and what the hop adds.
@@ -48,11 +50,12 @@ CLIP = REPO.parent / "shared" / "samples" / "street-1080p.mp4"
 MAX_BATCH = 4
 
 
-def export(root: Path) -> Path:
+def export(root: Path, name: str = "yolov8n", input_type: str = "float32") -> Path:
     env = {**os.environ, "XDG_CACHE_HOME": str(root / "cache")}
     cmd = [*VISTREAM, "export-triton", "--model", str(MODEL), "--out", str(root / "models")]
-    subprocess.run([*cmd, "--name", "yolov8n", "--max-batch", str(MAX_BATCH)], env=env, check=True)
-    return root / "models" / "yolov8n"
+    cmd += ["--name", name, "--max-batch", str(MAX_BATCH), "--input", input_type]
+    subprocess.run(cmd, env=env, check=True)
+    return root / "models" / name
 
 
 def street_frame() -> np.ndarray:
@@ -147,15 +150,23 @@ def main() -> int:
     p.add_argument(
         "--fps", type=float, default=10, help="detect_fps per camera (30: more than either keeps up with)"
     )
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "triton-cpu.json")
+    p.add_argument(
+        "--input", choices=("float32", "uint8"), default="float32", help="the served entry's input"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="default benchmarks/results/triton-cpu[-uint8].json"
+    )
     args = p.parse_args()
+    suffix = "" if args.input == "float32" else f"-{args.input}"
+    args.out = args.out or REPO / "benchmarks" / "results" / f"triton-cpu{suffix}.json"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         entry = export(root)
+        served = entry if args.input == "float32" else export(root, f"yolov8n_{args.input}", args.input)
         frame = street_frame()
-        triton = TritonServer(entry, free_port(), free_port(), free_port()).start()
+        triton = TritonServer(served, free_port(), free_port(), free_port()).start()
         try:
-            url = f"grpc://127.0.0.1:{triton.grpc_port}/yolov8n"
+            url = f"grpc://127.0.0.1:{triton.grpc_port}/{served.name}"
             local_hop = hop(str(entry / "1" / "model.onnx"), frame, args.reps)
             triton_hop = hop(url, frame, args.reps)
             with RtspServer({"street1": CLIP, "street2": CLIP}) as rtsp, Mosquitto() as broker:
@@ -181,7 +192,8 @@ def main() -> int:
         "recovery_s": remote.get("recovery_s"),
         "inprocess": {"infer": local_hop, "daemon": local},
         "triton": {"infer": triton_hop, "daemon": remote},
-        "setup": f"yolov8n 384x640, onnxruntime 1 thread each side, 2 RTSP 1080p cameras at {args.fps:g} fps "
+        "setup": f"yolov8n 384x640, {args.input} entry, onnxruntime 1 thread each side, "
+        f"2 RTSP 1080p cameras at {args.fps:g} fps "
         f"each, max_batch {MAX_BATCH}, max_inflight 2, {os.cpu_count()} CPUs, {args.seconds:g} s per run",
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     triton.add_argument("--imgsz", type=int, default=640, help="export input size (default 640)")
     triton.add_argument("--max-batch", type=int, default=8, help="max_batch_size (default 8)")
     triton.add_argument("--format", choices=("onnx", "engine"), default="onnx", help="default onnx")
+    triton.add_argument(
+        "--input", choices=("float32", "uint8"), default="float32",
+        help="what a request carries: float32 NCHW (default; also Ultralytics' Triton client), or uint8 "
+        "NHWC, a quarter of the bytes, cast and scaled on the server (ONNX only)",
+    )  # fmt: skip
     return p
 
 

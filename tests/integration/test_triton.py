@@ -38,20 +38,30 @@ MAX_BATCH = 4
 RESULTS = Path(os.environ.get("VISTREAM_TEST_RESULTS", "test-artifacts"))
 
 
-@pytest.fixture(scope="session")
-def triton_entry(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Path:
-    """`vistream export-triton` of the test model, once per session (its own export cache)."""
-    if reason := triton_server.missing_dependency():
-        missing(reason)
-    root = tmp_path_factory.mktemp("triton")
+def export_entry(root: Path, model_path: Path, name: str, *extra: str) -> Path:
+    """`vistream export-triton` of the test model into root/models/NAME (export cache in root/cache)."""
     env = {**os.environ, "XDG_CACHE_HOME": str(root / "cache")}
     cmd = [*VISTREAM, "export-triton", "--model", str(model_path), "--out", str(root / "models")]
     out = subprocess.run(
-        [*cmd, "--name", "yolov8n", "--max-batch", str(MAX_BATCH)],
+        [*cmd, "--name", name, "--max-batch", str(MAX_BATCH), *extra],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    return root / "models" / "yolov8n"
+    return root / "models" / name
+
+
+@pytest.fixture(scope="session")
+def triton_entry(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Path:
+    """The default entry (float32 NCHW input), once per session, with its own export cache."""
+    if reason := triton_server.missing_dependency():
+        missing(reason)
+    return export_entry(tmp_path_factory.mktemp("triton"), model_path, "yolov8n")
+
+
+@pytest.fixture(scope="session")
+def triton_entry_uint8(triton_entry: Path, model_path: Path) -> Path:
+    """The `--input uint8` entry of the same export (taken from the same cache)."""
+    return export_entry(triton_entry.parents[1], model_path, "yolov8n_uint8", "--input", "uint8")
 
 
 @pytest.fixture
@@ -59,9 +69,14 @@ def make_triton(triton_entry: Path) -> Iterator[Callable[..., TritonServer]]:
     """Start the test Triton server on given (or free) ports; every one is stopped after the test."""
     servers: list[TritonServer] = []
 
-    def make(grpc_port: int = 0, http_port: int = 0, metrics_port: int = 0) -> TritonServer:
+    def make(
+        grpc_port: int = 0, http_port: int = 0, metrics_port: int = 0, entry: Path | None = None
+    ) -> TritonServer:
         server = TritonServer(
-            triton_entry, grpc_port or free_port(), http_port or free_port(), metrics_port or free_port()
+            entry or triton_entry,
+            grpc_port or free_port(),
+            http_port or free_port(),
+            metrics_port or free_port(),
         )
         servers.append(server)
         return server.start()
@@ -71,13 +86,16 @@ def make_triton(triton_entry: Path) -> Iterator[Callable[..., TritonServer]]:
         server.stop()
 
 
+@pytest.mark.parametrize("wire", ["float32", "uint8"])
 def test_triton_finds_what_onnxruntime_finds_over_grpc_and_http(
-    make_triton: Callable[..., TritonServer], triton_entry: Path, samples_dir: Path
-) -> None:
+    make_triton: Callable[..., TritonServer], triton_entry: Path, samples_dir: Path, wire: str,
+    request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
     """1. The exported entry's model.onnx in-process on ONNX Runtime: the reference.
-    2. The same entry served by Triton, as `grpc://` and as `http://`: the backend reads class
-       names and stride from the config's metadata, and finds the same persons (same boxes,
-       preprocessing and NMS being the same code), rows of the batch kept apart.
+    2. The same entry served by Triton (or, `uint8`, the `--input uint8` entry, which takes the
+       batch as bytes and does the preprocessing itself), as `grpc://` and as `http://`: the
+       backend reads class names and stride from the config's metadata, and finds the same persons
+       (same boxes, preprocessing and NMS being the same operations), rows of the batch kept apart.
     3. Two batches in flight at once come back each with its own frames."""
     frame = letterboxed_street_frame(samples_dir)
     local = load_detector(
@@ -89,14 +107,16 @@ def test_triton_finds_what_onnxruntime_finds_over_grpc_and_http(
     local.close()
     assert len(reference[0]) >= 3 and len(reference[1]) == 0
 
-    server = make_triton()
+    entry = triton_entry if wire == "float32" else request.getfixturevalue("triton_entry_uint8")
+    server = make_triton(entry=entry)
     for url in (
-        f"grpc://127.0.0.1:{server.grpc_port}/yolov8n",
-        f"http://127.0.0.1:{server.http_port}/yolov8n",
+        f"grpc://127.0.0.1:{server.grpc_port}/{entry.name}",
+        f"http://127.0.0.1:{server.http_port}/{entry.name}",
     ):
         det = load_detector(ModelConfig(path=url, device="cpu", classes=["person"]), MAX_BATCH)
         assert det.backend == "triton" and det.names[0] == "person" and len(det.names) == 80  # type: ignore[attr-defined]
         assert det.max_inflight == 2
+        assert det.info.raw_bytes == (wire == "uint8")  # type: ignore[attr-defined]
         det.input_buffer[[0, 2]] = frame
         det.input_buffer[1] = 114
         rows = det.infer(3)

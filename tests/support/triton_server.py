@@ -185,10 +185,13 @@ def serve(args: argparse.Namespace) -> None:
         str(entry / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"]
     )
     in_name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    # An `--input uint8` entry takes the batch as bytes, NHWC; the default one float32 NCHW.
+    raw = session.get_inputs()[0].type == "tensor(uint8)"
+    in_dtype, in_shape = (np.uint8, (-1, -1, 3)) if raw else (np.float32, (3, -1, -1))
 
     @batch
     def infer(**inputs: Any) -> dict[str, Any]:
-        out = session.run(None, {in_name: inputs[in_name].astype(np.float32, copy=False)})[0]
+        out = session.run(None, {in_name: inputs[in_name].astype(in_dtype, copy=False)})[0]
         return {out_name: out}
 
     sizes = sorted({max(1, max_batch // 2), max_batch})
@@ -205,7 +208,7 @@ def serve(args: argparse.Namespace) -> None:
         triton.bind(
             model_name=entry.name,
             infer_func=infer,
-            inputs=[Tensor(name=in_name, dtype=np.float32, shape=(3, -1, -1))],
+            inputs=[Tensor(name=in_name, dtype=in_dtype, shape=in_shape)],
             outputs=[Tensor(name=out_name, dtype=np.float32, shape=(-1, -1))],
             config=ModelConfig(
                 max_batch_size=max_batch,

@@ -9,7 +9,6 @@ config in the ConfigMap passes `vistream check-config`, the image installs the p
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import re
@@ -37,8 +36,6 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 # kubernetes-validate ships: both must accept them (strict: unknown fields are errors too).
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 MANIFESTS = sorted(p for p in KUBE.glob("*.yaml") if p.name != "kustomization.yaml")
-# What `vistream check-config` says about a Triton URL until the Triton backend lands (issue 13).
-TRITON_NOT_YET = re.compile(r"^model\.(path|backend).*not supported yet .*Triton", re.IGNORECASE)
 
 
 def resources() -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -100,17 +97,6 @@ def quantity_bytes(q: str) -> int:
     m = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", q)
     assert m, f"unexpected quantity {q!r}"
     return int(m.group(1)) * units[m.group(2)]
-
-
-def subcommand(name: str) -> argparse.ArgumentParser | None:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices.get(name)
-
-
-def has_option(command: str, option: str) -> bool:
-    sub = subcommand(command)
-    return sub is not None and option in sub._option_string_actions
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -202,8 +188,6 @@ def test_statefulset_shards_match_replicas() -> None:
     args = container(sts["spec"]["template"]["spec"], "vistream")["args"]
     shard = args[args.index("--shard") + 1]
     assert shard == f"auto/{sts['spec']['replicas']}", "N of --shard auto/N must equal replicas"
-    if not has_option("run", "--shard"):
-        pytest.xfail("`vistream run --shard` has not landed yet (issue 13, sharding part)")
     parsed = build_parser().parse_args([*entrypoint()[1:], *args])
     assert parsed.command == "run"
 
@@ -243,12 +227,6 @@ def test_every_shard_listens_on_the_probed_port() -> None:
     spec, port = args[args.index("--shard") + 1], daemon_config()["metrics"]["port"]
     name = sts["metadata"]["name"]
     bound = [parse(spec, hostname=f"{name}-{k}").metrics_port(port) for k in range(replicas)]
-    if bound == [port + k for k in range(replicas)] and replicas > 1:
-        pytest.xfail(
-            f"shard K binds metrics.port + K also under auto/N in a pod ({bound}), so the probes of pods "
-            "1..N-1 miss: vistream/ops/shard.py Shard.metrics_port should keep metrics.port for auto/N "
-            "(each pod has its own network namespace); reported with issue 13"
-        )
     assert bound == [port] * replicas
 
 
@@ -258,12 +236,6 @@ def test_configmap_config_passes_check_config(tmp_path: Path) -> None:
     path.write_text(daemon_config_text())
     out = io.StringIO()
     rc = check_config(path, out=out)
-    problems = [line for line in out.getvalue().splitlines() if line.strip() and rc]
-    if problems and all(TRITON_NOT_YET.search(p) for p in problems):
-        # Everything else in it is checked by the test below; this one passes once Triton lands.
-        pytest.xfail(
-            "model.path grpc://... is rejected until the Triton backend lands (issue 13): " + problems[0]
-        )
     assert rc == 0, out.getvalue()
 
 
@@ -372,6 +344,4 @@ def test_triton_serves_the_model_the_config_names() -> None:
     assert int(export["--imgsz"]) == cfg["model"]["imgsz"]
     assert int(export["--max-batch"]) >= cfg["batching"]["max_batch"]
     assert init["image"] == container(statefulset()["spec"]["template"]["spec"], "vistream")["image"]
-    if subcommand("export-triton") is None:
-        pytest.xfail("`vistream export-triton` has not landed yet (issue 13, Triton part)")
     assert build_parser().parse_args(words[1:]).command == "export-triton"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -104,7 +105,18 @@ def test_metadata_as_ultralytics_stores_it_in_onnx_is_read_too() -> None:
 
 def test_a_model_with_a_fixed_input_size_is_that_size_only() -> None:
     info = parse_model_config(model_config(dims=["3", "640", "640"]), "m")
-    assert info.fixed_hw == (640, 640)
+    assert info.fixed_hw == (640, 640) and not info.raw_bytes
+
+
+def uint8_config(dims: list[str]) -> dict[str, Any]:
+    return model_config(input=[{"name": "images", "data_type": "TYPE_UINT8", "dims": dims}])
+
+
+def test_a_uint8_model_takes_the_batch_as_the_rings_hold_it() -> None:
+    """An `--input uint8` entry: bytes, height x width x 3, any size or a fixed one."""
+    info = parse_model_config(uint8_config(["-1", "-1", "3"]), "m")
+    assert info.raw_bytes and info.input_type == "UINT8" and info.fixed_hw is None
+    assert parse_model_config(uint8_config(["384", "640", "3"]), "m").fixed_hw == (384, 640)
 
 
 @pytest.mark.parametrize(
@@ -118,11 +130,25 @@ def test_a_model_with_a_fixed_input_size_is_that_size_only() -> None:
         (model_config(dims=["3", "-1"]), "are not [3, height, width]"),
         (model_config(input=[]), "has 0 inputs"),
         (
+            model_config(input=[{"name": "images", "data_type": "TYPE_INT8", "dims": ["3", "-1", "-1"]}]),
+            "TYPE_INT8, not TYPE_FP32/FP16 (or TYPE_UINT8)",
+        ),
+        (
             model_config(input=[{"name": "images", "data_type": "TYPE_UINT8", "dims": ["3", "-1", "-1"]}]),
-            "TYPE_UINT8, not TYPE_FP32/FP16",
+            "TYPE_UINT8 input dims [3, -1, -1] are not [height, width, 3]",
         ),
     ],
-    ids=["absent", "not-a-dict", "unparsable", "segment", "no-names", "dims", "no-input", "uint8"],
+    ids=[
+        "absent",
+        "not-a-dict",
+        "unparsable",
+        "segment",
+        "no-names",
+        "dims",
+        "no-input",
+        "int8",
+        "uint8-nchw",
+    ],
 )
 def test_unusable_metadata_is_one_clear_load_error(cfg: dict[str, Any], problem: str) -> None:
     with pytest.raises(ModelLoadError) as info:
@@ -215,9 +241,36 @@ def test_export_triton_writes_a_repository_entry(tmp_path: Path, monkeypatch: py
     assert meta.names == NAMES and meta.imgsz == (640, 640)
 
 
+def test_a_uint8_entry_does_the_daemons_preprocessing_in_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. `export-triton --input uint8` of a model whose graph passes its input through.
+    2. The config's input is TYPE_UINT8 [-1, -1, 3], which the backend reads as bytes, NHWC.
+    3. Run on ONNX Runtime, the entry's model turns a uint8 NHWC batch into exactly the float NCHW
+       batch the daemon's in-process preprocessing makes of it (reorder, cast, 1/255)."""
+    import onnxruntime as ort
+    import torch
+
+    onnx_file = fake_onnx(tmp_path / "yolov8n.onnx", {**META, "batch": 1})
+    monkeypatch.setattr(tx, "cached_export", lambda *args: onnx_file)
+    argv = ["export-triton", "--model", "yolov8n.pt", "--out", str(tmp_path / "repo"), "--input", "uint8"]
+    assert cli_main(argv) == 0
+    entry = tmp_path / "repo" / "yolov8n"
+    cfg = parse_pbtxt((entry / "config.pbtxt").read_text())
+    assert cfg["input"][0] == {"name": "images", "data_type": "TYPE_UINT8", "dims": ["-1", "-1", "3"]}
+    assert parse_model_config(cfg, "m").raw_bytes
+    session = ort.InferenceSession(str(entry / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    batch = np.random.default_rng(0).integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
+    (served,) = session.run(None, {"images": batch})
+    in_process = torch.from_numpy(batch).permute(0, 3, 1, 2).float().mul_(1 / 255)  # YoloDetector._preprocess
+    assert served.dtype == np.float32 and served.shape == (2, 3, 64, 96)
+    np.testing.assert_array_equal(served, in_process.numpy())
+
+
 @pytest.mark.parametrize(
     ("args", "problem"),
     [
+        (["--model", "m.pt", "--input", "uint8", "--format", "engine"], "--input uint8 needs --format onnx"),
         (["--model", "m.onnx"], "is not a .pt model"),
         (["--model", "m.pt", "--name", "a/b"], "--name: 'a/b'"),
         (["--model", "m.pt", "--imgsz", "100"], "--imgsz: 100"),

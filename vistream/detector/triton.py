@@ -2,7 +2,9 @@
 
 Only the model runs on the server. Preprocessing (the NHWC -> NCHW reorder, cast, 1/255) and
 Ultralytics' NMS are `YoloDetector`'s, as for every local backend, and the scheduler maps the boxes
-back to camera pixels; so a frame gives the same boxes here as in-process.
+back to camera pixels; so a frame gives the same boxes here as in-process. A model whose input is
+uint8 `[H, W, 3]` (`vistream export-triton --input uint8`) does the preprocessing itself: it gets
+the batch as the rings hold it, a quarter of the bytes of float32.
 
 Each batch is one request, and up to `model.max_inflight` of them are in flight (`submit` /
 `collect`): the scheduler builds and sends the next batch while the server runs the last. gRPC
@@ -51,7 +53,7 @@ MAX_MESSAGE = 1 << 30  # bytes, either way
 LOAD_LOG_EVERY_S = 30.0  # how often a load waiting for an unreachable server says so again
 
 Done = Callable[[], None] | None  # called, from any thread, when a request's answer arrived
-DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
+DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_UINT8": np.uint8}
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,16 @@ class TritonModel:
     stride: int
     imgsz: tuple[int, int]  # (height, width) it was exported at
     input_name: str
-    input_dtype: Any  # np.float32 or np.float16
-    input_type: str  # "FP32" / "FP16", as the protocol names it
+    input_dtype: Any  # np.float32 or np.float16 (NCHW, scaled), or np.uint8 (NHWC, as the rings hold it)
+    input_type: str  # "FP32" / "FP16" / "UINT8", as the protocol names it
     fixed_hw: tuple[int, int] | None  # the only input size it takes, or None (dynamic)
     output_name: str
     max_batch_size: int  # 0: the model takes no batch dimension
+
+    @property
+    def raw_bytes(self) -> bool:
+        """Does the model take the batch as bytes, NHWC (and reorder, cast and scale it itself)?"""
+        return self.input_dtype is np.uint8
 
 
 def parse_url(url: str) -> tuple[str, str, str]:
@@ -126,13 +133,23 @@ def parse_model_config(config: dict[str, Any], where: str) -> TritonModel:
     inp = inputs[0]
     dtype = inp.get("data_type", "")
     if dtype not in DTYPES:
-        raise ModelLoadError(f"model.path: {where}: input {inp.get('name')!r} is {dtype}, not TYPE_FP32/FP16")
+        raise ModelLoadError(
+            f"model.path: {where}: input {inp.get('name')!r} is {dtype}, not TYPE_FP32/FP16 (or TYPE_UINT8)"
+        )
     dims = [int(d) for d in inp.get("dims", [])]
     max_batch_size = int(config.get("max_batch_size", 0))
-    chw = dims if max_batch_size > 0 else dims[1:]
-    if len(chw) != 3 or chw[0] not in (3, -1):
-        raise ModelLoadError(f"model.path: {where}: input dims {dims} are not [3, height, width]")
-    fixed = (chw[1], chw[2]) if chw[1] > 0 and chw[2] > 0 else None
+    image = dims if max_batch_size > 0 else dims[1:]
+    if dtype == "TYPE_UINT8":  # bytes as the rings hold them: height, width, RGB
+        if len(image) != 3 or image[2] != 3:
+            raise ModelLoadError(
+                f"model.path: {where}: TYPE_UINT8 input dims {dims} are not [height, width, 3]"
+            )
+        hw = image[0], image[1]
+    else:
+        if len(image) != 3 or image[0] not in (3, -1):
+            raise ModelLoadError(f"model.path: {where}: input dims {dims} are not [3, height, width]")
+        hw = image[1], image[2]
+    fixed = hw if hw[0] > 0 and hw[1] > 0 else None
     output = sorted(outputs, key=lambda o: o.get("name", ""))[0]  # output0 first, as Ultralytics does
     return TritonModel(
         names=names,
@@ -346,10 +363,13 @@ class TritonDetector(YoloDetector):
             if time.monotonic() < self._retry_at:
                 raise BackendUnavailable(self._down)
             self._reconnect()
-        with self._torch.inference_mode():
-            x = self._preprocess(n)
+        if self.info.raw_bytes:  # the model reorders, casts and scales on the server
+            x = self.input_buffer[:n]
+        else:
+            with self._torch.inference_mode():
+                x = self._preprocess(n).numpy()
         inp = self._mod.InferInput(self.info.input_name, list(x.shape), self.info.input_type)
-        inp.set_data_from_numpy(x.numpy())  # serialised (copied) here: `input_buffer` is free again
+        inp.set_data_from_numpy(x)  # serialised (copied) here: `input_buffer` is free again
         ticket = _Ticket(n)
         try:
             self._transport.send(self.model_name, [inp], self.info.output_name, ticket, done)

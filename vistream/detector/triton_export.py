@@ -8,6 +8,13 @@ the `metadata` parameter as Ultralytics' Triton guide writes it (the exporter's 
 Python literal), from which both vistream's Triton backend and Ultralytics' `TritonRemoteModel`
 take the class names, input size and stride.
 
+`--input uint8` (ONNX only) puts the preprocessing into the model: its input is the batch as the
+daemon's rings hold it, uint8 NHWC, and three nodes ahead of Ultralytics' graph reorder it to NCHW,
+cast it to float and scale it by 1/255, the same operations in the same order as the daemon does
+in-process. A request is then a quarter of the float32 one, which is what the network between the
+daemons and the server carries. Ultralytics' own Triton client sends float32 NCHW: it needs the
+default entry.
+
 An Ultralytics .engine starts with its metadata (a 4-byte length and JSON) before the TensorRT
 plan; Triton's TensorRT backend wants the bare plan, so `model.plan` is the file without it.
 """
@@ -33,6 +40,7 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "engine": ("tensorrt_plan", "model.plan")}
 QUEUE_DELAY_US = 2000  # how long Triton may hold a request to batch it with others
+INPUTS = ("float32", "uint8")  # what a request carries: float32 NCHW (Ultralytics' client), uint8 NHWC
 
 
 class ExportError(Exception):
@@ -62,10 +70,13 @@ def config_pbtxt(
     input_name: str = "images",
     output_name: str = "output0",
     num_outputs: int | None = None,
+    input_type: str = "float32",
 ) -> str:
-    """The model's Triton config. Input: 3 x H x W float, any H and W (the daemon fits the batch
-    shape to its cameras); output: the raw YOLO head, (4 + classes) x anchors."""
+    """The model's Triton config. Input: 3 x H x W float (or H x W x 3 bytes with `input_type`
+    uint8), any H and W (the daemon fits the batch shape to its cameras); output: the raw YOLO
+    head, (4 + classes) x anchors."""
     platform, _ = PLATFORMS[fmt]
+    data_type, dims = ("TYPE_UINT8", "-1, -1, 3") if input_type == "uint8" else ("TYPE_FP32", "3, -1, -1")
     rows = num_outputs if num_outputs is not None else 4 + len(metadata.get("names", {}))
     kind = "KIND_GPU" if fmt == "engine" else "KIND_AUTO"  # ONNX also runs on a CPU-only server
     sizes = ", ".join(str(s) for s in preferred_sizes(max_batch))
@@ -78,8 +89,8 @@ max_batch_size: {max_batch}
 input [
   {{
     name: {pbtxt_string(input_name)}
-    data_type: TYPE_FP32
-    dims: [ 3, -1, -1 ]
+    data_type: {data_type}
+    dims: [ {dims} ]
   }}
 ]
 output [
@@ -124,6 +135,34 @@ def onnx_metadata(path: Path) -> tuple[dict[str, Any], str, str]:
     return meta, model.graph.input[0].name, model.graph.output[0].name
 
 
+def uint8_input(src: Path, dst: Path) -> None:
+    """Write the ONNX model `src` to `dst` with a uint8 NHWC input of the same name, turned into
+    the float NCHW the graph takes by Transpose, Cast and Mul(1/255) nodes ahead of it."""
+    onnx = import_runtime("onnxruntime", "onnx", "onnxruntime")
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    old = graph.input[0]
+    name, inner = old.name, f"{old.name}_nchw_float"
+    for node in graph.node:
+        node.input[:] = [inner if i == name else i for i in node.input]
+    graph.input.remove(old)
+    graph.input.insert(
+        0, helper.make_tensor_value_info(name, TensorProto.UINT8, ["batch", "height", "width", 3])
+    )
+    graph.initializer.append(helper.make_tensor(f"{name}_scale", TensorProto.FLOAT, [], [1 / 255]))
+    prologue = [
+        helper.make_node("Transpose", [name], [f"{name}_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", [f"{name}_nchw"], [f"{name}_nchw_cast"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [f"{name}_nchw_cast", f"{name}_scale"], [inner]),
+    ]
+    for node in reversed(prologue):
+        graph.node.insert(0, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+
+
 def split_engine(path: Path) -> tuple[dict[str, Any], bytes]:
     """An Ultralytics .engine: (its metadata, the bare TensorRT plan after it)."""
     data = path.read_bytes()
@@ -143,10 +182,17 @@ def export_triton(
     max_batch: int = 8,
     fmt: str = "onnx",
     cache_dir: Path | None = None,
+    input_type: str = "float32",
 ) -> Path:
     """Write the entry `out/name` and return its path. Raises ExportError with one line."""
     if fmt not in PLATFORMS:
         raise ExportError(f"--format: {fmt!r} is not one of {', '.join(PLATFORMS)}")
+    if input_type not in INPUTS:
+        raise ExportError(f"--input: {input_type!r} is not one of {', '.join(INPUTS)}")
+    if input_type == "uint8" and fmt != "onnx":
+        raise ExportError(
+            "--input uint8 needs --format onnx (a TensorRT plan keeps Ultralytics' float input)"
+        )
     name = name or Path(model).stem
     if not NAME_RE.match(name):
         raise ExportError(f"--name: {name!r}: letters, digits, '_', '.', '-' only")
@@ -172,7 +218,7 @@ def export_triton(
         task = meta.get("task")
         raise ExportError(f"--model: {model!r} is a {task!r} model; vistream runs detection models")
     meta["batch"] = max_batch
-    text = config_pbtxt(name, fmt, max_batch, meta, in_name, out_name)
+    text = config_pbtxt(name, fmt, max_batch, meta, in_name, out_name, input_type=input_type)
 
     # Built beside the entry and renamed into place: a server polling the repository never sees
     # half of it; an entry already there is replaced.
@@ -180,7 +226,9 @@ def export_triton(
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     try:
         (tmp / "1").mkdir()
-        if fmt == "onnx":
+        if input_type == "uint8":
+            uint8_input(artifact, tmp / "1" / filename)
+        elif fmt == "onnx":
             shutil.copyfile(artifact, tmp / "1" / filename)
         else:
             (tmp / "1" / filename).write_bytes(plan)
@@ -196,7 +244,7 @@ def export_triton(
             tmp.rename(entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("wrote %s (%s, max batch %d)", entry, filename, max_batch)
+    log.info("wrote %s (%s, %s input, max batch %d)", entry, filename, input_type, max_batch)
     return entry
 
 
@@ -205,7 +253,15 @@ def main(args: Any) -> int:
     import sys
 
     try:
-        entry = export_triton(args.model, Path(args.out), args.name, args.imgsz, args.max_batch, args.format)
+        entry = export_triton(
+            args.model,
+            Path(args.out),
+            args.name,
+            args.imgsz,
+            args.max_batch,
+            args.format,
+            input_type=args.input,
+        )
     except ExportError as exc:
         print(f"vistream export-triton: {exc}", file=sys.stderr)
         return 2
