@@ -4,12 +4,14 @@ for Ultralytics' exporter and counts its calls."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from vistream.config.models import ModelConfig
-from vistream.detector import ModelLoadError, load_detector, missing_runtime, resolve_backend
+from vistream.detector import ModelLoadError, export, load_detector, missing_runtime, resolve_backend
 from vistream.detector.export import (
     MANIFEST,
     BrokenExport,
@@ -228,3 +230,48 @@ def test_cache_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
     cfg = ModelConfig.model_validate({"cache_dir": "exports"}, context={"base_dir": tmp_path})
     assert cfg.cache_dir == tmp_path / "exports"
     assert ModelConfig().cache_dir is None  # default_cache_dir() at load time, not at import
+
+
+def test_entries_unused_for_a_month_go_when_another_is_built(tmp_path: Path, model: Path) -> None:
+    """1. Entries for three shapes are built; the 384x640 one was last used 40 days ago, the
+    480x640 one 20 days ago; an export was killed half-way two days ago (its temporary directory
+    is left), and the cache folder also holds a folder that is not the cache's.
+    2. A start hits the 640x640 entry: that stamps it as used.
+    3. A start builds a new entry (batch 8): the entry unused for 40 days and the killed export's
+       leftover are removed; the 20-day-old entry, the hit one, the new one and the foreign folder
+       stay."""
+    cache, build = ExportCache(tmp_path / "cache"), FakeExporter()
+    old, recent, hit = (spec_for(model, imgsz=hw) for hw in ((384, 640), (480, 640), (640, 640)))
+    for spec in (old, recent, hit):
+        cache.get(spec, build)
+    now = time.time()
+    os.utime(cache.entry(old) / MANIFEST, (now - 40 * 86400,) * 2)
+    os.utime(cache.entry(recent) / MANIFEST, (now - 20 * 86400,) * 2)
+    os.utime(cache.entry(hit) / MANIFEST, (now - 40 * 86400,) * 2)
+    killed = cache.root / f".{spec_for(model, batch=2).entry_name}.k1ll3d_x"
+    killed.mkdir()
+    os.utime(killed, (now - 2 * 86400,) * 2)
+    (cache.root / "photos").mkdir()
+    os.utime(cache.root / "photos", (now - 400 * 86400,) * 2)
+
+    assert cache.get(hit, build)[1]
+    new = spec_for(model, batch=8)
+    cache.get(new, build)
+    left = sorted(p.name for p in cache.root.iterdir())
+    assert left == sorted([recent.entry_name, hit.entry_name, new.entry_name, "photos"])
+
+
+def test_a_read_only_cache_is_used_without_stamping(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache the daemon may not write to (a shared read-only mount: stamping fails) still serves
+    its hits."""
+    cache, build = ExportCache(tmp_path / "cache"), FakeExporter()
+    artifact, _ = cache.get(spec_for(model), build)
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise PermissionError(30, "Read-only file system")
+
+    monkeypatch.setattr(export.os, "utime", read_only)
+    assert cache.get(spec_for(model), build) == (artifact, True)
+    assert build.calls == 1

@@ -119,7 +119,8 @@ class ModelConfig(Section):
         description="Where exports of the model (OpenVINO, ONNX, TensorRT) are kept, keyed by the model "
         "file's hash, input shape, batch size, precision and Ultralytics version, and reused on the next "
         "start; default: `$XDG_CACHE_HOME/vistream/exports` (`~/.cache/vistream/exports`). Relative to "
-        "the config file's directory when relative.",
+        "the config file's directory when relative. Entries no start used for 30 days are removed when "
+        "a new one is built.",
     )
     device: str = Field(
         default="auto",

@@ -8,6 +8,12 @@ leaves nothing that looks like an entry. An entry whose manifest is missing or u
 files are not the ones it lists (a size or a hash differs), is removed and built again. Checking
 the hashes reads the entry once per start: YOLOv8n's 12 MB take about 20 ms.
 
+The cache does not grow for good: every hit stamps its entry as used (the manifest's mtime), and
+each new entry built removes the entries nobody used for `UNUSED_DAYS` (a model or shape no daemon
+on the host runs any more, an Ultralytics release left behind) and leftovers of exports killed
+half-way. A daemon that runs longer than that without a restart keeps its model loaded; only its
+next start exports again.
+
 The default place is `$XDG_CACHE_HOME/vistream/exports` (`~/.cache/...` without it; the shipped
 systemd unit sets XDG_CACHE_HOME to its `CacheDirectory=`); `model.cache_dir` overrides it.
 """
@@ -18,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -31,6 +38,12 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "vistream-export.json"
 MANIFEST_VERSION = 2
+UNUSED_DAYS = 30  # an entry no start used for this long is removed when another one is built
+# What prune may touch (`model.cache_dir` may be a folder that holds other things too): entries
+# (see ExportSpec.entry_name) with a manifest, and the temporary and stale directories of entries.
+ENTRY_RE = re.compile(r"[^/]+-\d+x\d+-b\d+-fp(16|32)-[0-9a-f]{16}")
+LEFTOVER_RE = re.compile(rf"\.{ENTRY_RE.pattern}\.(stale-\d+-\d+|\w{{8}})")
+LEFTOVER_S = 86400.0  # a temporary directory this old is an export that was killed, not one running
 
 
 class BrokenExport(ModelLoadError):
@@ -115,8 +128,40 @@ class ExportCache:
         """The artifact for `spec` and whether it came from the cache; built (and kept) when it did not."""
         if (artifact := self.lookup(spec)) is not None:
             log.info("export cache hit: %s", self.entry(spec))
+            self._stamp(spec)
             return artifact, True
         return self.rebuild(spec, build), False
+
+    def _stamp(self, spec: ExportSpec) -> None:
+        """Record a use (the manifest's mtime: the manifest lists the entry's other files, not itself)."""
+        try:
+            os.utime(self.entry(spec) / MANIFEST)
+        except OSError as exc:  # a read-only cache: it is used, not pruned, which is fine
+            log.debug("cannot stamp %s: %s", self.entry(spec), exc)
+
+    def prune(self, keep: ExportSpec, now: float | None = None) -> list[str]:
+        """Remove the entries unused for UNUSED_DAYS and the leftovers of killed exports (`keep`
+        stays); returns the names removed."""
+        now = time.time() if now is None else now
+        removed = []
+        for path in sorted(self.root.iterdir()) if self.root.is_dir() else ():
+            if path.name == keep.entry_name or not path.is_dir():
+                continue
+            try:
+                if LEFTOVER_RE.fullmatch(path.name):  # a temporary or stale directory (rebuild, remove)
+                    old = now - path.stat().st_mtime > LEFTOVER_S
+                elif ENTRY_RE.fullmatch(path.name):  # last used when its manifest was stamped
+                    old = now - (path / MANIFEST).stat().st_mtime > UNUSED_DAYS * 86400
+                else:
+                    continue
+            except OSError:  # no manifest: not an entry of ours (rebuild writes it before the rename)
+                continue
+            if old:
+                self._discard(path)
+                removed.append(path.name)
+        if removed:
+            log.info("export cache: removed %d unused: %s", len(removed), ", ".join(removed))
+        return removed
 
     def rebuild(self, spec: ExportSpec, build: Builder) -> Path:
         """Build the entry for `spec`, replacing whatever is there."""
@@ -149,14 +194,21 @@ class ExportCache:
                 log.info("exported %s in %.1fs into %s", spec.format, manifest["export_s"], entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        self.prune(keep=spec)
         return entry / rel
 
     def remove(self, spec: ExportSpec) -> None:
-        """Take an entry out of the way: renamed aside first, so no reader ever sees half of it deleted."""
-        entry = self.entry(spec)
-        aside = entry.with_name(f".{entry.name}.stale-{os.getpid()}-{time.monotonic_ns()}")
-        try:
-            entry.rename(aside)
-        except FileNotFoundError:
-            return
+        self._discard(self.entry(spec))
+
+    @staticmethod
+    def _discard(path: Path) -> None:
+        """Take a directory out of the way: renamed aside first (unless it is a leftover already),
+        so no reader ever sees half of an entry deleted."""
+        aside = path
+        if not path.name.startswith("."):
+            aside = path.with_name(f".{path.name}.stale-{os.getpid()}-{time.monotonic_ns()}")
+            try:
+                path.rename(aside)
+            except FileNotFoundError:
+                return
         shutil.rmtree(aside, ignore_errors=True)
