@@ -24,6 +24,7 @@ from vistream.daemon import Daemon
 from vistream.demo.broker import EmbeddedBroker
 from vistream.demo.footage import default_cache_dir, ensure_clips, scene
 from vistream.demo.table import CameraRow, LiveTable, RecentEvents, render
+from vistream.detector.ultralytics import ultralytics_import
 
 CAMERA_NAMES = (
     "bus_pan",
@@ -53,7 +54,8 @@ def fetch_model(model: str | None) -> str | None:
     if model is not None:
         return model if Path(model).exists() else None
     try:
-        from ultralytics.utils.downloads import attempt_download_asset
+        with ultralytics_import():
+            from ultralytics.utils.downloads import attempt_download_asset
 
         path = Path(attempt_download_asset(DEFAULT_MODEL))
     except Exception:  # offline, proxy, GitHub down: the one-line hint below says what to do

@@ -19,6 +19,8 @@ import os
 import shutil
 import warnings
 from abc import abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,14 +67,36 @@ def quiet_ultralytics() -> None:
     os.environ.setdefault("YOLO_VERBOSE", "false")
 
 
-def _import_ultralytics() -> tuple[Any, Any, Any]:
-    quiet_ultralytics()
-    import torch
+@contextmanager
+def ultralytics_import() -> Iterator[None]:
+    """Import Ultralytics modules inside this, and its import leaves the process's threads alone.
 
-    # AutoBackend and `ultralytics.utils.nms` (with its `end2end` argument) are what 8.4 offers;
-    # pyproject.toml pins the 8.4 releases these were tested with.
-    from ultralytics.nn.autobackend import AutoBackend
-    from ultralytics.utils.nms import non_max_suppression
+    `import ultralytics` sets OMP_NUM_THREADS=1 when it is unset ("for reduced CPU utilization
+    during training", ultralytics/__init__.py). torch imported after that, and every process
+    started after it (a scheduler spawned by the demo, the daemon a benchmark starts), would run
+    its model on one thread: the scheduler stayed at one core of two in `vistream bench`. So torch
+    is imported first (its OpenMP pool sizes itself from the environment as the operator left
+    it), and the variable goes again when Ultralytics set it.
+    """
+    quiet_ultralytics()
+    unset = "OMP_NUM_THREADS" not in os.environ
+    import torch  # noqa: F401  (before Ultralytics: see above)
+
+    try:
+        yield
+    finally:
+        if unset:
+            os.environ.pop("OMP_NUM_THREADS", None)
+
+
+def _import_ultralytics() -> tuple[Any, Any, Any]:
+    with ultralytics_import():
+        import torch
+
+        # AutoBackend and `ultralytics.utils.nms` (with its `end2end` argument) are what 8.4
+        # offers; pyproject.toml pins the 8.4 releases these were tested with.
+        from ultralytics.nn.autobackend import AutoBackend
+        from ultralytics.utils.nms import non_max_suppression
 
     return torch, AutoBackend, non_max_suppression
 
@@ -147,8 +171,8 @@ def local_model(path: str) -> Path:
     """The .pt file to export: `path`, or a release model (`yolov8n.pt`) that Ultralytics downloads."""
     if Path(path).is_file():
         return Path(path)
-    quiet_ultralytics()
-    from ultralytics.utils.downloads import attempt_download_asset
+    with ultralytics_import():
+        from ultralytics.utils.downloads import attempt_download_asset
 
     try:
         local = Path(attempt_download_asset(path))
@@ -198,8 +222,8 @@ def export_with_ultralytics(
     Ultralytics writes next to the model file, so the model is copied into `into` first and the
     copy (and any intermediate file, e.g. the ONNX a TensorRT engine is built from) removed after.
     """
-    quiet_ultralytics()
-    from ultralytics import YOLO
+    with ultralytics_import():
+        from ultralytics import YOLO
 
     src = into / model.name
     shutil.copyfile(model, src)

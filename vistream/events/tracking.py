@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
-from ultralytics.trackers.byte_tracker import BYTETracker
 
+from vistream.detector.ultralytics import ultralytics_import
 from vistream.scheduler.messages import Detection
+
+with ultralytics_import():
+    from ultralytics.trackers.byte_tracker import BYTETracker
 
 
 @dataclass(frozen=True)
