@@ -147,17 +147,18 @@ class ExportCache:
         for path in sorted(self.root.iterdir()) if self.root.is_dir() else ():
             if path.name == keep.entry_name or not path.is_dir():
                 continue
+            leftover = LEFTOVER_RE.fullmatch(path.name) is not None  # of rebuild or remove
+            if not leftover and not ENTRY_RE.fullmatch(path.name):
+                continue
             try:
-                if LEFTOVER_RE.fullmatch(path.name):  # a temporary or stale directory (rebuild, remove)
+                if leftover:
                     old = now - path.stat().st_mtime > LEFTOVER_S
-                elif ENTRY_RE.fullmatch(path.name):  # last used when its manifest was stamped
+                else:  # last used when its manifest was stamped
                     old = now - (path / MANIFEST).stat().st_mtime > UNUSED_DAYS * 86400
-                else:
-                    continue
             except OSError:  # no manifest: not an entry of ours (rebuild writes it before the rename)
                 continue
             if old:
-                self._discard(path)
+                self._discard(path, aside=not leftover)
                 removed.append(path.name)
         if removed:
             log.info("export cache: removed %d unused: %s", len(removed), ", ".join(removed))
@@ -201,14 +202,14 @@ class ExportCache:
         self._discard(self.entry(spec))
 
     @staticmethod
-    def _discard(path: Path) -> None:
-        """Take a directory out of the way: renamed aside first (unless it is a leftover already),
-        so no reader ever sees half of an entry deleted."""
-        aside = path
-        if not path.name.startswith("."):
-            aside = path.with_name(f".{path.name}.stale-{os.getpid()}-{time.monotonic_ns()}")
+    def _discard(path: Path, aside: bool = True) -> None:
+        """Delete a directory; an entry is renamed aside first, so no reader ever sees half of it
+        deleted (a leftover, which nothing reads, is deleted where it is)."""
+        if aside:
+            moved = path.with_name(f".{path.name}.stale-{os.getpid()}-{time.monotonic_ns()}")
             try:
-                path.rename(aside)
+                path.rename(moved)
             except FileNotFoundError:
                 return
-        shutil.rmtree(aside, ignore_errors=True)
+            path = moved
+        shutil.rmtree(path, ignore_errors=True)
