@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.daemon import VISTREAM, DaemonProcess, base_config  # noqa: E402
+from support.daemon import VISTREAM, DaemonProcess, base_config, metric_sum  # noqa: E402
 from support.mosquitto import Mosquitto, Subscriber  # noqa: E402
 from support.procs import free_port  # noqa: E402
 from support.rtsp_server import RtspServer  # noqa: E402
@@ -89,10 +89,6 @@ def hop(path: str, frame: np.ndarray, reps: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def metric(text: str, name: str) -> float:
-    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith(name))
-
-
 def daemon_run(
     model: str,
     seconds: float,
@@ -111,16 +107,16 @@ def daemon_run(
     with Subscriber(broker.host, broker.port, "benchtriton/#") as sub, DaemonProcess(cfg, workdir) as daemon:
         sub.wait_for(lambda m: m.topic.endswith("/detections"), timeout=180)
         time.sleep(5)  # batch shape fitted, rates steady
-        start_t, start_n = time.monotonic(), metric(daemon.metrics(), "vistream_frames_inferred_total")
+        start_t, start_n = time.monotonic(), metric_sum(daemon.metrics(), "vistream_frames_inferred_total")
         base = triton.statistics() if triton else None
         time.sleep(seconds)
         text = daemon.metrics()
         out["frames_per_s"] = round(
-            (metric(text, "vistream_frames_inferred_total") - start_n) / (time.monotonic() - start_t), 2
+            (metric_sum(text, "vistream_frames_inferred_total") - start_n) / (time.monotonic() - start_t), 2
         )
         out["e2e_mean_s"] = round(
-            metric(text, "vistream_e2e_latency_seconds_sum")
-            / max(1, metric(text, "vistream_e2e_latency_seconds_count")),
+            metric_sum(text, "vistream_e2e_latency_seconds_sum")
+            / max(1, metric_sum(text, "vistream_e2e_latency_seconds_count")),
             3,
         )
         if triton and base:

@@ -13,15 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.daemon import DaemonProcess, base_config
+from support.daemon import DaemonProcess, base_config, metric_sum
 from support.mosquitto import Mosquitto, Subscriber
 from support.triton_server import TritonServer
-from support.waiting import wait_until
+from support.waiting import settled, wait_until
 
 from vistream.ops.shard import owner
 
 from .test_shards import payloads, seqs, two_free_ports
-from .test_triton import MAX_BATCH, make_triton, metric, triton_entry  # noqa: F401 (fixtures)
+from .test_triton import MAX_BATCH, make_triton, triton_entry  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -42,15 +42,10 @@ def three_each() -> dict[str, int]:
 
 
 def inferred(daemons: list[DaemonProcess]) -> float:
-    """Both shards' inferred frames, once they stopped moving (the schedulers report once a second)."""
-    last = -1.0
-    for _ in range(30):
-        now = sum(metric(d.metrics(), "vistream_frames_inferred_total") for d in daemons)
-        if now == last:
-            return now
-        last = now
-        time.sleep(1.5)
-    raise AssertionError("the inferred counters never settled")
+    """Both shards' inferred frames, once they stopped moving."""
+    return settled(
+        lambda: sum(metric_sum(d.metrics(), "vistream_frames_inferred_total") for d in daemons), "inferred"
+    )
 
 
 def test_two_shards_on_one_triton(
@@ -111,8 +106,11 @@ def test_two_shards_on_one_triton(
         server.stop()
         stopped = time.monotonic()
         for d in daemons:
-            wait_until(lambda d=d: metric(d.metrics(), "vistream_frames_dropped_total", reason="backend") > 0,
-                       30, "frames dropped with reason backend")  # fmt: skip
+            wait_until(
+                lambda d=d: metric_sum(d.metrics(), "vistream_frames_dropped_total", reason="backend") > 0,
+                30,
+                "frames dropped with reason backend",
+            )
         before = inferred(daemons)
         time.sleep(max(0.0, 15 - (time.monotonic() - stopped)))
         assert all(d.proc is not None and d.proc.poll() is None for d in daemons)

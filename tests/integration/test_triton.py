@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from conftest import missing
 from support import triton_server
-from support.daemon import VISTREAM, DaemonProcess, base_config
+from support.daemon import VISTREAM, DaemonProcess, base_config, metric_sum
 from support.mosquitto import Mosquitto, Subscriber
 from support.procs import free_port
 from support.triton_server import TritonServer
-from support.waiting import wait_until
+from support.waiting import settled, wait_until
 
 from vistream.config.models import ModelConfig
 from vistream.detector import load_detector
@@ -131,33 +131,12 @@ def test_triton_finds_what_onnxruntime_finds_over_grpc_and_http(
         det.close()
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of a metric's samples whose labels include `labels`."""
-    total = 0.0
-    for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? ([\d.e+-]+)$", text, re.M):
-        if all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
 def healthz(port: int, path: str = "/healthz") -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
             return resp.status, resp.read().decode().strip()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode().strip()
-
-
-def settled(daemon: DaemonProcess, name: str, **labels: str) -> float:
-    """A counter of the daemon's once it stopped moving (the scheduler reports once a second)."""
-    last = -1.0
-    for _ in range(30):
-        value = metric(daemon.metrics(), name, **labels)
-        if value == last:
-            return value
-        last = value
-        time.sleep(1.5)
-    raise AssertionError(f"{name} never settled")
 
 
 def test_daemon_on_triton_survives_a_server_restart(
@@ -203,12 +182,15 @@ def test_daemon_on_triton_survives_a_server_restart(
 
         server.stop()
         stopped = time.monotonic()
-        wait_until(lambda: metric(daemon.metrics(), "vistream_frames_dropped_total", reason="backend") > 0,
-                   30, "frames dropped with reason backend")  # fmt: skip
+        wait_until(
+            lambda: metric_sum(daemon.metrics(), "vistream_frames_dropped_total", reason="backend") > 0,
+            30,
+            "frames dropped with reason backend",
+        )
         code, body = healthz(port)
         assert code == 503 and "the model backend is unavailable" in body and "yolov8n" in body, body
         assert healthz(port, "/livez") == (200, "ok")  # a liveness probe must not restart the daemon
-        before = settled(daemon, "vistream_frames_inferred_total")
+        before = settled(lambda: metric_sum(daemon.metrics(), "vistream_frames_inferred_total"), "inferred")
         assert daemon.proc.poll() is None
         time.sleep(max(0.0, 15 - (time.monotonic() - stopped)))
         outage_s = time.monotonic() - stopped
@@ -220,11 +202,11 @@ def test_daemon_on_triton_survives_a_server_restart(
         )
         recovery_s = first.json()["published_at"] - back
         wait_until(lambda: healthz(port) == (200, "ok"), 30, "/healthz ok again")
-        dropped = metric(daemon.metrics(), "vistream_frames_dropped_total", reason="backend")
+        dropped = metric_sum(daemon.metrics(), "vistream_frames_dropped_total", reason="backend")
         time.sleep(10)
 
         rtsp.stop_mount("street1"), rtsp.stop_mount("street2")
-        after = settled(daemon, "vistream_frames_inferred_total")
+        after = settled(lambda: metric_sum(daemon.metrics(), "vistream_frames_inferred_total"), "inferred")
         stats = server.statistics()
         metrics = daemon.metrics()
         code, _ = daemon.terminate()
@@ -241,7 +223,8 @@ def test_daemon_on_triton_survives_a_server_restart(
         "triton_execution_count": stats["execution_count"],
         "triton_mean_batch": round(stats["inference_count"] / max(1, stats["execution_count"]), 2),
         "daemon_mean_batch": round(
-            metric(metrics, "vistream_batch_size_sum") / max(1, metric(metrics, "vistream_batch_size_count")),
+            metric_sum(metrics, "vistream_batch_size_sum")
+            / max(1, metric_sum(metrics, "vistream_batch_size_count")),
             2,
         ),
     }

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import psutil
 
-from vistream.bench.daemon import VISTREAM, DaemonProcess, base_config
+from vistream.bench.daemon import VISTREAM, DaemonProcess, base_config, metric_sum
 
 __all__ = [
-    "VISTREAM", "DaemonProcess", "NotifySocket", "base_config", "child", "counter_samples", "unaccounted",
+    "VISTREAM", "DaemonProcess", "NotifySocket", "base_config", "child", "counter_samples", "metric_sum",
+    "unaccounted",
 ]  # fmt: skip
 
 COUNTER_SUFFIXES = ("_total", "_bucket", "_count", "_sum")

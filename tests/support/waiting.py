@@ -14,3 +14,16 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, every: fl
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(every)
     return value
+
+
+def settled(read: Callable[[], float], what: str, every: float = 1.5, tries: int = 30) -> float:
+    """A counter once two reads `every` s apart agree (the scheduler reports its figures once a
+    second); fail naming `what` when it never does in `tries` reads."""
+    last = None
+    for _ in range(tries):
+        value = read()
+        if value == last:
+            return value
+        last = value
+        time.sleep(every)
+    raise AssertionError(f"{what} never settled")

@@ -4,6 +4,7 @@ the integration tests."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,15 @@ from typing import Any, Self
 import yaml
 
 VISTREAM = [sys.executable, "-m", "vistream"]
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of metric `name` on a /metrics page whose labels include `labels`."""
+    total = 0.0
+    for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? ([\d.e+-]+)$", text, re.M):
+        if all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
 
 
 def base_config(model: Path, mqtt_port: int, metrics_port: int, client_id: str, cameras: list[dict]) -> dict:
