@@ -88,7 +88,7 @@ GATE = ((0.2, 0.5), (0.8, 0.5))
 def test_line_crossing(line: tuple[XY, XY], path: list[XY], expected: list[str]) -> None:
     """A track's bottom-centre moving along `path` crosses the line in these directions."""
     crossings = LineCrossings(Line("gate", *line))
-    got = [d for p in path if (d := crossings.update(7, p)) is not None]
+    got = [d for i, p in enumerate(path) if (d := crossings.update((0, 7), p, i / 10)) is not None]
     assert got == expected
 
 
@@ -107,13 +107,42 @@ def test_tracks_are_followed_separately_and_forgotten() -> None:
     2. Track 1 is forgotten (the tracker removed it): its next position has nothing to cross from.
     """
     crossings = LineCrossings(Line("gate", *GATE))
-    assert crossings.update(1, (0.5, 0.4)) is None
-    assert crossings.update(2, (0.5, 0.6)) is None
-    assert crossings.update(1, (0.5, 0.6)) == "in"
-    assert crossings.update(2, (0.5, 0.4)) == "out"
-    crossings.forget([1])
+    assert crossings.update((0, 1), (0.5, 0.4), 0.0) is None
+    assert crossings.update((0, 2), (0.5, 0.6), 0.0) is None
+    assert crossings.update((0, 1), (0.5, 0.6), 0.1) == "in"
+    assert crossings.update((0, 2), (0.5, 0.4), 0.1) == "out"
+    crossings.forget([(0, 1)])
     assert len(crossings) == 1
-    assert crossings.update(1, (0.5, 0.4)) is None
+    assert crossings.update((0, 1), (0.5, 0.4), 0.2) is None
+
+
+def test_the_same_id_from_a_new_tracker_is_another_track() -> None:
+    """1. Track 3 of tracker generation 1 is above the line.
+    2. The tracker is rebuilt (generation 2) and numbers a new object 3, below the line.
+    3. That is no crossing: the new track 3 has no position before this one."""
+    crossings = LineCrossings(Line("gate", *GATE))
+    assert crossings.update((1, 3), (0.5, 0.4), 0.0) is None
+    assert crossings.update((2, 3), (0.5, 0.6), 0.1) is None
+    assert crossings.update((2, 3), (0.5, 0.4), 0.2) == "out"
+
+
+def test_a_track_unseen_for_forget_after_s_is_forgotten_without_a_removal_notice() -> None:
+    """1. Track 1 is above the line at t = 0, then its removal notice is lost.
+    2. Track 2 goes on being seen; by 1.5 x forget_after_s of capture time track 1 is gone (the
+       sweeps run every half of it), track 2 kept, and track 3, standing on the line since t = 5,
+       is kept too: it is still seen.
+    3. Track 1 seen again below the line then is no crossing (what it was is forgotten); track 3
+       stepping off the line on the other side is."""
+    crossings = LineCrossings(Line("gate", *GATE), forget_after_s=10.0)
+    crossings.update((0, 1), (0.5, 0.4), 0.0)
+    crossings.update((0, 3), (0.5, 0.4), 0.0)
+    for i in range(1, 160):
+        crossings.update((0, 2), (0.5, 0.6), i / 10)
+        if i >= 50:
+            crossings.update((0, 3), (0.5, 0.5), i / 10)  # on the line
+    assert len(crossings) == 2
+    assert crossings.update((0, 1), (0.5, 0.6), 16.0) is None
+    assert crossings.update((0, 3), (0.5, 0.6), 16.0) == "in"
 
 
 def test_crossing_keeps_its_answer_across_a_resolution_change() -> None:
@@ -125,5 +154,5 @@ def test_crossing_keeps_its_answer_across_a_resolution_change() -> None:
         got = []
         for box in boxes:
             scaled = (box[0] * scale, box[1] * scale, box[2] * scale, box[3] * scale)
-            got.append(crossings.update(3, anchor(scaled, width, height)))
+            got.append(crossings.update((0, 3), anchor(scaled, width, height), 0.0))
         assert got == [None, None, "in"], (width, height)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vistream.config.models import AlertRule, CameraConfig, Config
-from vistream.events.geometry import XY, Box, Direction, Line, LineCrossings, Zone, anchor
+from vistream.events.geometry import XY, Box, Direction, Line, LineCrossings, TrackKey, Zone, anchor
 from vistream.events.rules import Clock, Event, RuleMachine, Seen, accepts, machine_for, new_event_id
 from vistream.scheduler.messages import FrameResult
 
@@ -95,17 +95,18 @@ class _Camera:
         self.machines = machines
         self.config = cam
 
-    def track(self, frame: FrameResult) -> tuple[list[int | None], list[int]]:
-        """Track ids of the frame's detections and the tracks given up: the scheduler's when it
-        tracked the frame, else this camera's own tracker's (Ultralytics' ByteTrack, imported
-        only then: it brings torch along)."""
+    def track(self, frame: FrameResult) -> tuple[list[int | None], list[int], int]:
+        """Track ids of the frame's detections, the tracks given up and the generation of the
+        tracker that numbered them: the scheduler's when it tracked the frame, else this camera's
+        own tracker's (Ultralytics' ByteTrack, imported only then: it brings torch along)."""
         if frame.track_ids is not None:
-            return list(frame.track_ids), list(frame.removed_tracks)
+            return list(frame.track_ids), list(frame.removed_tracks), frame.tracker
         if self.tracker is None:
             from vistream.events.tracking import CameraTracker
 
             self.tracker = CameraTracker(self.config.detect_fps)
-        return self.tracker.update(frame.detections, frame.captured_mono), self.tracker.removed
+        ids = self.tracker.update(frame.detections, frame.captured_mono)
+        return ids, self.tracker.removed, self.tracker.generation
 
     def take_over(self, old: _Camera) -> None:
         """Keep the tracker, line states and rule machines of the same camera that did not change."""
@@ -192,17 +193,18 @@ class EventEngine:
         cam = self._cameras.get(frame.camera)
         if cam is None:  # not an enabled camera of this config: objects without tracks, nothing else
             return FrameOutcome(objects=self._objects(frame, [None] * len(frame.detections)))
-        track_ids, removed = cam.track(frame)
+        track_ids, removed, generation = cam.track(frame)
         out = FrameOutcome(objects=self._objects(frame, track_ids))
         points = {
             i: anchor(o.box, frame.width, frame.height)
             for i, o in enumerate(out.objects)
             if o.track_id is not None
         }
-        crossings = self._cross(cam, out, points, removed)
+        gone = [(generation, track_id) for track_id in removed]
+        crossings = self._cross(cam, out, points, gone, (generation, frame.captured_mono))
         clock = Clock(frame.seq, frame.captured_at, frame.captured_mono)
         for machine in cam.machines:
-            seen = _seen(cam, machine.rule, out.objects, points, crossings)
+            seen = _seen(cam, machine.rule, out.objects, points, crossings, generation)
             was_active = machine.active
             out.add_events(machine, machine.step(clock, seen), was_active)
         return out
@@ -223,9 +225,15 @@ class EventEngine:
         ]
 
     def _cross(
-        self, cam: _Camera, out: FrameOutcome, points: dict[int, XY], removed: list[int]
+        self,
+        cam: _Camera,
+        out: FrameOutcome,
+        points: dict[int, XY],
+        removed: list[TrackKey],
+        when: tuple[int, float],
     ) -> dict[str, list[Seen]]:
-        """The crossings of each line in this frame; counts them."""
+        """The crossings of each line in this frame (tracker generation, capture time); counts them."""
+        generation, now = when
         crossings: dict[str, list[Seen]] = {}
         changed: dict[CounterKey, int] = {}
         for name, line in cam.lines.items():
@@ -234,10 +242,10 @@ class EventEngine:
             for i, point in points.items():
                 obj = out.objects[i]
                 assert obj.track_id is not None
-                direction = line.update(obj.track_id, point)
+                direction = line.update((generation, obj.track_id), point, now)
                 if direction is None:
                     continue
-                crossings[name].append(_as_seen(obj, direction))
+                crossings[name].append(_as_seen(obj, generation, direction))
                 labels = cam.line_labels[name]
                 if labels is None or obj.label in labels:
                     key = (cam.name, name, direction)
@@ -246,8 +254,8 @@ class EventEngine:
         return crossings
 
 
-def _as_seen(obj: TrackedObject, direction: Direction | None = None) -> Seen:
-    return Seen(obj.track_id, obj.label, obj.confidence, obj.box, direction)
+def _as_seen(obj: TrackedObject, generation: int, direction: Direction | None = None) -> Seen:
+    return Seen(obj.track_id, obj.label, obj.confidence, obj.box, direction, generation)
 
 
 def _seen(
@@ -256,13 +264,14 @@ def _seen(
     objects: list[TrackedObject],
     points: dict[int, XY],
     crossings: dict[str, list[Seen]],
+    generation: int,
 ) -> list[Seen]:
     """What holds for `rule` in this frame: tracked objects it accepts where it looks, or crossings."""
     if rule.line is not None:
         return [s for s in crossings[rule.line] if accepts(rule, s.label, s.confidence)]
     zone = cam.zones[rule.zone] if rule.zone is not None else None
     return [
-        _as_seen(objects[i])
+        _as_seen(objects[i], generation)
         for i, point in points.items()
         if accepts(rule, objects[i].label, objects[i].confidence) and (zone is None or zone.covers(point))
     ]

@@ -12,7 +12,7 @@ intersects the segment. Which side of a line a point is on is a cross product.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import shapely
@@ -21,6 +21,13 @@ from shapely.geometry import LineString, Point, Polygon
 XY = tuple[float, float]
 Box = tuple[float, float, float, float]
 Direction = Literal["in", "out"]
+# A track as a tracker numbers it: (the tracker's generation, its track id). Ids alone are not
+# unique: a tracker made again (a scheduler restart, a new detect_fps) numbers its tracks from 1.
+TrackKey = tuple[int, int]
+
+# A track not seen for this long (capture time) is gone: ByteTrack gives a lost track up after
+# 2 s (TrackerSettings.track_buffer_s), and its id never comes back.
+FORGET_AFTER_S = 10.0
 
 
 def anchor(box: Box, width: int, height: int) -> XY:
@@ -89,23 +96,44 @@ class LineCrossings:
     A track that ends exactly on the line has not crossed it yet: its last position off the line is
     kept, so it crosses when it goes on to the other side and does not when it turns back. A track
     crossing twice gives two crossings (in then out, or out then in).
+
+    Tracks are keyed by `TrackKey` (the tracker's generation and its id): a rebuilt tracker numbers
+    its tracks from 1 again, and its track 3 must not cross from where the old track 3 was. A track
+    is forgotten when the tracker says it removed it, and also once it was not seen for
+    `forget_after_s` of capture time: removal notices are lost with the results that carried them
+    (a full results queue) and Ultralytics drops duplicate tracks without one.
     """
 
-    def __init__(self, line: Line) -> None:
+    def __init__(self, line: Line, forget_after_s: float = FORGET_AFTER_S) -> None:
         self.line = line
-        self._last: dict[int, XY] = {}
+        self.forget_after_s = forget_after_s
+        self._last: dict[TrackKey, tuple[XY, float]] = {}  # track -> last sided position, last seen
+        self._swept = float("-inf")
 
-    def update(self, track_id: int, point: XY) -> Direction | None:
-        if self.line.side(point) == 0:
+    def update(self, track: TrackKey, point: XY, now: float) -> Direction | None:
+        """Where `track` is at capture time `now` (monotonic): the direction it crossed, or None."""
+        self._expire(now)
+        before = self._last.get(track)
+        if self.line.side(point) == 0:  # on the line: keep where it came from, it is still seen
+            if before is not None:
+                self._last[track] = (before[0], now)
             return None
-        before = self._last.get(track_id)
-        self._last[track_id] = point
-        return None if before is None else self.line.crossing(before, point)
+        self._last[track] = (point, now)
+        return None if before is None else self.line.crossing(before[0], point)
 
-    def forget(self, track_ids: Sequence[int]) -> None:
-        """Drop tracks the tracker removed (their ids never come back)."""
-        for track_id in track_ids:
-            self._last.pop(track_id, None)
+    def forget(self, tracks: Iterable[TrackKey]) -> None:
+        """Drop tracks the tracker removed (their ids never come back from that tracker)."""
+        for track in tracks:
+            self._last.pop(track, None)
+
+    def _expire(self, now: float) -> None:
+        """Drop tracks unseen for `forget_after_s`; one sweep per half of that, so amortised O(1)."""
+        if now - self._swept < self.forget_after_s / 2:
+            return
+        self._swept = now
+        old = [t for t, (_, seen) in self._last.items() if now - seen > self.forget_after_s]
+        for track in old:
+            del self._last[track]
 
     def __len__(self) -> int:
         return len(self._last)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vistream.config.models import AlertRule
-from vistream.events.geometry import Box, Direction
+from vistream.events.geometry import Box, Direction, TrackKey
 
 UPDATE_INTERVAL_S = 1.0  # at most one update a second per event
 MOVED_IOU = 0.7  # a box overlapping the last published one less than this has moved materially
@@ -85,6 +85,12 @@ class Seen:
     confidence: float
     box: Box
     direction: Direction | None = None
+    generation: int = 0  # of the tracker that numbered `track_id` (a rebuilt one starts from 1 again)
+
+    @property
+    def track(self) -> TrackKey | None:
+        """The track, unique across trackers; None when untracked."""
+        return None if self.track_id is None else (self.generation, self.track_id)
 
 
 @dataclass(frozen=True)
@@ -200,7 +206,7 @@ class RuleMachine:
     ) -> None:
         self.camera, self.rule, self.snapshot = camera, rule, snapshot
         self._new_id = new_id
-        self._open: dict[int | None, _Open] = {}  # by track id (None: the count or line event)
+        self._open: dict[TrackKey | None, _Open] = {}  # by track (None: the count or line event)
         self._cool_until = float("-inf")
 
     @property
@@ -222,6 +228,10 @@ class RuleMachine:
         self._expire(now_mono)
         return out
 
+    def last_seen(self) -> dict[str, float]:
+        """Each running event's id and the capture time (Unix) of the last frame its rule held."""
+        return {ev.id: ev.last_wall for ev in self._open.values()}
+
     def close(self) -> list[Event]:
         """End every running event now (the rule was changed or removed by a reload)."""
         out = [self._message("end", ev, ev.last_wall, ev.last_seq) for ev in self._open.values()]
@@ -241,8 +251,8 @@ class RuleMachine:
     def cooling(self, now_mono: float) -> bool:
         return not lasted(self._cool_until, now_mono, 0)
 
-    def _start(self, key: int | None, clock: Clock, seen: Sequence[Seen], **fields: Any) -> Event:
-        """Open an event keyed by `key` (a track id, or None for the one count or line event).
+    def _start(self, key: TrackKey | None, clock: Clock, seen: Sequence[Seen], **fields: Any) -> Event:
+        """Open an event keyed by `key` (a track, or None for the one count or line event).
 
         `seen` gives the defaults: the shared label, the union box, the highest confidence;
         `fields` (track_id, count, label, box) set or override them.
@@ -302,26 +312,26 @@ class TrackRule(RuleMachine):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._dwells: dict[int, _Dwell] = {}
+        self._dwells: dict[TrackKey, _Dwell] = {}
 
     def _step(self, clock: Clock, seen: Sequence[Seen]) -> list[Event]:
         out: list[Event] = []
         for s in seen:
-            if s.track_id is None:
+            if s.track is None:
                 continue
-            ev = self._open.get(s.track_id)
+            ev = self._open.get(s.track)
             if ev is not None:
                 out += self._hold(ev, s, clock)
-            elif (started := self._dwell(s.track_id, s, clock)) is not None:
+            elif (started := self._dwell(s.track, s, clock)) is not None:
                 out.append(started)
         return out
 
-    def _dwell(self, track_id: int, s: Seen, clock: Clock) -> Event | None:
-        dwell = self._dwells[track_id] = _held(self._dwells.get(track_id), clock.mono, self.dwell_gap)
+    def _dwell(self, track: TrackKey, s: Seen, clock: Clock) -> Event | None:
+        dwell = self._dwells[track] = _held(self._dwells.get(track), clock.mono, self.dwell_gap)
         if not lasted(dwell.since, clock.mono, self.rule.min_duration_s) or self.cooling(clock.mono):
             return None
-        del self._dwells[track_id]
-        return self._start(track_id, clock, [s], track_id=track_id)
+        del self._dwells[track]
+        return self._start(track, clock, [s], track_id=s.track_id)
 
     def _hold(self, ev: _Open, s: Seen, clock: Clock) -> list[Event]:
         ev.last_mono, ev.last_wall, ev.last_seq, ev.box = clock.mono, clock.wall, clock.seq, s.box
@@ -331,9 +341,9 @@ class TrackRule(RuleMachine):
         return [self._update(ev, clock)] if (moved or surer) and self._may_update(ev, clock) else []
 
     def _expire(self, now_mono: float) -> None:
-        for track_id, dwell in list(self._dwells.items()):
+        for track, dwell in list(self._dwells.items()):
             if lasted(dwell.last, now_mono, self.dwell_gap):
-                del self._dwells[track_id]
+                del self._dwells[track]
 
 
 class CountRule(RuleMachine):

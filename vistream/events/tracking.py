@@ -17,6 +17,7 @@ others two different ones); at 0.9 they keep one id at 2 and at 15 fps, also wit
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -103,6 +104,10 @@ class CameraTracker:
                 fuse_score=settings.fuse_score,
             )
         )
+        # Which tracker numbered a track id: each new tracker numbers its tracks from 1 again. The
+        # monotonic clock is shared by every process of the box, so a tracker made by a restarted
+        # scheduler never repeats a generation the main process has seen.
+        self.generation = time.monotonic_ns()
         self._last_mono: float | None = None
         self.removed: list[int] = []  # ids of the tracks the last update gave up (they never return)
         self._removed_before: set[int] = set()

@@ -179,6 +179,11 @@ class Feed:
         ids = self._tracker.update(detections, captured_mono)
         return tuple(ids), tuple(self._tracker.removed)
 
+    @property
+    def tracker(self) -> int:
+        """The generation of the tracker that numbered the last track ids (see FrameResult.tracker)."""
+        return int(self._tracker.generation) if self._tracker is not None else 0
+
     def set_rate(self, detect_fps: float) -> None:
         if detect_fps != self.detect_fps:
             self.detect_fps, self._tracker = detect_fps, None
@@ -360,7 +365,7 @@ class Scheduler:
         return [
             FrameResult(
                 last.camera, seq, meta.captured_at, meta.captured_mono, meta.width, meta.height,
-                last.detections, repeated=True, track_ids=ids, removed_tracks=removed,
+                last.detections, repeated=True, track_ids=ids, removed_tracks=removed, tracker=feed.tracker,
             )
         ]  # fmt: skip
 
@@ -486,5 +491,5 @@ def _frame_result(feed: Feed, meta: FrameMeta, found: Any) -> FrameResult:
     ids, removed = feed.track(detections, meta.captured_mono)
     return FrameResult(
         feed.name, meta.seq, meta.captured_at, meta.captured_mono, meta.width, meta.height, detections,
-        track_ids=ids, removed_tracks=removed,
+        track_ids=ids, removed_tracks=removed, tracker=feed.tracker,
     )  # fmt: skip

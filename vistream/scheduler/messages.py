@@ -28,6 +28,9 @@ class FrameResult:
     # scheduler process, and the tracks it gave up on this frame. None: not tracked there.
     track_ids: tuple[int | None, ...] | None = None
     removed_tracks: tuple[int, ...] = ()
+    # The generation of the tracker that numbered them (`CameraTracker.generation`): a tracker made
+    # again (a scheduler restart, a new detect_fps) numbers its tracks from 1 again.
+    tracker: int = 0
 
 
 @dataclass(frozen=True, slots=True)
