@@ -407,8 +407,8 @@ class Daemon:
             log.error("%s", self.fatal.message)
             self.exit_code = self.fatal.exit_code
         elif self.ready:
-            fp16 = " fp16" if self.ready.half else ""
-            status = f"{len(self.cameras)} camera(s), model on {self.ready.device}{fp16}"
+            r = self.ready
+            status = f"{len(self.cameras)} camera(s), model on {r.device} ({r.backend}, {r.precision})"
             log.info("ready: %s, warm in %.1fs", status, self.ready.load_s)
             lim, timeout = self.limits, self.notifier.watchdog_timeout
             if lim.ping_s and timeout:

@@ -21,7 +21,7 @@ from support.daemon import VISTREAM, DaemonProcess, base_config
 from support.mosquitto import Mosquitto, Subscriber
 from support.procs import free_port
 
-from vistream.bench.recall import matched
+from vistream.bench.recall import iou_matrix, matched
 from vistream.config.models import ModelConfig
 from vistream.detector import load_detector
 
@@ -38,7 +38,9 @@ def letterboxed_street_frame(samples_dir: Path) -> np.ndarray:
 
 
 def test_backends_find_the_same_people(tmp_path: Path, model_path: Path, samples_dir: Path) -> None:
-    """1. The same .pt model on torch, OpenVINO and ONNX Runtime (the last two exported into a cache).
+    """1. The same .pt model on torch, OpenVINO and ONNX Runtime (the last two exported into a cache),
+       all in fp32: the precision is pinned, as the numbers are compared (OpenVINO's CPU plugin
+       would run bf16 on a CPU with AMX; `test_bf16_finds_the_persons_fp32_finds` covers that).
     2. One street frame in rows 0 and 2 of a batch of 3 (another frame between).
     3. Every backend finds the same persons: same count, boxes within 2 px, confidences within 0.02;
        both rows of a batch alike (no row mixed up with its neighbour)."""
@@ -46,10 +48,15 @@ def test_backends_find_the_same_people(tmp_path: Path, model_path: Path, samples
     found = {}
     for backend in ("torch", "openvino", "onnxruntime"):
         cfg = ModelConfig(
-            path=str(model_path), device="cpu", backend=backend, classes=["person"], cache_dir=tmp_path
+            path=str(model_path),
+            device="cpu",
+            backend=backend,
+            precision="fp32",
+            classes=["person"],
+            cache_dir=tmp_path,
         )
         detector = load_detector(cfg, 4)
-        assert detector.backend == backend  # type: ignore[attr-defined]
+        assert (detector.backend, detector.precision) == (backend, "fp32")
         detector.input_buffer[[0, 2]] = frame
         detector.input_buffer[1] = 114
         rows = detector.infer(3)
@@ -72,10 +79,15 @@ def test_the_fitted_batch_shape_finds_what_the_square_finds(
     2. The same model reshaped to the 384x640 batch shape a 1920x1080 camera gets, warmed up, and the
        frame letterboxed into it (bars of 12 px): the same resized pixels, less padding.
     3. Every person of the square (in camera rows) is found again (IoU >= 0.8) at a confidence
-       within 0.05, and nothing more."""
+       within 0.05, and nothing more. In fp32 (pinned): the padding is what is compared."""
     frame = letterboxed_street_frame(samples_dir)
     cfg = ModelConfig(
-        path=str(model_path), device="cpu", backend=backend, classes=["person"], cache_dir=tmp_path
+        path=str(model_path),
+        device="cpu",
+        backend=backend,
+        precision="fp32",
+        classes=["person"],
+        cache_dir=tmp_path,
     )
     detector = load_detector(cfg, 2)
     detector.input_buffer[0] = frame
@@ -92,6 +104,74 @@ def test_the_fitted_batch_shape_finds_what_the_square_finds(
     assert matched(square, fitted, min_iou=0.8) == len(square)
     by_conf = lambda boxes: np.sort(boxes[:, 4])  # noqa: E731
     assert np.abs(by_conf(square) - by_conf(fitted)).max() < 0.05
+
+
+def letterboxed_frames(clip: Path, every: int, count: int) -> list[np.ndarray]:
+    """`count` frames of a clip, one in `every`, letterboxed into 640x640 as a reader does."""
+    out = []
+    with av.open(str(clip)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i % every:
+                continue
+            rgb = frame.to_ndarray(format="rgb24")
+            h, w = rgb.shape[:2]
+            nh, nw = round(h * 640 / max(h, w)), round(w * 640 / max(h, w))
+            y, x = (640 - nh) // 2, (640 - nw) // 2
+            box = np.full((640, 640, 3), 114, np.uint8)
+            box[y : y + nh, x : x + nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+            out.append(box)
+            if len(out) == count:
+                return out
+    return out
+
+
+# bf16 keeps 8 significant bits: every activation of the ~70 layers between pixels and scores is
+# rounded by up to 2^-9 of itself, against fp32's 2^-24. Through the network that is a few tenths on
+# a score logit of magnitude ~5; the sigmoid's slope is at most 1/4, so a confidence moves by up to
+# about 0.1 (measured worst on these frames, Xeon with AMX: 0.097). A box edge is the expectation of
+# a 16-bin distribution (DFL): where two bins are nearly tied, as for a partly hidden person, rounding
+# can move it by many pixels (14 px on the street clip), so boxes are matched by IoU >= 0.5, the COCO
+# criterion for "the same object", not compared edge by edge or paired by order of confidence.
+BF16_CONF_TOLERANCE = 0.1
+
+
+def test_bf16_finds_the_persons_fp32_finds(tmp_path: Path, model_path: Path, samples_dir: Path) -> None:
+    """1. Torch fp32 (the reference) and OpenVINO with `precision: bf16` on 3 street and 3 crowd
+       frames; skipped on a CPU that has no bf16 units (the plugin then runs fp32, and says so).
+    2. Every person either finds with a confidence clear of the threshold by the tolerance has a
+       partner of IoU >= 0.5 in the other's boxes, and partners' confidences differ by at most
+       `BF16_CONF_TOLERANCE` (reasons above)."""
+    frames = letterboxed_frames(samples_dir / "street-1080p.mp4", 30, 3)
+    frames += letterboxed_frames(samples_dir / "crowd-480p.mp4", 30, 3)
+    found: dict[str, list[np.ndarray]] = {}
+    for backend, precision in (("torch", "fp32"), ("openvino", "bf16")):
+        cfg = ModelConfig(
+            path=str(model_path),
+            device="cpu",
+            backend=backend,
+            precision=precision,
+            classes=["person"],
+            cache_dir=tmp_path,
+        )
+        detector = load_detector(cfg, 1)
+        runs_at = detector.precision
+        found[backend] = []
+        for frame in frames:
+            detector.input_buffer[0] = frame
+            found[backend].append(detector.infer(1)[0])
+        detector.close()
+    if runs_at != "bf16":
+        pytest.skip(f"this CPU has no bf16 units: OpenVINO ran {runs_at}")
+    clear = cfg.conf + BF16_CONF_TOLERANCE
+    for i, (fp32, bf16) in enumerate(zip(found["torch"], found["openvino"], strict=True)):
+        assert len(fp32) >= 5, f"frame {i}: too few persons to compare"
+        for ours, theirs in ((fp32, bf16), (bf16, fp32)):
+            sure = ours[ours[:, 4] >= clear]
+            assert matched(sure, theirs, min_iou=0.5) == len(sure), f"frame {i}"
+        iou = iou_matrix(fp32, bf16)
+        pairs = [(r, int(iou[r].argmax())) for r in range(len(fp32)) if iou[r].max() >= 0.5]
+        worst = max(abs(fp32[r, 4] - bf16[c, 4]) for r, c in pairs)
+        assert worst <= BF16_CONF_TOLERANCE, f"frame {i}: confidences differ by {worst:.3f}"
 
 
 def batch_shape(daemon: DaemonProcess, timeout: float = 10.0) -> dict[str, float]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import openvino
 import pytest
 from support.daemon import DaemonProcess, base_config
 from support.mosquitto import Mosquitto
@@ -125,6 +126,15 @@ def test_api_and_latest_pictures_of_two_rtsp_cameras(
         assert json.loads(get(port, "/api/events")[2]) == []
         doc = json.loads(get(port, "/api/status")[2])
         assert doc["healthy"] and doc["cameras"] == 2 and doc["cameras_online"] == 2
+        # `backend: auto` on a CPU is OpenVINO, and `precision: auto` bf16 where its CPU plugin
+        # defaults to it (AMX), fp32 elsewhere: stated in the status, the metric and the startup log.
+        default = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+        precision = "bf16" if default == "bf16" else "fp32"
+        assert (doc["backend"], doc["precision"]) == ("openvino", precision)
+        assert (
+            daemon.metric("vistream_model_info", backend="openvino", device="cpu", precision=precision) == 1
+        )
+        assert f"precision {precision}" in daemon.log and f"(openvino, {precision})" in daemon.log
 
         code, took = daemon.terminate()
         assert code == 0 and took < 10

@@ -227,6 +227,21 @@ BROKEN = [
         "model.half: must be true or false (got 'maybe') (line 2)",
     ),
     (
+        "precision-unknown",
+        "model:\n  precision: int4\n" + CAM,
+        "model.precision: must be one of auto, fp32, fp16 or bf16 (got 'int4') (line 2)",
+    ),
+    (
+        "half-against-precision",
+        "model:\n  precision: bf16\n  half: true\n" + CAM,
+        "model.half: says fp16 while model.precision says bf16: give only precision (line 3)",
+    ),
+    (
+        "precision-for-triton",
+        "model:\n  path: grpc://triton:8001/yolov8n\n  precision: fp16\n" + CAM,
+        "model.precision: a Triton server runs the precision its model config says: leave this auto (line 3)",
+    ),
+    (
         "classes-empty",
         "model:\n  classes: []\n" + CAM,
         "model.classes: must not be empty (leave it out to report every class) (line 2)",

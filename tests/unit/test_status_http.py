@@ -124,7 +124,7 @@ def fake_daemon(now: float, **changes: Any) -> Any:
     beat[BEAT_TIME], beat[BEAT_READY] = now - 0.1, 1.0
     d = SimpleNamespace(
         stop_flag=False,
-        ready=SimpleNamespace(device="cpu", half=False),
+        ready=SimpleNamespace(device="cpu", half=False, backend="openvino", precision="fp32"),
         limits=Limits(stall_s=4.0, window_s=2.0, ping_s=4.0),
         scheduler=SimpleNamespace(child=Part(), beat=beat),
         pump=Part(beat=now),

@@ -80,6 +80,7 @@ class Options:
     max_batch: int = 8
     max_frame_age_ms: int = 500
     threads: int | None = None  # model.threads, for vistream and the model alone
+    precision: str = "auto"  # model.precision, for vistream and the model alone
     out: Path = field(default_factory=lambda: Path("compare.json"))
 
     @property
@@ -97,10 +98,11 @@ def default_model() -> str:
     return str(shared) if shared.is_file() else "yolov8n.pt"
 
 
-def default_out(backend: str, dead: int) -> Path:
+def default_out(backend: str, dead: int, precision: str = "auto") -> Path:
     results = REPO / "benchmarks" / "results"
     folder = results if results.parent.is_dir() else Path("benchmarks") / "results"
-    return folder / f"compare-{backend}{'-dead' if dead else ''}.json"
+    stated = "" if precision == "auto" else f"-{precision}"
+    return folder / f"compare-{backend}{stated}{'-dead' if dead else ''}.json"
 
 
 def camera_mounts(spec: str, clips: dict[str, Path]) -> dict[str, Path]:
@@ -156,8 +158,9 @@ def options_from_args(args: argparse.Namespace) -> Options:
         dead=args.dead,
         max_batch=max(args.max_batch, len(mounts) + args.dead),
         threads=args.threads,
+        precision=args.precision,
     )
-    opts.out = args.out or default_out(args.backend, args.dead)
+    opts.out = args.out or default_out(args.backend, args.dead, args.precision)
     return opts
 
 
@@ -310,6 +313,7 @@ def model_limit(opts: Options, harness: Harness, shape: tuple[int, int]) -> dict
             "imgsz": opts.imgsz,
             "backend": opts.backend,
             "threads": opts.threads,
+            "precision": opts.precision,
         }
     )
     t0 = time.monotonic()
@@ -320,6 +324,7 @@ def model_limit(opts: Options, harness: Harness, shape: tuple[int, int]) -> dict
         "batch": n,
         "shape_hw": list(detector.input_hw),
         "backend": getattr(detector, "backend", opts.backend),
+        "precision": detector.precision,
         "torch_threads": torch.get_num_threads(),
         "load_and_warmup_s": time.monotonic() - t0,
     }
@@ -354,7 +359,13 @@ def vistream_config(opts: Options, harness: Harness, dead: list[str]) -> dict[st
         for c in dead
     ]
     config = base_config(Path(opts.model), harness.mqtt_port, free_port(), PREFIX, cams)
-    config["model"].update(device=opts.device, imgsz=opts.imgsz, backend=opts.backend, threads=opts.threads)
+    config["model"].update(
+        device=opts.device,
+        imgsz=opts.imgsz,
+        backend=opts.backend,
+        threads=opts.threads,
+        precision=opts.precision,
+    )
     config["batching"] = {
         "max_batch": opts.max_batch,
         "max_wait_ms": 10,
@@ -507,6 +518,7 @@ def run_bench(opts: Options) -> dict[str, Any]:
             "detect_fps": opts.detect_fps,
             "max_batch": opts.max_batch,
             "threads": opts.threads,
+            "precision": opts.precision,
             "max_frame_age_ms": opts.max_frame_age_ms,
             "seconds": opts.seconds,
             "warmup": opts.warmup,

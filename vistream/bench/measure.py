@@ -38,12 +38,19 @@ def version(dist: str) -> str | None:
         return None
 
 
+PRECISION_FLAGS = {"avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_int8", "avx512_vnni"}
+
+
 def machine_info() -> dict[str, Any]:
-    model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.M)
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
         "cpu_model": model.group(1) if model else None,
+        # What decides OpenVINO's precisions (model.precision): bf16 and fp16 units, AMX.
+        "cpu_precision_flags": sorted(set(flags.group(1).split()) & PRECISION_FLAGS) if flags else [],
         "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
         "python": platform.python_version(),
         "versions": {name: version(dist) for name, dist in DISTS.items()},

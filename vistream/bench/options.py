@@ -30,6 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="model.threads for vistream and the model alone (default: the runtime's)",
     )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        help="model.precision for vistream and the model alone (default auto)",
+    )
     p.add_argument("--smoke", action="store_true", help="2 cameras, 10 s windows, short warm-ups")
     p.add_argument(
         "--model", help="weights (default ../shared/models/yolov8n.pt when there, else yolov8n.pt)"

@@ -77,7 +77,15 @@ def print_report(r: dict[str, Any]) -> None:
     cams = ", ".join(o["cameras"]) + (f" + dead: {', '.join(o['dead'])}" if o["dead"] else "")
     print(f"\n== vistream bench, {r['machine']['date']}, {r['machine']['cpu_count']} CPUs ==")
     print(f"cameras {cams}; detect_fps {o['detect_fps']} each; model {o['model']}, imgsz {o['imgsz']}")
-    print(f"vistream backend {limit['backend']} (asked: {o['backend']}); Ultralytics' predictor: torch")
+    precision = (
+        f", precision {limit['precision']} (asked: {o.get('precision', 'auto')})"
+        if "precision" in limit
+        else ""
+    )
+    print(
+        f"vistream backend {limit['backend']} (asked: {o['backend']}){precision}; "
+        "Ultralytics' predictor: torch"
+    )
     print(
         f"device {o['device']}; batch shape {limit['shape_hw'][0]}x{limit['shape_hw'][1]}; "
         f"broker {r['broker']}"

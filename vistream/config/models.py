@@ -126,7 +126,22 @@ class ModelConfig(Section):
         default="auto",
         description="`auto` (CUDA with fp16 when present, else CPU), `cpu`, `cuda`, `cuda:N`, `mps`.",
     )
-    half: bool | None = Field(default=None, description="fp16 inference; default: on for CUDA, off for CPU.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        default="auto",
+        description="Numeric precision of inference. `auto`: fp16 on CUDA (torch, TensorRT, ONNX Runtime); "
+        "on a CPU fp32 for torch and ONNX Runtime, and for OpenVINO bf16 where its CPU plugin defaults to it "
+        "(CPUs with AMX; 2.3x fp32 on a Xeon with AMX, the same persons found: docs/performance.md, "
+        "Precision), fp32 elsewhere; for Triton, what the server's model config says. `fp32` on every "
+        "backend, for the same numbers on every machine; `fp16` on CUDA, and on OpenVINO where the CPU "
+        "has fp16 units; `bf16` on OpenVINO. A precision the backend cannot honour stops the daemon "
+        "(exit 2), except on OpenVINO, whose plugin falls back to fp32 on a CPU without the units "
+        "(logged). The precision the model runs at is in the startup log, `/api/status` and "
+        "`vistream_model_info`.",
+    )
+    half: bool | None = Field(
+        default=None,
+        description="Older spelling of `precision`: true is `fp16`, false is `fp32`. Give one of the two.",
+    )
     imgsz: int | tuple[int, int] = Field(
         default=640,
         description="Model input size in pixels, multiples of 32. One number is the long side: frames are "
@@ -218,6 +233,19 @@ class ModelConfig(Section):
             return coco_names()
         return None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _half_is_precision(cls, data: Any) -> Any:
+        """`half: true|false` stands for `precision: fp16|fp32`; both given must agree."""
+        if not isinstance(data, dict) or not isinstance(data.get("half"), bool):
+            return data  # absent, null, or not a boolean (which the field's own check reports)
+        said = "fp16" if data["half"] else "fp32"
+        precision = data.get("precision", "auto")
+        if precision not in ("auto", said):
+            wrong = f"says {said} while model.precision says {precision}: give only precision"
+            raise KeyProblems([(("half",), wrong)])
+        return {**data, "precision": said}
+
     @model_validator(mode="after")
     def _triton_pairs(self) -> ModelConfig:
         url = is_triton_url(self.path)
@@ -227,6 +255,9 @@ class ModelConfig(Section):
         if url and self.backend not in ("auto", "triton"):
             wrong = f"{self.backend!r} cannot run a Triton URL (use auto or triton)"
             raise KeyProblems([(("backend",), wrong)])
+        if url and self.precision != "auto":
+            wrong = "a Triton server runs the precision its model config says: leave this auto"
+            raise KeyProblems([(("precision",), wrong)])
         return self
 
     @property

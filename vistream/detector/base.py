@@ -60,7 +60,10 @@ class Detector(ABC):
     Attributes set by implementations:
         names: class id -> label.
         device: where inference runs, e.g. "cpu" or "cuda:0".
-        half: whether inference runs in fp16.
+        half: whether the batch goes to the model in fp16.
+        backend: the `model.backend` it is (what `auto` resolved to).
+        precision: what the model computes in, as the runtime reports it: fp32, fp16,
+            bf16, or `server` (Triton: the server's model config decides).
         input_buffer: (max_batch, height, width, 3) uint8 array the caller fills;
             rows [0, n) are inferred by `infer(n)`, at the current batch shape
             (height, width). On CUDA it is pinned host memory.
@@ -71,8 +74,10 @@ class Detector(ABC):
     """
 
     names: dict[int, str]
+    backend: str
     device: str
     half: bool
+    precision: str = "fp32"
     input_buffer: np.ndarray
     fixed_input: tuple[int, int] | None = None
     max_inflight: int = 1
@@ -148,6 +153,7 @@ class FaultHook(Detector):
     def __init__(self, inner: Detector, path: Path) -> None:
         self.inner, self.path = inner, path
         self.names, self.device, self.half = inner.names, inner.device, inner.half
+        self.precision, self.backend = inner.precision, inner.backend
         self.fixed_input = inner.fixed_input
         self.input_buffer = inner.input_buffer
 

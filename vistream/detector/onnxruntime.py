@@ -19,6 +19,7 @@ from vistream.detector.openvino import check_input
 from vistream.detector.ultralytics import (
     YoloDetector,
     _import_ultralytics,
+    half_precision,
     import_runtime,
     model_file,
 )
@@ -35,7 +36,7 @@ class OnnxRuntimeDetector(YoloDetector):
         if cfg.device.startswith("cuda") and not cuda:
             raise ModelLoadError(f"model.device: {cfg.device!r} needs CUDA and onnxruntime-gpu")
         device = ("cuda:0" if cfg.device in ("auto", "cuda") else cfg.device) if cuda else "cpu"
-        half = cuda if cfg.half is None else cfg.half and cuda
+        half = half_precision(cfg, "onnxruntime", cuda)
         path, exported = model_file(
             cfg, "onnxruntime", "onnx", ("onnx",), max_batch, half, device, rebuild=rebuild
         )

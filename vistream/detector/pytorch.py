@@ -7,6 +7,7 @@ from vistream.detector.ultralytics import (
     BACKEND_FORMATS,
     AutoBackendDetector,
     _import_ultralytics,
+    half_precision,
     select_device,
     wrong_format,
 )
@@ -21,7 +22,7 @@ class TorchDetector(AutoBackendDetector):
             torch.set_num_threads(cfg.threads)
         device = select_device(cfg.device, torch.cuda.is_available())
         cuda = device.startswith("cuda")
-        half = cuda if cfg.half is None else cfg.half and cuda
+        half = half_precision(cfg, "torch", cuda)
         self.model = self._load_autobackend(cfg.path, device, half)
         # The format AutoBackend chose, from its public `format` attribute (8.4), not from the
         # private `_model_type` helper: checked after loading, which a wrong backend costs once.

@@ -2,7 +2,7 @@
 
 A .pt model is exported once (through the ONNX Ultralytics builds it from) into the export
 cache, for the configured input shape and a dynamic batch of up to `batching.max_batch`, in fp16
-unless `model.half: false`; a .engine file is run as it is. Engines are tied to the GPU, TensorRT
+unless `model.precision: fp32`; a .engine file is run as it is. Engines are tied to the GPU, TensorRT
 and CUDA versions they were built with: the cache key holds the Ultralytics version, and an engine
 that no longer loads is rebuilt (see `load_detector`).
 """
@@ -15,6 +15,7 @@ from vistream.detector.export import BrokenExport
 from vistream.detector.ultralytics import (
     AutoBackendDetector,
     _import_ultralytics,
+    half_precision,
     model_file,
 )
 
@@ -27,7 +28,7 @@ class TensorRtDetector(AutoBackendDetector):
         if cfg.device == "cpu" or not torch.cuda.is_available():
             raise ModelLoadError("model.backend: 'tensorrt' needs a CUDA GPU (none is available)")
         device = "cuda:0" if cfg.device in ("auto", "cuda") else cfg.device
-        half = True if cfg.half is None else cfg.half
+        half = half_precision(cfg, "tensorrt", cuda=True)
         path, exported = model_file(
             cfg, "tensorrt", "engine", ("engine",), max_batch, half, device, rebuild=rebuild
         )

@@ -284,6 +284,7 @@ class TritonDetector(YoloDetector):
         self._setup(cfg, max_batch, info.names, device="cpu", half=info.input_dtype is np.float16)
         self.fixed_input = info.fixed_hw
         self.device = f"triton {self.scheme}://{self.server}"
+        self.precision = "server"  # the server's model config decides (model.precision must be auto)
         self._down: str | None = None
         self._retry_at = 0.0
         self._delay = BACKOFF_FIRST_S

@@ -110,6 +110,22 @@ def select_device(requested: str, cuda_available: bool) -> str:
     return "cuda:0" if requested == "cuda" else requested
 
 
+def half_precision(cfg: ModelConfig, backend: str, cuda: bool) -> bool:
+    """Whether a torch-run backend (torch, ONNX Runtime, TensorRT) runs fp16 for `model.precision`:
+    `auto` is fp16 on CUDA and fp32 on a CPU. A precision it cannot honour is a config error, never a
+    silent fallback: the operator asked for it."""
+    precision = cfg.precision
+    if precision == "bf16":
+        raise ModelConfigError(
+            f"model.precision: bf16 runs on backend openvino only (backend {backend} takes fp32 or fp16)"
+        )
+    if precision == "fp16" and not cuda:
+        raise ModelConfigError(
+            f"model.precision: fp16 needs CUDA with backend {backend} (on a CPU: fp32, or bf16 on openvino)"
+        )
+    return cuda if precision == "auto" else precision == "fp16"
+
+
 def class_ids(classes: list[str | int] | None, names: dict[int, str]) -> list[int] | None:
     """Translate `model.classes` (names or ids) into class ids of this model."""
     if classes is None:
@@ -283,6 +299,7 @@ class YoloDetector(Detector):
             torch.set_num_threads(1)
         self.cfg = cfg
         self.device, self.half, self.names = device, half, names
+        self.precision = "fp16" if half else "fp32"  # OpenVINO states its own after compiling
         self._classes = class_ids(cfg.classes, names)
         self._end2end = end2end
         self._dev = dev = torch.device(device)
@@ -361,8 +378,9 @@ class YoloDetector(Detector):
     def describe(self, fmt: str, source: str) -> None:
         h, w = self.cfg.input_hw
         log.info(
-            "model %s loaded: backend %s (%s), device %s%s, %d classes, input %dx%d, batches up to %d",
-            source, self.backend, fmt, self.device, " fp16" if self.half else "", len(self.names), w, h,
+            "model %s loaded: backend %s (%s), device %s, precision %s, %d classes, input %dx%d, "
+            "batches up to %d",
+            source, self.backend, fmt, self.device, self.precision, len(self.names), w, h,
             len(self.input_buffer),
         )  # fmt: skip
 

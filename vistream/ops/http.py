@@ -195,6 +195,8 @@ def status(d: Daemon, now: float) -> dict[str, Any]:
         "ready": ready is not None,
         "device": ready.device if ready else None,
         "half": ready.half if ready else None,
+        "backend": ready.backend if ready else None,
+        "precision": ready.precision if ready else None,
         "mqtt_connected": bool(d.mqtt.connected),
         "cameras": len(d.cameras),
         "cameras_online": sum(rt.online for rt in d.cameras.values()),

@@ -152,6 +152,14 @@ class DaemonCollector(Collector):
         ready = GaugeMetricFamily("vistream_ready", "1 once the model is warm and the readers are started.")
         ready.add_metric([], 1.0 if d.ready else 0.0)
         yield ready
+        if d.ready:  # labels only a loaded model knows
+            model = GaugeMetricFamily(
+                "vistream_model_info",
+                "1, with the loaded model's backend, device and the precision it computes in.",
+                labels=["backend", "device", "precision"],
+            )
+            model.add_metric([d.ready.backend, d.ready.device, d.ready.precision], 1.0)
+            yield model
         yield from _alert_metrics(d)
 
 

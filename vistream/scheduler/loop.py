@@ -100,7 +100,8 @@ def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
     log.info("model warm after %.1fs on %s", load_s, detector.device)
     spec.beat[BEAT_TIME] = time.monotonic()  # before READY: the supervisor judges progress by it
     spec.beat[BEAT_READY] = 1.0
-    spec.results.put(Ready(detector.names, detector.device, detector.half, load_s))
+    ready = Ready(detector.names, detector.device, detector.half, load_s, detector.backend, detector.precision)
+    spec.results.put(ready)
     scheduler = Scheduler(spec, detector, stop)
     try:
         scheduler.run()

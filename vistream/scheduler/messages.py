@@ -46,6 +46,8 @@ class Ready:
     device: str
     half: bool
     load_s: float
+    backend: str  # the `model.backend` it runs on (what `auto` resolved to)
+    precision: str  # what it computes in, as the runtime reports it (`Detector.precision`)
 
 
 @dataclass(frozen=True)
