@@ -6,9 +6,10 @@ counter. Every entity is available only while `{prefix}/status` is `online`; wit
 (N > 1) while `{prefix}/daemons/{client_id}-{K}/status` of the shard serving its camera is. Every shard
 announces every camera's entities (the same retained configs), so a camera that moves to another shard
 keeps its entity ids and nothing a shard removes is another shard's. The configs are
-retained and published again on every connect (Home Assistant may have restarted and lost
-them); configs of rules, lines and cameras that left the config file are removed with an empty
-retained message, as Home Assistant's discovery protocol asks.
+retained and published again on every connect (the broker may have restarted and lost them);
+configs of rules, lines and cameras that left the config file are removed with an empty retained
+message, as Home Assistant's discovery protocol asks. Both go through the durable outbox, sent in
+order with the alerts by its Delivery.
 
 Entity ids are predictable so automations can name them: `binary_sensor.{client_id}_{camera}_{rule}`,
 `image.{client_id}_{camera}_{rule}_snapshot`, `sensor.{client_id}_{camera}_{line}_{direction}`
@@ -20,17 +21,17 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from vistream import __version__
 from vistream.config.models import Config
 from vistream.ops.shard import Shard, daemon_topic, owner
-from vistream.outputs.outbox import Outbox
+from vistream.outputs.outbox import Message, Outbox
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("in", "out")
 STATE_KEY = "homeassistant/topics"  # the discovery topics the last run published (JSON list)
+KIND = "discovery"  # the outbox kind of configs and removals (a latest-state kind)
 
 
 @dataclass(frozen=True)
@@ -123,45 +124,43 @@ def _slug(text: str) -> str:
 
 
 class DiscoveryPublisher:
-    """Publishes the discovery configs (and removals) on every connect, retained, QoS 1.
+    """Puts the discovery configs (and removals) in the outbox, retained, QoS 1, kind "discovery".
 
-    A `ConnectionListener` of the MQTT publisher. Straight through paho rather than the outbox:
-    the whole set goes out again on every connect anyway. The outbox's state table remembers which
-    topics were published, so entities that left the config are removed at the next start.
+    Through the outbox rather than straight through paho, so discovery and alerts share one
+    publishing path and one window: configs published by a connection listener before the outbox's
+    Delivery dropped paho's copies held paho's in-flight slots for good, and with 20 or more of them
+    (10 cameras x 1 rule) nothing QoS 1 went out any more, `online` included. In the outbox a
+    removal is durable like an event: a daemon stopped before it connected still removes the
+    entities at its next connection. A newer config or removal of a topic replaces an unsent older
+    one (the outbox's latest-state kinds).
+
+    `update()` writes the configs, the removals and the list of topics (the outbox's state table,
+    so entities that left the config are removed even after a restart) in one transaction.
+    `announce()` (the Delivery's `on_connect` hook) adds the configs again on every connection:
+    the broker may have lost its retained messages (a restart without persistence).
     """
 
-    def __init__(self, cfg: Config, state: Outbox, client: Any, shard: Shard | None = None) -> None:
+    def __init__(self, cfg: Config, outbox: Outbox, shard: Shard | None = None) -> None:
         """`cfg`: the whole config, every shard's cameras (see `discovery_messages`)."""
-        self.state, self.client, self.shard = state, client, shard
-        self.messages: list[Discovery] = []
-        self.update(cfg, json.loads(state.get_state(STATE_KEY) or "[]"))
+        self.outbox, self.shard = outbox, shard
+        self.messages: list[Discovery] = []  # the configs of the entities that exist now
+        self.update(cfg, json.loads(outbox.get_state(STATE_KEY) or "[]"))
 
     def update(self, cfg: Config, previous: list[str] | None = None) -> None:
         """The entities of `cfg` (at start, or after a reload), and removals of the others."""
         if previous is None:
-            previous = [d.topic for d in self.messages if d.payload]
+            previous = [d.topic for d in self.messages]
         current = discovery_messages(cfg, self.shard)
         gone = removals(previous, current)
         if gone:
             log.info("Home Assistant: removing %d entities no longer configured", len(gone))
-        self.state.set_state(STATE_KEY, json.dumps([d.topic for d in current]))
-        self.messages = gone + current
+        self.outbox.add_many(_rows(gone + current), state={STATE_KEY: json.dumps([d.topic for d in current])})
+        self.messages = current
 
-    def publish_all(self) -> None:
-        for d in self.messages:
-            self.client.publish(d.topic, d.payload, qos=1, retain=True)
+    def announce(self) -> None:
+        """Every current config again (on every connection)."""
+        self.outbox.add_many(_rows(self.messages))
 
-    def mqtt_connecting(self) -> None:
-        pass
 
-    def mqtt_connected(self) -> None:
-        try:
-            self.publish_all()
-        except Exception:  # paho would stop its network loop on an exception from a callback
-            log.exception("could not publish Home Assistant discovery")
-
-    def mqtt_published(self, mid: int, reason: Any) -> None:
-        pass
-
-    def mqtt_disconnected(self) -> None:
-        pass
+def _rows(messages: list[Discovery]) -> list[Message]:
+    return [Message("", d.topic, d.payload, retain=True, kind=KIND) for d in messages]
