@@ -1,12 +1,20 @@
 """MQTT output: availability, camera status and detections, with paho-mqtt's v2 callback API.
 
 paho's network thread (`loop_start`) owns the socket and reconnects on its
-own with a capped backoff. `publish` only appends to paho's buffer, so it
-never blocks the caller. State is reported honestly: `connected` becomes
-true only in a successful CONNACK and false at the first sign of loss, and a
-detection offered while disconnected is dropped and counted, not queued
-(it would be stale by the time the broker is back; status topics are
-retained and re-sent on every connect instead).
+own, with a backoff of 1 s doubling up to RECONNECT_MAX_S (4 s): a broker back
+after any outage is reconnected within about 4 s. `publish` only appends to
+paho's buffer, so it never blocks the caller. State is reported honestly:
+`connected` becomes true only in a successful CONNACK and false at the first
+sign of loss, and a detection offered while disconnected is dropped and
+counted, not queued (it would be stale by the time the broker is back; status
+topics are retained and re-sent on every connect instead). Detections are
+also dropped, and counted, while `max_backlog` of them wait unwritten in
+paho's buffer (a socket slower than the cameras): they would only grow older
+and paho's memory larger.
+
+Drops are counted in `dropped` by kind (the figure `vistream_mqtt_dropped_total{kind}` shows) and in
+`dropped_by_reason` by (kind, reason): "disconnected", "backlog" (the bound above), "refused"
+(paho answered anything but success).
 
 A connection attempt that fails before the CONNACK (broker unreachable, a TLS handshake the
 broker's certificate fails: wrong CA, host name not in it) is one warning line per attempt, naming
@@ -15,6 +23,7 @@ the broker and the cause; paho's thread survives it and tries again after its ba
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import ssl
@@ -30,6 +39,8 @@ from vistream.config.models import MqttConfig
 log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
+RECONNECT_MAX_S = 4  # paho's default 120 s (and our former 30 s) left a returned broker unused that long
+MAX_BACKLOG = 200  # QoS 0 detections handed to paho and not written to the socket yet
 
 
 class ConnectionListener(Protocol):
@@ -37,7 +48,10 @@ class ConnectionListener(Protocol):
 
     Called in this order per connection: connecting (before the socket opens), connected (first thing
     in a successful CONNACK, before status is re-published), published (every PUBACK, and every QoS 0
-    message written, by message id), disconnected. Must be quick and must not raise.
+    message written, by message id: a wake-up, not proof, since QoS 0 and QoS 1 ids share one
+    counter), disconnected. Must be quick and must not raise. Must not publish at QoS 1 from
+    `mqtt_connected`: the outbox's Delivery drops paho's copies there (see delivery.py); a listener
+    with messages to send puts them in the outbox.
     """
 
     def mqtt_connecting(self) -> None: ...
@@ -48,10 +62,16 @@ class ConnectionListener(Protocol):
 
 class MqttPublisher:
     def __init__(
-        self, cfg: MqttConfig, password: str | None = None, availability_topic: str | None = None
+        self,
+        cfg: MqttConfig,
+        password: str | None = None,
+        availability_topic: str | None = None,
+        *,
+        max_backlog: int = MAX_BACKLOG,
     ) -> None:
         """`availability_topic`: the daemon's own `online`/`offline` and Last Will (default
-        `{prefix}/status`; a shard's is `{prefix}/daemons/{client_id}/status`)."""
+        `{prefix}/status`; a shard's is `{prefix}/daemons/{client_id}/status`). `max_backlog`: QoS 0
+        messages paho may hold unwritten before more are dropped."""
         self.cfg = cfg
         self.prefix = cfg.topic_prefix
         self.availability_topic = availability_topic or f"{self.prefix}/status"
@@ -59,6 +79,11 @@ class MqttPublisher:
         self.connects = 0
         self.failed_attempts = 0  # connection attempts in a row that ended before a CONNACK
         self.dropped: dict[str, int] = {}  # kind -> messages that could not be handed to the broker
+        self.dropped_by_reason: dict[tuple[str, str], int] = {}  # (kind, reason) -> the same, split
+        self.max_backlog = max_backlog
+        # QoS 0 messages handed to paho, in order, with the connection (`connects`) they were for;
+        # written by the publishing thread only.
+        self._unwritten: collections.deque[tuple[int, mqtt.MQTTMessageInfo]] = collections.deque()
         self._camera_status: dict[str, str] = {}
         self._listeners: list[ConnectionListener] = []
         self._lock = threading.Lock()
@@ -80,7 +105,7 @@ class MqttPublisher:
                 cert_reqs=ssl.CERT_REQUIRED,
             )
             c.tls_insecure_set(cfg.tls.insecure)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
@@ -129,13 +154,38 @@ class MqttPublisher:
             self._camera_status.pop(name, None)
 
     def publish(self, topic: str, payload: bytes | str, kind: str, qos: int = 0) -> bool:
-        """Hand a message to paho without blocking; False (and counted) when it cannot go out."""
-        if self.connected:
-            info = self.client.publish(topic, payload, qos=qos)
-            if info.rc == mqtt.MQTT_ERR_SUCCESS:
-                return True
+        """Hand a message to paho without blocking; False (and counted) when it cannot go out.
+
+        Called from one thread (the result pump).
+        """
+        if not self.connected:
+            return self._drop(kind, "disconnected")
+        connects = self.connects
+        if qos == 0 and self._backlog(connects) >= self.max_backlog:
+            return self._drop(kind, "backlog")
+        info = self.client.publish(topic, payload, qos=qos)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return self._drop(kind, "disconnected" if info.rc == mqtt.MQTT_ERR_NO_CONN else "refused")
+        if qos == 0:
+            self._unwritten.append((connects, info))
+        return True
+
+    def _backlog(self, connects: int) -> int:
+        """QoS 0 messages paho holds unwritten. paho marks a QoS 0 info published once its last
+        byte is written, and writes in order; a reconnect empties its buffer and marks those lost
+        (rc CONN_LOST); one handed over while the connection changed may never be marked at all."""
+        unwritten = self._unwritten
+        if unwritten and _gone(unwritten[-1][1]):
+            unwritten.clear()  # everything before it was written too, or died with its connection
+        while unwritten and (unwritten[0][0] != connects or _gone(unwritten[0][1])):
+            unwritten.popleft()
+        return len(unwritten)
+
+    def _drop(self, kind: str, reason: str) -> bool:
         with self._lock:
             self.dropped[kind] = self.dropped.get(kind, 0) + 1
+            key = (kind, reason)
+            self.dropped_by_reason[key] = self.dropped_by_reason.get(key, 0) + 1
         return False
 
     def _publish_status(self, name: str, status: str) -> mqtt.MQTTMessageInfo:
@@ -217,6 +267,14 @@ def _connect_error(exc: BaseException | None) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc) or type(exc).__name__
     return "connection failed" if exc is None else str(exc)
+
+
+def _gone(info: mqtt.MQTTMessageInfo) -> bool:
+    """paho is done with this QoS 0 message: written, or lost with its connection."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):  # is_published() raises for a message that failed
+        return True
 
 
 def _str(path: Any) -> str | None:
