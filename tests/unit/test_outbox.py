@@ -42,7 +42,7 @@ def make_outbox(tmp_path: Path, clock: FakeClock) -> Any:
     boxes: list[Outbox] = []
 
     def make(**kw: Any) -> Outbox:
-        boxes.append(Outbox(tmp_path / FILENAME, clock=clock, **kw))
+        boxes.append(Outbox(tmp_path / FILENAME, clock=clock, monotonic=clock, **kw))
         return boxes[-1]
 
     yield make
@@ -166,14 +166,26 @@ def test_eviction_by_age(make_outbox: Any, clock: FakeClock, caplog: pytest.LogC
     assert box.expire() == 0 and box.evicted == 2
 
 
-def test_reopening_expires_rows_that_aged_while_stopped(tmp_path: Path, clock: FakeClock) -> None:
-    box = Outbox(tmp_path / FILENAME, max_age_s=60, clock=clock)
+def test_age_carries_across_a_restart_but_time_stopped_does_not_count(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """1. A row is added; the daemon runs 40 s and stops.
+    2. It is stopped for a day (the wall clock says so; nothing the outbox trusts does) and starts in
+       a new process whose monotonic clock starts elsewhere: the row is 40 s old, it stays.
+    3. 21 s later it is 61 s old (over max_age_s=60): expire() evicts it."""
+    mono = FakeClock(5.0)
+    box = Outbox(tmp_path / FILENAME, max_age_s=60, clock=clock, monotonic=mono)
     box.add("a", "t", b"old")
+    mono.t += 40
+    clock.t += 40
     box.close()
-    clock.t += 61
-    box = Outbox(tmp_path / FILENAME, max_age_s=60, clock=clock)
+    clock.t += 86400
+    mono.t = 3.0
+    box = Outbox(tmp_path / FILENAME, max_age_s=60, clock=clock, monotonic=mono)
     try:
-        assert box.pending == 0 and box.evicted == 1
+        assert box.pending == 1 and box.evicted == 0
+        mono.t += 21
+        assert box.expire() == 1 and box.pending == 0
     finally:
         box.close()
 

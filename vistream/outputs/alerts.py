@@ -264,8 +264,8 @@ class Alerts:
     def _event_messages(self, doc: dict[str, Any]) -> list[Message]:
         payload, camera = _json(doc), doc["camera"]
         return [
-            Message(camera, f"{self.prefix}/events", payload, kind="event"),
-            Message(camera, f"{self.prefix}/{camera}/events", payload, kind="event"),
+            Message(camera, f"{self.prefix}/events", payload, kind="event", event_id=doc["id"]),
+            Message(camera, f"{self.prefix}/{camera}/events", payload, kind="event", event_id=doc["id"]),
         ]
 
     def _active(self, camera: str, rule: str, on: bool) -> Message:

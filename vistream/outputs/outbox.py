@@ -16,6 +16,20 @@ A small key-value `state` table in the same file keeps what must survive a resta
 the last `active` state of each rule); `add(..., state=...)` writes a counter row and the counter's
 new value in one transaction, so after a crash the two always agree.
 
+Faults are told apart (docs/events.md, "What can go wrong"):
+- Only a file SQLite reports as corrupt (SQLITE_CORRUPT, SQLITE_NOTADB, a failed `quick_check`) is
+  moved aside (`*.corrupt-*`) for a fresh one. A locked, read-only or full database, or an I/O error,
+  is not corruption: opening retries until `open_timeout_s` and then raises `OutboxUnavailable`, and
+  a write that fails so raises `OutboxUnavailable` with the counts unchanged. Either sets `problem`
+  (logged once, until a write succeeds again) and counts `write_failures`.
+- Age is elapsed time the daemon measured, never the wall clock (an edge box that boots offline
+  gets NTP's step of weeks later): a `ledger` of seconds run, carried across restarts (saved with
+  every add, by `expire` and at close); a row's age is the ledger now minus the ledger at its add.
+  Time while the daemon is stopped does not count. `created_at` (wall time) is kept for people only.
+- Eviction (full, or older than `max_age_s`) never drops the one pending value of a retained
+  latest-state topic (it may be the only `active OFF`) and drops an event's rows all together;
+  later rows of an evicted event are not queued, so nobody gets an `end` without its `start`.
+
 One `Outbox` owns its file: `pending` is kept in memory (one COUNT(*) at open), so another writer to
 the same file would make it drift.
 """
@@ -28,6 +42,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +50,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FILENAME = "outbox.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: rows aged by the elapsed-time ledger (ledger_at), event_id
 
 # Retained "latest state" kinds: a newer unsent value for a topic makes an older unsent one pointless,
 # so it replaces it. Events are never coalesced: each one is a fact a subscriber must see.
@@ -44,6 +59,18 @@ LATEST_STATE_KINDS = frozenset({"counter", "active", "snapshot", "discovery"})
 # When full, evict 1/_EVICT_BATCH of max_rows at once, so a long outage at the limit logs one warning
 # per batch instead of one per added row.
 _EVICT_BATCH = 100
+
+# Ids of evicted events remembered, so that their later rows are not queued (an `end` alone).
+_EVICTED_EVENTS_KEPT = 10_000
+
+OPEN_RETRY_S = 0.5  # between attempts to open, until open_timeout_s
+BUSY_TIMEOUT_S = 10.0  # how long one statement waits for another connection's lock
+
+# Primary result codes (the low byte of sqlite_errorcode) that mean the file itself is damaged.
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+# The one pending value of a retained latest-state topic (coalescing keeps one per topic).
+_LATEST = "retain = 1 AND kind IN ({})".format(", ".join(f"'{k}'" for k in sorted(LATEST_STATE_KINDS)))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -54,20 +81,56 @@ CREATE TABLE IF NOT EXISTS outbox (
     qos INTEGER NOT NULL,
     retain INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    kind TEXT NOT NULL
+    kind TEXT NOT NULL,
+    ledger_at REAL NOT NULL DEFAULT 0,
+    event_id TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_topic ON outbox (topic) WHERE retain = 1;
-CREATE INDEX IF NOT EXISTS outbox_created_at ON outbox (created_at);
+CREATE INDEX IF NOT EXISTS outbox_ledger_at ON outbox (ledger_at);
+CREATE INDEX IF NOT EXISTS outbox_event_id ON outbox (event_id) WHERE event_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    elapsed_s REAL NOT NULL
+);
 """
+
+# From version 1: rows had only wall-clock `created_at`. Their age is unknown; they count as added
+# at the migration (ledger_at 0, and the ledger starts at 0), so no wall-clock reason evicts them.
+# Their event ids come from the payload, so an event's rows are evicted together also when migrated.
+_MIGRATE_FROM_1 = """
+ALTER TABLE outbox ADD COLUMN ledger_at REAL NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN event_id TEXT;
+UPDATE outbox SET event_id = json_extract(CAST(payload AS TEXT), '$.id')
+    WHERE kind = 'event' AND json_valid(CAST(payload AS TEXT));
+DROP INDEX IF EXISTS outbox_created_at
+"""
+
+
+class OutboxUnavailable(sqlite3.OperationalError):
+    """The database cannot be written now (locked, read-only, full, I/O): not corruption, try again.
+
+    `reason` is SQLite's name and message, e.g. "SQLITE_FULL: database or disk is full".
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class OutboxCorrupt(sqlite3.DatabaseError):
+    """`PRAGMA quick_check` found damage."""
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One message to queue; `add_many` takes several in one transaction."""
+    """One message to queue; `add_many` takes several in one transaction.
+
+    `event_id`: the event an `event` message belongs to; eviction drops an event's messages together.
+    """
 
     camera: str
     topic: str
@@ -75,6 +138,7 @@ class Message:
     retain: bool = False
     kind: str = "event"
     qos: int = 1
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +159,7 @@ class Outbox:
     """`Outbox(state_dir / FILENAME)`: pending alert messages and restart state in one SQLite file.
 
     Thread-safe: producers add from their thread, the delivery thread reads and acks from its own.
+    `clock` (wall time) only stamps `created_at`; ages come from `monotonic` and the stored ledger.
     """
 
     def __init__(
@@ -104,6 +169,8 @@ class Outbox:
         max_rows: int = 100_000,
         max_age_s: float = 7 * 86400.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        open_timeout_s: float = 0.0,
     ) -> None:
         if max_rows < 1 or max_age_s <= 0:
             raise ValueError("max_rows must be >= 1 and max_age_s > 0")
@@ -111,12 +178,20 @@ class Outbox:
         self.max_rows = max_rows
         self.max_age_s = max_age_s
         self._clock = clock
+        self._monotonic = monotonic
         self._lock = threading.RLock()
         self._watchers: list[Callable[[], None]] = []
         self._evicted = 0
         self._coalesced = 0
+        self._write_failures = 0
+        self._problem: str | None = None
+        self._evicted_events: dict[str, None] = {}  # insertion-ordered set, oldest first
+        self._gone_events: list[str] = []  # evicted by the transaction in progress
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._open()
+        self._db = self._open(open_timeout_s)
+        self._problem = None  # the open wrote the schema: writable now
+        row = self._db.execute("SELECT elapsed_s FROM ledger WHERE id = 1").fetchone()
+        self._ledger_base, self._mono_base = (row[0] if row else 0.0), monotonic()
         self._pending = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         if self._pending:
             log.info("outbox %s: %d messages pending from before", self.path, self._pending)
@@ -124,40 +199,62 @@ class Outbox:
 
     # -- opening ---------------------------------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
-        try:
-            return self._connect()
-        except sqlite3.DatabaseError as exc:
-            # A file SQLite cannot read (disk fault, someone else's file): keep it for inspection and
-            # start empty, rather than crash-loop the daemon on every start.
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self._clock())}")
-            log.error(
-                "outbox %s is unreadable (%s); moved aside to %s, starting empty", self.path, exc, aside
-            )
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    src.rename(f"{aside}{suffix}")
-            return self._connect()
+    def _open(self, timeout_s: float) -> sqlite3.Connection:
+        """Connect; move a corrupt file aside (once); retry anything else until `timeout_s` has passed."""
+        deadline = time.monotonic() + timeout_s
+        moved = False
+        while True:
+            try:
+                db = self._connect()
+            except sqlite3.Error as exc:
+                if _corrupt(exc) and not moved:
+                    self._move_aside(exc)
+                    moved = True
+                    continue
+                if not isinstance(exc, sqlite3.OperationalError):
+                    raise  # e.g. a schema newer than this code: refuse, keep the file as it is
+                failure = self._failed(exc, "cannot open")
+                if time.monotonic() >= deadline:
+                    raise failure from exc
+                time.sleep(min(OPEN_RETRY_S, max(0.0, deadline - time.monotonic())))
+                continue
+            if self._write_failures:
+                log.warning("outbox %s: opened after %d failed attempts", self.path, self._write_failures)
+            return db
+
+    def _move_aside(self, exc: sqlite3.Error) -> None:
+        # A file SQLite cannot read (disk fault, someone else's file): keep it for inspection and
+        # start empty, rather than crash-loop the daemon on every start.
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self._clock())}")
+        log.error("outbox %s is corrupt (%s); moved aside to %s, starting empty", self.path, exc, aside)
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.rename(f"{aside}{suffix}")
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; every write below is an explicit BEGIN
         # IMMEDIATE ... COMMIT, so what belongs together commits together.
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         try:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
-                raise sqlite3.DatabaseError(f"journal_mode WAL refused (got {mode})")
+                raise sqlite3.OperationalError(f"journal_mode WAL refused (got {mode})")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL back to 64 MiB
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
+                raise OutboxCorrupt(f"quick_check: {check}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
+            if version not in (0, 1, SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(
+                    f"schema version {version} is not one this vistream knows (up to {SCHEMA_VERSION})"
+                )
             with _transaction(db):
-                _create(db)  # not executescript(): it would commit on its own
+                if version == 1:
+                    _run(db, _MIGRATE_FROM_1)
+                    log.info("outbox %s: schema 1 -> %d", self.path, SCHEMA_VERSION)
+                _run(db, _SCHEMA)  # not executescript(): it would commit on its own
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
             db.close()
@@ -183,12 +280,20 @@ class Outbox:
     def add_many(
         self, messages: Iterable[Message], *, state: Mapping[str, str | None] | None = None
     ) -> list[int]:
-        """Queue messages in order in one transaction, with `state` keys (None deletes); returns row ids."""
+        """Queue messages in order in one transaction, with `state` keys (None deletes); returns row ids.
+
+        A message of an event evicted before is not queued (id 0), counted as evicted.
+        """
         ids: list[int] = []
         now = self._clock()
         with self._lock:
             with self._write():
+                ledger = self._ledger()
                 for m in messages:
+                    if m.event_id is not None and m.event_id in self._evicted_events:
+                        self._evicted += 1
+                        ids.append(0)
+                        continue
                     if m.retain and m.kind in LATEST_STATE_KINDS:
                         gone = self._db.execute(
                             "DELETE FROM outbox WHERE topic = ? AND retain = 1", (m.topic,)
@@ -197,14 +302,16 @@ class Outbox:
                         self._coalesced += gone
                     payload = _bytes(m.payload)
                     cur = self._db.execute(
-                        "INSERT INTO outbox (camera, topic, payload, qos, retain, created_at, kind)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (m.camera, m.topic, payload, m.qos, int(m.retain), now, m.kind),
+                        "INSERT INTO outbox"
+                        " (camera, topic, payload, qos, retain, created_at, kind, ledger_at, event_id)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (m.camera, m.topic, payload, m.qos, int(m.retain), now, m.kind, ledger, m.event_id),
                     )
                     assert cur.lastrowid is not None
                     ids.append(cur.lastrowid)
                     self._pending += 1
                 self._set_states(state or {})
+                self._save_ledger(ledger)  # never behind a row's ledger_at, also after a crash
                 if self._pending > self.max_rows:
                     self._evict_rows()
             watchers = list(self._watchers)
@@ -248,37 +355,95 @@ class Outbox:
     # -- bounds ----------------------------------------------------------------------------------------
 
     def expire(self) -> int:
-        """Evict rows older than max_age_s (oldest first); returns how many. The sender calls this."""
-        cutoff = self._clock() - self.max_age_s
+        """Evict rows older than max_age_s of elapsed time (whole events); returns how many.
+
+        The sender calls this every minute; it also saves the elapsed-time ledger.
+        """
         with self._lock:
-            oldest = self._db.execute("SELECT MIN(created_at) FROM outbox").fetchone()[0]
-            if oldest is None or oldest >= cutoff:
-                return 0
+            ledger = self._ledger()
+            cutoff = ledger - self.max_age_s
+            oldest = self._db.execute(f"SELECT MIN(ledger_at) FROM outbox WHERE NOT ({_LATEST})").fetchone()[
+                0
+            ]
             with self._write():
-                return self._evict("created_at < ?", (cutoff,), f"older than {self.max_age_s:g} s")
+                self._save_ledger(ledger)
+                if oldest is None or oldest >= cutoff:
+                    return 0
+                rows = self._db.execute(
+                    f"SELECT id, kind FROM outbox WHERE NOT ({_LATEST}) AND event_id IS NULL"
+                    " AND ledger_at < ?",
+                    (cutoff,),
+                ).fetchall()
+                # An event goes when its oldest row is too old: with all its rows, the newer ones too.
+                events = [
+                    e
+                    for (e,) in self._db.execute(
+                        "SELECT event_id FROM outbox WHERE event_id IS NOT NULL AND ledger_at < ?"
+                        " GROUP BY event_id ORDER BY MIN(id)",
+                        (cutoff,),
+                    )
+                ]
+                return self._evict(rows, events, f"older than {self.max_age_s:g} s")
 
     def _evict_rows(self) -> None:
+        """Full: evict the oldest rows and events until one batch below max_rows, latest states kept."""
         excess = self._pending - self.max_rows + max(1, self.max_rows // _EVICT_BATCH) - 1
-        last = self._db.execute("SELECT id FROM outbox ORDER BY id LIMIT 1 OFFSET ?", (excess - 1,))
-        self._evict("id <= ?", (last.fetchone()[0],), f"full ({self.max_rows} rows)")
+        rows: list[tuple[int, str]] = []
+        events: list[str] = []
+        n = 0
+        cur = self._db.execute(f"SELECT id, kind, event_id FROM outbox WHERE NOT ({_LATEST}) ORDER BY id")
+        for row_id, kind, event_id in cur:
+            if n >= excess:
+                break
+            if event_id is None:
+                rows.append((row_id, kind))
+                n += 1
+            elif event_id not in events:
+                events.append(event_id)
+                n += self._db.execute(
+                    "SELECT COUNT(*) FROM outbox WHERE event_id = ?", (event_id,)
+                ).fetchone()[0]
+        cur.close()
+        self._evict(rows, events, f"full ({self.max_rows} rows)")
 
-    def _evict(self, where: str, params: tuple[float | int, ...], why: str) -> int:
-        kinds = self._db.execute(
-            f"SELECT kind, COUNT(*), MIN(id), MAX(id) FROM outbox WHERE {where} GROUP BY kind", params
-        ).fetchall()
-        n = self._db.execute(f"DELETE FROM outbox WHERE {where}", params).rowcount
+    def _evict(self, rows: list[tuple[int, str]], events: list[str], why: str) -> int:
+        """Delete `rows` ((id, kind)) and every row of `events`, in the transaction in progress."""
+        doomed = list(rows)
+        for event_id in events:
+            doomed += self._db.execute(
+                "SELECT id, kind FROM outbox WHERE event_id = ?", (event_id,)
+            ).fetchall()
+        if not doomed:
+            return 0
+        self._db.executemany("DELETE FROM outbox WHERE id = ?", [(row_id,) for row_id, _ in doomed])
+        n = len(doomed)
         self._pending -= n
         self._evicted += n
-        if n:
-            log.warning(
-                "outbox %s: evicted %d undelivered messages, oldest first (ids %d..%d: %s)",
-                why,
-                n,
-                min(k[2] for k in kinds),
-                max(k[3] for k in kinds),
-                ", ".join(f"{k[1]} {k[0]}" for k in kinds),
-            )
+        self._gone_events += events
+        kinds = Counter(kind for _, kind in doomed)
+        log.warning(
+            "outbox %s: evicted %d undelivered messages, oldest first (ids %d..%d: %s%s)",
+            why,
+            n,
+            min(row_id for row_id, _ in doomed),
+            max(row_id for row_id, _ in doomed),
+            ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())),
+            f"; {len(events)} whole events, their later messages are dropped too" if events else "",
+        )
         return n
+
+    # -- elapsed time ----------------------------------------------------------------------------------
+
+    def _ledger(self) -> float:
+        """Seconds this outbox's daemons have run, across restarts (never the wall clock)."""
+        return self._ledger_base + max(0.0, self._monotonic() - self._mono_base)
+
+    def _save_ledger(self, elapsed_s: float) -> None:
+        self._db.execute(
+            "INSERT INTO ledger (id, elapsed_s) VALUES (1, ?)"
+            " ON CONFLICT (id) DO UPDATE SET elapsed_s = max(elapsed_s, excluded.elapsed_s)",
+            (elapsed_s,),
+        )
 
     # -- restart state ---------------------------------------------------------------------------------
 
@@ -313,15 +478,45 @@ class Outbox:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
-        """One transaction under the lock; the in-memory counts roll back with it."""
+        """One transaction under the lock; the in-memory counts roll back with it.
+
+        An operational failure (locked, read-only, full, I/O) raises `OutboxUnavailable`.
+        """
         with self._lock:
             saved = self._pending, self._evicted, self._coalesced
+            self._gone_events = []
             try:
                 with _transaction(self._db):
                     yield
+            except sqlite3.OperationalError as exc:
+                self._pending, self._evicted, self._coalesced = saved
+                if isinstance(exc, OutboxUnavailable) or _corrupt(exc):
+                    raise
+                raise self._failed(exc, "cannot write") from exc
             except BaseException:
                 self._pending, self._evicted, self._coalesced = saved
                 raise
+            for event_id in self._gone_events:
+                self._evicted_events[event_id] = None
+            while len(self._evicted_events) > _EVICTED_EVENTS_KEPT:
+                del self._evicted_events[next(iter(self._evicted_events))]
+            if self._problem is not None:
+                log.warning("outbox %s is writable again (%s before)", self.path, self._problem)
+                self._problem = None
+
+    def _failed(self, exc: sqlite3.OperationalError, doing: str) -> OutboxUnavailable:
+        """Count a failed open or write; log it when the reason is new (not at every retry)."""
+        reason = _reason(exc)
+        self._write_failures += 1
+        if reason != self._problem:
+            log.error(
+                "outbox %s: %s (%s); nothing is moved or dropped, retrying (logged once)",
+                self.path,
+                doing,
+                reason,
+            )
+            self._problem = reason
+        return OutboxUnavailable(reason)
 
     # -- figures and closing ---------------------------------------------------------------------------
 
@@ -340,11 +535,39 @@ class Outbox:
         """Unsent latest-state messages replaced by a newer value for the same topic."""
         return self._coalesced
 
+    @property
+    def problem(self) -> str | None:
+        """Why the last write (or the open) failed, e.g. "SQLITE_FULL: ..."; None once one succeeds."""
+        return self._problem
+
+    @property
+    def write_failures(self) -> int:
+        """Opens and writes that failed for an operational reason (`vistream_outbox_write_failures_total`)."""
+        return self._write_failures
+
     def close(self) -> None:
         with self._lock:
+            # On a full disk the ledger keeps its last saved value: rows only age more slowly.
+            with contextlib.suppress(sqlite3.Error), _transaction(self._db):
+                self._save_ledger(self._ledger())
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA optimize")
             self._db.close()
+
+
+def _corrupt(exc: sqlite3.Error) -> bool:
+    """Does SQLite say the file itself is damaged (not merely unwritable now)?"""
+    if isinstance(exc, OutboxCorrupt):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    if isinstance(exc, OutboxUnavailable):
+        return exc.reason
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{name}: {exc}" if name else str(exc)
 
 
 def _bytes(payload: bytes | str) -> bytes:
@@ -355,8 +578,8 @@ def _bytes(payload: bytes | str) -> bytes:
     raise TypeError(f"payload must be bytes or str, not {type(payload).__name__}")
 
 
-def _create(db: sqlite3.Connection) -> None:
-    for statement in _SCHEMA.split(";"):
+def _run(db: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
         if statement.strip():
             db.execute(statement)
 
@@ -366,7 +589,11 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        db.execute("COMMIT")  # may fail too (a full disk): roll back, or the next BEGIN fails
     except BaseException:
-        db.execute("ROLLBACK")
+        # SQLite may already have rolled back on its own (SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY);
+        # a failing ROLLBACK must not hide the error that caused it.
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
