@@ -216,7 +216,8 @@ class Daemon:
         if self.cfg.mqtt.home_assistant:
             self._init_discovery()
         if self.outbox:
-            self.delivery = Delivery(self.outbox, self.mqtt)
+            announce = [self.discovery.announce] if self.cfg.mqtt.home_assistant else []
+            self.delivery = Delivery(self.outbox, self.mqtt, on_connect=announce)
             self.delivery.start()
         self.mqtt.start()
         self._stack.callback(self.mqtt.stop, MQTT_GOODBYE_S)
@@ -262,8 +263,7 @@ class Daemon:
         from vistream.outputs.homeassistant import DiscoveryPublisher
 
         assert self.outbox is not None  # home_assistant: true always opens it
-        self.discovery = DiscoveryPublisher(self.full_cfg, self.outbox, self.mqtt.client, self.shard)
-        self.mqtt.add_listener(self.discovery)
+        self.discovery = DiscoveryPublisher(self.full_cfg, self.outbox, self.shard)
 
     def _init_pump(self) -> None:
         self.alerts = Alerts(self.cfg, self.outbox, lambda name: self._rings.get(name))
@@ -469,9 +469,7 @@ class Daemon:
                 self._open_outbox_late()
             self.alerts.reconfigure(self.cfg)
             if self.cfg.mqtt.home_assistant:
-                self.discovery.update(self.full_cfg)
-                if self.mqtt.connected:
-                    self.discovery.publish_all()
+                self.discovery.update(self.full_cfg)  # into the outbox: Delivery sends it
 
     def _open_outbox_late(self) -> None:
         """The first rules or lines arrived with a reload: open the outbox and deliver from it."""
