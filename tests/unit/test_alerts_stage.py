@@ -7,7 +7,9 @@ clock. Camera `front` has its lower half as zone `yard` and a horizontal line `m
 from __future__ import annotations
 
 import json
+import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +23,9 @@ from vistream.config.models import CameraConfig, Config
 from vistream.ops.process import StopFlag
 from vistream.outputs.alerts import Alerts
 from vistream.outputs.outbox import Outbox, Row
+from vistream.outputs.results import ResultPump
 from vistream.ring.shm import FrameRing
-from vistream.scheduler.messages import FrameResult
+from vistream.scheduler.messages import BatchResult, FrameResult
 from vistream.sources.reader import CameraReader, ReaderSpec
 
 W, H = 320, 240
@@ -84,7 +87,7 @@ def test_an_event_goes_into_the_outbox_snapshot_first(ring: FrameRing, tmp_path:
     write_frames(ring, tmp_path, 6)  # a 6-slot ring keeps them all
     outbox = Outbox(tmp_path / "outbox.sqlite3")
     alerts = Alerts(config(), outbox, {"front": ring}.get)
-    assert alerts.bind(NAMES) == []
+    assert alerts.bind(NAMES) == [] and alerts.flush()
     start = [(r.topic, r.payload) for r in rows(outbox)]
     last = rows(outbox)[-1].id
     assert start == [
@@ -97,6 +100,7 @@ def test_an_event_goes_into_the_outbox_snapshot_first(ring: FrameRing, tmp_path:
         assert objects is not None and len(objects) == 1
     for seq in range(7, 20):
         alerts.process(frame(seq, None))
+    assert alerts.flush()
     topics = [r.topic for r in rows(outbox) if r.id > last]
     snap = topics.index("vs/front/in_yard/snapshot")
     assert topics[snap + 1 : snap + 3] == ["vs/events", "vs/front/events"]
@@ -122,6 +126,7 @@ def test_a_frame_gone_from_the_ring_gives_an_event_without_snapshot(ring: FrameR
     alerts.bind(NAMES)
     for seq in range(1, 4):
         alerts.process(frame(seq, 200))
+    assert alerts.flush()
     events = [json.loads(r.payload) for r in rows(outbox) if r.topic == "vs/events"]
     assert events and all(e["snapshot"] is None for e in events)
     assert alerts.snapshots_lost == 1 and not any(r.kind == "snapshot" for r in rows(outbox))
@@ -137,6 +142,7 @@ def test_after_a_restart_counters_go_on_and_open_events_are_ended(ring: FrameRin
     first.bind(NAMES)
     for seq, y in enumerate([100, 110, 130, 150], start=1):
         first.process(frame(seq, y))
+    first.stop()
     open_ids = set(first.outbox.states("open/")) if first.outbox else set()
     assert len(open_ids) == 1
     first.outbox.close()  # type: ignore[union-attr]
@@ -145,6 +151,7 @@ def test_after_a_restart_counters_go_on_and_open_events_are_ended(ring: FrameRin
     last = rows(outbox)[-1].id
     second = Alerts(config(), outbox, {"front": ring}.get)
     second.bind(NAMES)
+    assert second.flush()
     new = [r for r in rows(outbox) if r.id > last]
     ends = [json.loads(r.payload) for r in new if r.topic == "vs/events"]
     assert [(e["type"], e["reason"]) for e in ends] == [("end", "restart")]
@@ -162,3 +169,81 @@ def test_labels_a_custom_model_lacks_are_reported_at_bind(tmp_path: Path) -> Non
     ]
     assert alerts.engine is None
     assert alerts.bind({0: "person"}) == [] and alerts.engine is not None
+
+
+class Publisher:
+    """What the result pump needs of MqttPublisher: detections are handed over, nothing else."""
+
+    prefix = "vs"
+
+    def publish(self, topic: str, payload: bytes, kind: str) -> bool:
+        return True
+
+
+def events_of(outbox: Outbox) -> list[dict[str, object]]:
+    return [json.loads(r.payload) for r in rows(outbox) if r.topic == "vs/events"]
+
+
+def test_frames_whose_outbox_write_failed_are_written_when_it_works_again(tmp_path: Path) -> None:
+    """1. The outbox cannot be written (read-only: what a full or remounted disk gives).
+    2. A person walks down into the yard (crossing `mid`), stays 1 s and leaves: the event starts,
+       updates and ends, the counter counts, all while every write fails.
+    3. The outbox works again: everything is written, in order: the start before its updates and
+       end, `active` OFF, the counter's new value; nothing was lost, the open event is closed."""
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    alerts = Alerts(config(), outbox, lambda _: None)
+    pump = ResultPump(Publisher(), lambda: None, lambda _: None, alerts=alerts)  # type: ignore[arg-type]
+    alerts.bind(NAMES)
+    assert alerts.flush()
+    last = rows(outbox)[-1].id
+    outbox._db.execute("PRAGMA query_only = 1")
+    ys = [100, 110, 130, 150, 160, 170] + [170 + (i % 2) * 40 for i in range(10)] + [None] * 15
+    for seq, y in enumerate(ys, start=1):
+        pump._publish(BatchResult([frame(seq, y)]))
+    alerts.flush(0.5)
+    assert rows(outbox)[-1].id == last
+    outbox._db.execute("PRAGMA query_only = 0")
+    assert alerts.flush()
+    new = [r for r in rows(outbox) if r.id > last]
+    kinds = [json.loads(r.payload)["type"] for r in new if r.topic == "vs/events"]
+    assert kinds[0] == "start" and kinds[-1] == "end" and "update" in kinds
+    # ON was replaced by OFF before it went out, as the outbox does with unsent retained states
+    assert [r.payload for r in new if r.topic == "vs/front/in_yard/active"] == [b"OFF"]
+    assert [r.payload for r in new if r.topic == "vs/front/mid/in/count"] == [b"1"]
+    assert outbox.states("open/") == {} and outbox.get_state("counter/front/mid/in") == "1"
+    assert pump.alert_errors == 0
+    assert alerts.writer is not None and alerts.writer.failures >= 1 and not alerts.writer.dropped
+    alerts.stop()
+
+
+def test_a_stall_reads_the_queued_frames_before_ending_events(tmp_path: Path) -> None:
+    """1. A person stands in the yard; their event (end_after_s 1) runs, frames 5 s old by now.
+    2. The results thread stalled: 3 s of frames that still show the person are queued.
+    3. The thread resumes: it reads them before ending anything, so the event goes on (no end,
+       no second start); it ends once the queue is read, as of the last frame that showed them."""
+    t0 = time.monotonic() - 5.0
+
+    def at(seq: int) -> FrameResult:
+        dets = [(0, 0.9, 140.0, 140.0, 180.0, 200.0)]
+        return FrameResult("front", seq, WALL0 + seq / 10, t0 + seq / 10, W, H, dets)
+
+    backlog: queue.Queue[BatchResult] = queue.Queue()
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    alerts = Alerts(config(), outbox, lambda _: None)
+    pump = ResultPump(Publisher(), lambda: backlog, lambda _: None, alerts=alerts)  # type: ignore[arg-type]
+    alerts.bind(NAMES)
+    for seq in range(1, 16):
+        pump._publish(BatchResult([at(seq)]))
+    for seq in range(16, 46):
+        backlog.put(BatchResult([at(seq)]))
+    pump.start()
+    deadline = time.monotonic() + 5
+    while (backlog.qsize() or not any(e["type"] == "end" for e in events_of(outbox))) and (
+        time.monotonic() < deadline
+    ):
+        alerts.flush()
+        time.sleep(0.05)
+    pump.stop()
+    events = events_of(outbox)
+    assert [e["type"] for e in events if e["type"] != "update"] == ["start", "end"]
+    assert events[-1]["ended_at"] == round(WALL0 + 4.5, 3)

@@ -161,14 +161,15 @@ class EventEngine:
                     key = (cam.name, line, direction)
                     self._counters[key] = counters.get(key, 0)
 
-    def reconfigure(self, cfg: Config) -> FrameOutcome:
+    def reconfigure(self, cfg: Config, stored: Mapping[CounterKey, int] | None = None) -> FrameOutcome:
         """Apply a reloaded config without losing what did not change.
 
         Trackers of cameras whose rate is the same keep their tracks, unchanged lines keep where
         each track was, and rule machines whose rule, camera and geometry are the same keep their
-        running events; the events of rules that changed or went away end now. Counters go on.
+        running events; the events of rules that changed or went away end now. Counters go on;
+        those of lines new to the engine start from `stored` (their values from before), else 0.
         """
-        old, counters = self._cameras, self._counters
+        old, counters = self._cameras, {**(stored or {}), **self._counters}
         self._build(cfg, counters, old)
         kept = {id(m) for c in self._cameras.values() for m in c.machines}
         out = FrameOutcome()
@@ -183,6 +184,10 @@ class EventEngine:
     def counters(self) -> dict[CounterKey, int]:
         """Every line counter of the enabled cameras, (camera, line, direction) -> crossings."""
         return dict(self._counters)
+
+    def last_seen(self) -> dict[str, float]:
+        """Every running event's id and the capture time (Unix) of the last frame its rule held."""
+        return {i: t for c in self._cameras.values() for m in c.machines for i, t in m.last_seen().items()}
 
     def active_states(self) -> list[tuple[str, str, bool]]:
         """(camera, rule, active) for every rule on every camera, e.g. to publish at start."""

@@ -1,13 +1,17 @@
 """From what the event engine found in a frame to outbox rows: events, active flags, counters, snapshots.
 
-Everything here is written to the outbox (SQLite) before it is published, in one transaction per
-frame, in the order a subscriber should see it: the snapshot of an event's start before the start
-itself, so the retained picture is already there when the event arrives. The state that must
-survive a restart (line counters, events still open) is written in that same transaction.
+Everything here is written to the outbox (SQLite) before it is published, in the order a subscriber
+should see it: the snapshot of an event's start before the start itself, so the retained picture is
+already there when the event arrives. The state that must survive a restart (line counters, events
+still open, when their objects were last seen) is written in the same transaction as the messages.
+The writing itself is the `OutboxWriter`'s thread (writer.py): the results thread only hands each
+frame's outcome over, and a write that fails is kept and tried again, in order.
 
 After a restart the counters go on from their stored values, and events that were open when the
-daemon stopped (or was killed) are ended with `reason: "restart"`: the new process cannot know
-whether their objects are still there, and a subscriber must not wait forever for an `end`.
+daemon stopped (or was killed) are ended with `reason: "restart"` and the time their object was
+last seen as `ended_at` (to within LAST_SEEN_EVERY_S): the new process cannot know whether their
+objects are still there, and a subscriber must not wait forever for an `end`. An outbox that a
+reload opens late, and a line that a reload adds, get the same treatment as a restart.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from vistream.events.engine import CounterKey, EventEngine, FrameOutcome, Snapsh
 from vistream.events.rules import Event
 from vistream.outputs.outbox import Message, Outbox
 from vistream.outputs.snapshot import box_label, snapshot_jpeg
+from vistream.outputs.writer import Entry, OutboxWriter
 from vistream.ring.shm import FrameRing
 from vistream.scheduler.messages import FrameResult
 from vistream.sources.motion import TrackActivity
@@ -35,6 +40,8 @@ RECENT_EVENTS = 50  # kept for the demo's table and the status page
 
 COUNTER_KEY = "counter/{}/{}/{}"
 OPEN_KEY = "open/{}"
+# How often the open events' `last_seen` is saved (their end at a restart is that late at most).
+LAST_SEEN_EVERY_S = 5.0
 
 
 def _json(doc: dict[str, Any]) -> bytes:
@@ -62,7 +69,9 @@ class Alerts:
     """Tracks and evaluates rules on every result (the event engine), queues what that causes.
 
     One per daemon. `bind(names)` once the model is loaded (the engine needs its class names);
-    then `process` and `tick` are called from the result thread only.
+    then `process` and `tick` are called from the result thread only. `outbox` may be set later
+    from another thread (a reload that brings the first rules): the result thread takes it up
+    before its next frame. `stop()` writes what is still queued.
     """
 
     def __init__(
@@ -75,7 +84,8 @@ class Alerts:
         self.cfg = cfg
         self.engine: EventEngine | None = None
         self.prefix = cfg.mqtt.topic_prefix
-        self.outbox = outbox
+        self._outbox = outbox
+        self.writer: OutboxWriter | None = None  # made on the result thread, for `_outbox`
         self._ring_of = ring_of
         self._clock = clock
         self._no_snapshot: set[str] = set()  # events whose start frame was gone from the ring
@@ -87,7 +97,37 @@ class Alerts:
         self.snapshots_lost = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.counters: dict[CounterKey, int] = {}
+        self._open: dict[str, dict[str, Any]] = {}  # open events' state docs (with last_seen)
+        self._seen_saved = float("-inf")  # monotonic time last_seen was last saved
         self._index(cfg)
+
+    @property
+    def outbox(self) -> Outbox | None:
+        return self._outbox
+
+    @outbox.setter
+    def outbox(self, outbox: Outbox) -> None:
+        """An outbox opened late (by a reload); the result thread starts writing to it (`_attach`)."""
+        with self._lock:
+            self._outbox = outbox
+
+    def _attach(self) -> bool:
+        """Start writing to the outbox if it is new; True if it is (result thread)."""
+        outbox = self._outbox
+        if outbox is None or (self.writer is not None and self.writer.outbox is outbox):
+            return False
+        self.writer = OutboxWriter(outbox, OPEN_KEY.format)
+        self.writer.start()
+        return True
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until what was queued is in the outbox (tests, benchmarks); False on timeout."""
+        return self.writer.flush(timeout) if self.writer is not None else True
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Write what is queued (within `timeout`) and stop the writer: after the result thread stopped."""
+        if self.writer is not None:
+            self.writer.stop(timeout)
 
     def _index(self, cfg: Config) -> None:
         """The (camera, rule) pairs and line counters of `cfg`."""
@@ -111,6 +151,7 @@ class Alerts:
         if problems:
             return problems
         if self.engine is None:
+            self._attach()
             self.engine = EventEngine(self.cfg, names, self._restored_counters())
             self._start(self.engine.counters)
         else:  # a restarted scheduler (perhaps a reloaded model): keep tracks, events and counters
@@ -126,18 +167,21 @@ class Alerts:
     def _apply_reload(self) -> None:
         with self._lock:
             cfg, self._new_cfg = self._new_cfg, None
+        if self.engine is not None and self._attach():  # an outbox opened late: as after a restart
+            self._end_previous_run()
         if cfg is None:
             return
         self.cfg = cfg
         self._index(cfg)
         if self.engine is None:
             return
-        ended = self.engine.reconfigure(cfg)
+        # Lines new to the engine go on from their stored counts, as they would after a restart.
+        ended = self.engine.reconfigure(cfg, self._restored_counters())
         self._queue(ended)
-        if self.outbox is not None:  # every state topic of the new config gets its value
+        if self.writer is not None:  # every state topic of the new config gets its value
             flags = [self._active(c, r, on) for c, r, on in self.engine.active_states()]
             counts = [self._counter(*key, value) for key, value in self.engine.counters.items()]
-            self.outbox.add_many(flags + counts)
+            self.writer.put([Entry(m) for m in flags + counts])
         with self._lock:
             self.counters = self.engine.counters
 
@@ -147,7 +191,7 @@ class Alerts:
         if self.engine is None:
             return None
         outcome = self.engine.process(frame)
-        self._queue(outcome)
+        self._queue(outcome, frame.captured_at)
         if not frame.repeated:
             self._moving(frame, outcome.objects)
         return outcome.objects
@@ -161,16 +205,33 @@ class Alerts:
             ring.header["active_until"] = until
 
     def tick(self, now_mono: float) -> None:
-        """End events of cameras whose frames stopped coming."""
+        """End events of cameras whose frames stopped coming (`now_mono`: up to when every frame
+        was read), and save when the objects of open events were last seen, now and then."""
         self._apply_reload()
-        if self.engine is not None:
-            self._queue(self.engine.tick(now_mono))
+        if self.engine is None:
+            return
+        self._queue(self.engine.tick(now_mono))
+        if now_mono - self._seen_saved >= LAST_SEEN_EVERY_S:
+            self._seen_saved = now_mono
+            self._save_last_seen()
+
+    def _save_last_seen(self) -> None:
+        """Open events whose object was seen since their state was saved get `last_seen` saved."""
+        assert self.engine is not None
+        state: dict[str, str | None] = {}
+        for event_id, seen in self.engine.last_seen().items():
+            doc = self._open.get(event_id)
+            if doc is not None and doc["last_seen"] != round(seen, 3):
+                doc["last_seen"] = round(seen, 3)
+                state[OPEN_KEY.format(event_id)] = json.dumps(doc)
+        if state and self.writer is not None:
+            self.writer.put([], state)
 
     def _restored_counters(self) -> dict[CounterKey, int]:
-        """The line counters as the last run left them (0 for lines that are new)."""
+        """The line counters as the last run (or an earlier config) left them (0 for lines never seen)."""
         out: dict[CounterKey, int] = {}
         for key in self._lines:
-            value = self.outbox.get_state(COUNTER_KEY.format(*key)) if self.outbox else None
+            value = self.writer.get_state(COUNTER_KEY.format(*key)) if self.writer else None
             out[key] = int(value) if value is not None else 0
         return out
 
@@ -181,49 +242,66 @@ class Alerts:
         retained, so a subscriber (or Home Assistant) that connects now sees the truth.
         """
         self.counters = dict(counters)
-        if self.outbox is None:
+        if self.writer is None:
             return
+        self._end_previous_run()
         messages: list[Message] = []
-        state: dict[str, str | None] = {}
-        now = round(self._clock(), 3)
-        for key, text in self.outbox.states(OPEN_KEY.format("")).items():
-            doc = json.loads(text) | {"type": "end", "ended_at": now, "reason": "restart"}
-            messages += self._event_messages(doc)
-            state[key] = None
-        if messages:
-            log.warning("ended %d event(s) left open by the previous run", len(state))
         for camera, rule in self._rules:
             messages.append(self._active(camera, rule, False))
         for (camera, line, direction), value in self.counters.items():
             messages.append(self._counter(camera, line, direction, value))
-        self.outbox.add_many(messages, state=state)
+        self.writer.put([Entry(m) for m in messages])
 
-    def _queue(self, outcome: FrameOutcome) -> None:
-        """Queue what one frame (or a tick) caused, snapshots first, in one transaction."""
+    def _end_previous_run(self) -> None:
+        """End the events a previous run left open, as of when their objects were last seen."""
+        assert self.writer is not None
+        entries: list[Entry] = []
+        state: dict[str, str | None] = {}
+        now = round(self._clock(), 3)
+        for key, text in self.writer.states(OPEN_KEY.format("")).items():
+            doc = json.loads(text)
+            # Saved before last_seen was: the restart's time is all that is known.
+            ended = doc.pop("last_seen", now)
+            doc |= {"type": "end", "ended_at": ended, "reason": "restart"}
+            entries += [Entry(m, (doc["id"], "end")) for m in self._event_messages(doc)]
+            state[key] = None
+        if entries:
+            log.warning("ended %d event(s) left open by the previous run", len(state))
+            self.writer.put(entries, state)
+
+    def _queue(self, outcome: FrameOutcome, seen_at: float | None = None) -> None:
+        """Queue what one frame (or a tick) caused, snapshots first, as one transaction. `seen_at`:
+        the frame's capture time, when the objects of the events it updates were last seen."""
         for ev in outcome.events:
             if ev.type != "update":  # one line per event start and end; updates would flood
                 log.info("camera %s: event %s: %s", ev.camera, ev.type, describe(ev),
                          extra={"camera": ev.camera, "rule": ev.rule, "event_id": ev.id})  # fmt: skip
-        if self.outbox is None or not (outcome.events or outcome.active or outcome.counters):
+        if self.writer is None or not (outcome.events or outcome.active or outcome.counters):
             return
-        messages: list[Message] = []
+        entries: list[Entry] = []
         state: dict[str, str | None] = {}
         for req in outcome.snapshots:
             snap = self._snapshot(req)
             if snap is not None:
-                messages.append(snap)
+                entries.append(Entry(snap, (req.event_id, "snapshot")))
         for ev in outcome.events:
             doc = self._payload(ev)
-            messages += self._event_messages(doc)
-            state[OPEN_KEY.format(ev.id)] = None if ev.type == "end" else json.dumps(doc)
+            entries += [Entry(m, (ev.id, ev.type)) for m in self._event_messages(doc)]
+            key = OPEN_KEY.format(ev.id)
             if ev.type == "end":
                 self._no_snapshot.discard(ev.id)
+                self._open.pop(ev.id, None)
+                state[key] = None
+            else:
+                seen = ev.started_at if ev.type == "start" or seen_at is None else seen_at
+                self._open[ev.id] = doc | {"last_seen": round(seen, 3)}
+                state[key] = json.dumps(self._open[ev.id])
         for camera, rule, on in outcome.active:
-            messages.append(self._active(camera, rule, on))
+            entries.append(Entry(self._active(camera, rule, on)))
         for camera, line, direction, value in outcome.counters:
-            messages.append(self._counter(camera, line, direction, value))
+            entries.append(Entry(self._counter(camera, line, direction, value)))
             state[COUNTER_KEY.format(camera, line, direction)] = str(value)
-        self.outbox.add_many(messages, state=state)
+        self.writer.put(entries, state)
         with self._lock:
             for ev in outcome.events:
                 if ev.type == "start":

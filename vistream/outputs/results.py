@@ -8,7 +8,13 @@ show the very frame an event started on; the newest inferred frame of each
 camera stays held until the next result of that camera arrives, with what was
 found in it, for the status page (`latest`). The queue is bounded on the
 scheduler's side (`put_nowait`, overflow counted there), so a slow or absent
-broker never reaches back into the scheduler.
+broker never reaches back into the scheduler. Nothing on this thread waits for a
+disk: the outbox is written by its own thread (outputs/writer.py).
+
+Events of cameras whose frames stopped coming are ended by the clock (`tick`),
+but only up to where the queue has been read: after a stall, the frames still
+queued may show the object, and they are read before anything is ended for
+want of frames.
 """
 
 from __future__ import annotations
@@ -71,6 +77,8 @@ class ResultPump:
         self._release = release
         self.alert_errors = 0  # frames whose event processing raised (their detections still go out)
         self._next_tick = 0.0
+        self._caught_up = True  # the queue was empty when last read
+        self._read_upto = float("-inf")  # the newest capture time (monotonic) read from it
         self.names: dict[int, str] = {}
         self.latency = Buckets(SECONDS_BUCKETS)  # capture -> publish
         self.published: Counter[str] = Counter()  # camera -> detection messages handed to MQTT
@@ -92,10 +100,13 @@ class ResultPump:
         return bool(self._thread and self._thread.is_alive())
 
     def stop(self, timeout: float = 1.0) -> None:
-        """Publish what is still queued (up to `timeout`), then stop."""
+        """Publish what is still queued (up to `timeout`), write what that caused (as long
+        again), then stop."""
         self._stopping = True
         if self._thread:
             self._thread.join(timeout)
+        if self.alerts is not None:
+            self.alerts.stop(timeout)
 
     def snapshot(self) -> tuple[Buckets, dict[str, int], dict[str, Counter[str]]]:
         with self._lock:
@@ -128,6 +139,7 @@ class ResultPump:
             except (EOFError, OSError, ValueError):  # the queue of a scheduler that was replaced
                 msg = None
                 time.sleep(0.1)
+            self._caught_up = msg is None
             if msg is None:
                 if self._stopping:
                     return
@@ -145,11 +157,23 @@ class ResultPump:
         self._let_go(now)
         if self.alerts is None:
             return
+        # Behind (frames queued): events end by the capture time of what was read, not by now.
+        upto = min(now, self._read_upto) if self._behind() else now
         try:
-            self.alerts.tick(now)
+            self.alerts.tick(upto)
         except Exception:
             self.alert_errors += 1
             log.exception("ending events of silent cameras failed")
+
+    def _behind(self) -> bool:
+        """Are results waiting? The last read found some, or some came since it found none."""
+        if not self._caught_up:
+            return True
+        q = self._source()
+        try:
+            return q is not None and not q.empty()
+        except (EOFError, OSError, ValueError):  # the queue of a scheduler that was replaced
+            return False
 
     def _events(self, frame: FrameResult) -> Any:
         """Track and evaluate rules; a failure there must not stop detections, so it is logged and counted."""
@@ -199,6 +223,7 @@ class ResultPump:
 
     def _publish(self, batch: BatchResult) -> None:
         for frame in batch.frames:
+            self._read_upto = max(self._read_upto, frame.captured_mono)
             if frame.repeated:  # skipped by motion gating: the event engine sees the scene go on, nobody else
                 self._events(frame)
                 continue
