@@ -21,7 +21,7 @@ from support.rings import temp_ring
 
 from vistream.config.models import CameraConfig, Config
 from vistream.ops.process import StopFlag
-from vistream.outputs.alerts import Alerts
+from vistream.outputs.alerts import LAST_SEEN_EVERY_S, Alerts
 from vistream.outputs.outbox import Outbox, Row
 from vistream.outputs.results import ResultPump
 from vistream.ring.shm import FrameRing
@@ -247,3 +247,90 @@ def test_a_stall_reads_the_queued_frames_before_ending_events(tmp_path: Path) ->
     events = events_of(outbox)
     assert [e["type"] for e in events if e["type"] != "update"] == ["start", "end"]
     assert events[-1]["ended_at"] == round(WALL0 + 4.5, 3)
+
+
+def without_lines_and_rules() -> Config:
+    cfg = config()
+    cfg.cameras[0] = cfg.cameras[0].model_copy(update={"lines": {}})
+    return cfg.model_copy(update={"alerts": []})
+
+
+def killed(alerts: Alerts) -> None:
+    """What survives a kill: what was written (the writer's queue is gone with the process)."""
+    assert alerts.flush()
+    alerts.stop()
+    assert alerts.outbox is not None
+    alerts.outbox.close()
+
+
+def test_an_event_ended_by_a_restart_ends_when_its_object_was_last_seen(tmp_path: Path) -> None:
+    """1. A person walks into the yard and stays 10 s; the result thread ticks as it does (0.5 s).
+    2. The power goes; the box comes back 3 hours later.
+    3. The restart ends the event as of the last time the person was seen (to within
+       LAST_SEEN_EVERY_S), not 3 hours later."""
+    path = tmp_path / "outbox.sqlite3"
+    first = Alerts(config(), Outbox(path), lambda _: None)
+    first.bind(NAMES)
+    for seq in range(1, 101):
+        first.process(frame(seq, 200))
+        if seq % 5 == 0:
+            first.tick(seq / 10)
+    killed(first)
+
+    outbox = Outbox(path)
+    second = Alerts(config(), outbox, lambda _: None, clock=lambda: WALL0 + 3 * 3600)
+    second.bind(NAMES)
+    assert second.flush()
+    end = events_of(outbox)[-1]
+    assert (end["type"], end["reason"]) == ("end", "restart")
+    assert WALL0 + 10.0 - LAST_SEEN_EVERY_S <= end["ended_at"] <= WALL0 + 10.0  # type: ignore[operator]
+    second.stop()
+
+
+def test_a_line_removed_and_added_again_by_reloads_goes_on_from_its_count(tmp_path: Path) -> None:
+    """1. A person crosses `mid`: its `in` counter is 1.
+    2. A reload removes the line, another adds it back.
+    3. The counter goes on from 1, as after a restart, and the retained topic says so."""
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    alerts = Alerts(config(), outbox, lambda _: None)
+    alerts.bind(NAMES)
+    for seq, y in enumerate([100, 110, 130, 150], start=1):
+        alerts.process(frame(seq, y))
+    for seq, cfg in enumerate([without_lines_and_rules(), config()], start=5):
+        alerts.reconfigure(cfg)
+        alerts.process(frame(seq, None))
+    assert alerts.flush()
+    assert alerts.engine is not None and alerts.engine.counters[("front", "mid", "in")] == 1
+    counts = [r.payload for r in rows(outbox) if r.topic == "vs/front/mid/in/count"]
+    assert counts[-1] == b"1"
+    alerts.stop()
+
+
+def test_an_outbox_opened_late_by_a_reload_ends_the_previous_runs_open_events(tmp_path: Path) -> None:
+    """1. A run with a rule starts an event and is killed.
+    2. The next run starts with a config without rules or lines: no outbox.
+    3. A reload brings the rule back: the outbox opens late, and the event left open by the first
+       run is ended (`restart`) as a restart with that config would have done; the line
+       counter goes on from its stored value."""
+    path = tmp_path / "outbox.sqlite3"
+    first = Alerts(config(), Outbox(path), lambda _: None)
+    first.bind(NAMES)
+    for seq, y in enumerate([100, 110, 130, 150], start=1):
+        first.process(frame(seq, y))
+    killed(first)
+
+    second = Alerts(without_lines_and_rules(), None, lambda _: None)
+    second.bind(NAMES)
+    second.process(frame(1, None))
+    outbox = Outbox(path)
+    last = rows(outbox)[-1].id
+    second.outbox = outbox
+    second.reconfigure(config())
+    second.process(frame(2, None))
+    assert second.flush()
+    new = [r for r in rows(outbox) if r.id > last]
+    ends = [json.loads(r.payload) for r in new if r.topic == "vs/events"]
+    assert [(e["type"], e["reason"]) for e in ends] == [("end", "restart")]
+    assert outbox.states("open/") == {}
+    assert ("vs/front/mid/in/count", b"1") in [(r.topic, r.payload) for r in new]
+    second.stop()
