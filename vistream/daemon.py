@@ -56,6 +56,8 @@ READER_STOP_S = 2.0
 SCHEDULER_STOP_S = 3.0
 PUMP_DRAIN_S = 1.0
 DELIVERY_STOP_S = 1.0
+OUTBOX_OPEN_S = 30.0  # at boot: retry a locked, read-only or full outbox this long, then exit 2
+OUTBOX_RETRY_S = 5.0  # after a reload: try again to open the outbox its rules need, every so often
 MQTT_GOODBYE_S = 1.5
 STATUS_EVERY_S = 5.0
 # What a scheduler exits with when it cannot load the model (3) or the config does not fit the
@@ -122,6 +124,8 @@ class Daemon:
         self._hup = False
         self.outbox: Outbox | None = None  # with rules, lines or Home Assistant (maybe from a reload)
         self.delivery: Delivery | None = None
+        self._outbox_late: str | None = None  # why the outbox a reload asked for is not open yet
+        self._outbox_retry_at = 0.0
         self.notifier = Notifier()
         # Stall limits and watchdog pings derived from systemd's WatchdogSec, so that a hang is
         # recovered from inside before systemd gives up on the service (docs/operations.md).
@@ -248,13 +252,17 @@ class Daemon:
         # Closed here in the stop order (after the result pump) also when a reload opens it later.
         self._stack.callback(self._close_outbox)
         if self._needs_outbox():
-            self._open_outbox()
+            # Never start empty beside an outbox that is only locked or full: wait, then exit 2.
+            self._open_outbox(OUTBOX_OPEN_S)
 
-    def _open_outbox(self) -> None:
+    def _open_outbox(self, open_timeout_s: float = 0.0) -> None:
         cfg = self.cfg
         path = cfg.state_dir / self.shard.state_file(OUTBOX_FILE)  # one outbox per shard
         try:
-            self.outbox = Outbox(path, max_rows=cfg.outbox.max_rows, max_age_s=cfg.outbox.max_age_s)
+            bounds = cfg.outbox
+            self.outbox = Outbox(
+                path, max_rows=bounds.max_rows, max_age_s=bounds.max_age_s, open_timeout_s=open_timeout_s
+            )
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or exc
             raise BootError(2, f"state_dir: cannot keep the event outbox in {path}: {reason}") from None
@@ -472,16 +480,34 @@ class Daemon:
                 self.discovery.update(self.full_cfg)  # into the outbox: Delivery sends it
 
     def _open_outbox_late(self) -> None:
-        """The first rules or lines arrived with a reload: open the outbox and deliver from it."""
+        """The first rules or lines arrived with a reload: open the outbox and deliver from it.
+
+        One attempt (the main loop must keep turning); `tick` tries again every OUTBOX_RETRY_S.
+        """
         try:
             self._open_outbox()
         except BootError as exc:
-            log.error("reload: %s; events of the new rules are not delivered", exc)
+            if self._outbox_late is None:  # once, not at every retry
+                log.error("reload: %s; events of the new rules are not delivered, retrying", exc)
+            self._outbox_late = str(exc)
+            self._outbox_retry_at = time.monotonic() + OUTBOX_RETRY_S
             return
+        if self._outbox_late is not None:
+            log.warning("reload: the event outbox is open now")
+            self._outbox_late = None
         assert self.outbox is not None
         self.alerts.outbox = self.outbox
         self.delivery = Delivery(self.outbox, self.mqtt)
         self.delivery.start()  # stopped and closed where a delivery from the start would be
+
+    def _retry_outbox(self, now: float) -> None:
+        """The outbox a reload asked for could not be opened (locked, full): try again, while needed."""
+        if self._outbox_late is None or now < self._outbox_retry_at:
+            return
+        if self._needs_outbox():
+            self._open_outbox_late()
+        else:  # a later reload took the rules away again
+            self._outbox_late = None
 
     def _add_camera(self, cam: CameraConfig) -> None:
         shortage = shm_shortage(self._layout.total_bytes)
@@ -533,6 +559,7 @@ class Daemon:
         if self._hup:
             self._hup = False
             self.reload()
+        self._retry_outbox(now)
         self._drain_stats()
         self._supervise_scheduler(now)
         if self.fatal:  # the model cannot be loaded (again): reloading forever would not help
@@ -560,6 +587,10 @@ class Daemon:
             and sched.beat[BEAT_READY]
             and now - sched.beat[BEAT_TIME] < self.limits.window_s
         )
+
+    def outbox_problem(self) -> str | None:
+        """Why events cannot be written to the outbox now (for /healthz and /metrics), or None."""
+        return self.outbox.problem if self.outbox else self._outbox_late
 
     def flowing(self, now: float) -> bool:
         """Do results flow end to end: the scheduler looping, the result pump and the log hub turning?

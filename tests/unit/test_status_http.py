@@ -130,8 +130,10 @@ def fake_daemon(now: float, **changes: Any) -> Any:
         pump=Part(beat=now),
         logs=Part(beat=now),
         backend_down="",
+        outbox_down="",
     )
     d.scheduler_stats = lambda: SimpleNamespace(backend_down=d.backend_down)
+    d.outbox_problem = lambda: d.outbox_down or None
     for key, value in changes.items():
         if key.startswith("beat_"):
             beat[{"beat_time": BEAT_TIME, "beat_batch": BEAT_BATCH_START, "beat_ready": BEAT_READY}[key]] = (
@@ -169,6 +171,8 @@ NOW = 1000.0
         ({"logs": Part(beat=NOW - 5)}, "the log hub thread made no progress for 5.0s (limit 2s)"),
         ({"backend_down": "Triton model 'm' at grpc://t:8001: connection refused"},
          "the model backend is unavailable: Triton model 'm' at grpc://t:8001: connection refused"),
+        ({"outbox_down": "SQLITE_FULL: database or disk is full"},
+         "the event outbox cannot be written: SQLITE_FULL: database or disk is full"),
     ],
 )  # fmt: skip
 def test_health_says_why_in_one_line(changes: dict[str, Any], reason: str | None) -> None:
@@ -184,6 +188,8 @@ def test_liveness_does_not_hang_on_a_remote_model() -> None:
     assert health(fake_daemon(NOW, **down), NOW, remote=False) is None
     both = down | {"pump": Part(alive=False, beat=NOW)}
     assert health(fake_daemon(NOW, **both), NOW, remote=False) == "the result pump thread is dead"
+    full = {"outbox_down": "SQLITE_FULL: database or disk is full"}  # a restart frees no disk either
+    assert health(fake_daemon(NOW, **full), NOW, remote=False) is None
 
 
 def test_rates_over_the_last_seconds() -> None:

@@ -4,7 +4,7 @@
 |---|---|
 | `/metrics` | prometheus-client's ASGI app over the daemon's collector (vistream.ops.metrics) |
 | `/healthz` | 200 `ok`, or 503 and a one-line reason (`health`) |
-| `/livez` | the same, except that a remote model (Triton) being down is no reason for 503 |
+| `/livez` | the same, except that a remote model (Triton) down or an unwritable outbox is no reason for 503 |
 | `/api/status` | the daemon as a whole: health, model, MQTT, cameras online |
 | `/api/cameras` | one object per camera: state, rates, drops by reason, the latest frame's seq |
 | `/api/cameras/{name}/latest.jpg` | the latest inferred frame: boxes, track ids, zones, lines drawn |
@@ -64,8 +64,9 @@ LINE_COLOUR = (255, 0, 255)
 
 
 def health(d: Daemon, now: float, *, remote: bool = True) -> str | None:
-    """None when the model is loaded and results flow (the watchdog's verdict) and a remote model
-    answers (unless `remote` is false: `/livez`); else why not, one line.
+    """None when the model is loaded and results flow (the watchdog's verdict), a remote model
+    answers and the event outbox can be written (these two unless `remote` is false: `/livez`);
+    else why not, one line.
 
     "Flow" is what feeds systemd's watchdog: the scheduler looped (a batch, or idle for want of
     frames) within the daemon's progress window (at most the watchdog period, see Limits) and the
@@ -80,7 +81,11 @@ def health(d: Daemon, now: float, *, remote: bool = True) -> str | None:
         # `backend`) until it answers again. Not a reason to starve the watchdog: a restart of
         # this daemon would not bring the server back.
         down = remote and d.scheduler_stats().backend_down
-        return f"the model backend is unavailable: {down}" if down else None
+        if down:
+            return f"the model backend is unavailable: {down}"
+        # Events cannot be written (a locked, read-only or full database): nor would a restart help.
+        problem = remote and d.outbox_problem()
+        return f"the event outbox cannot be written: {problem}" if problem else None
     window = d.limits.window_s
     sched = d.scheduler
     if sched is None or not sched.child.alive:

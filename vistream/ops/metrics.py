@@ -184,6 +184,17 @@ def _alert_metrics(d: Daemon) -> Iterator[Metric]:
     )
     evicted.add_metric([], d.outbox.evicted if d.outbox else 0)
     yield evicted
+    failures = CounterMetricFamily(
+        "vistream_outbox_write_failures",
+        "Outbox opens and writes that failed for an operational reason: locked, read-only, disk full, I/O.",
+    )
+    failures.add_metric([], d.outbox.write_failures if d.outbox else 0)
+    yield failures
+    unavailable = GaugeMetricFamily(
+        "vistream_outbox_unavailable", "1 while events cannot be written to the outbox (/healthz says why)."
+    )
+    unavailable.add_metric([], 1.0 if d.outbox_problem() else 0.0)
+    yield unavailable
     errors = CounterMetricFamily(
         "vistream_event_errors", "Frames whose event processing raised (their detections still went out)."
     )

@@ -213,9 +213,18 @@ class Outbox:
                     continue
                 if not isinstance(exc, sqlite3.OperationalError):
                     raise  # e.g. a schema newer than this code: refuse, keep the file as it is
-                failure = self._failed(exc, "cannot open")
-                if time.monotonic() >= deadline:
-                    raise failure from exc
+                reason = _reason(exc)
+                self._write_failures += 1
+                if time.monotonic() >= deadline:  # the caller says so (and may try again later)
+                    raise OutboxUnavailable(reason) from exc
+                if reason != self._problem:
+                    log.error(
+                        "outbox %s: cannot open (%s); nothing is moved aside, retrying for up to %g s",
+                        self.path,
+                        reason,
+                        timeout_s,
+                    )
+                    self._problem = reason
                 time.sleep(min(OPEN_RETRY_S, max(0.0, deadline - time.monotonic())))
                 continue
             if self._write_failures:
@@ -492,7 +501,7 @@ class Outbox:
                 self._pending, self._evicted, self._coalesced = saved
                 if isinstance(exc, OutboxUnavailable) or _corrupt(exc):
                     raise
-                raise self._failed(exc, "cannot write") from exc
+                raise self._failed(exc) from exc
             except BaseException:
                 self._pending, self._evicted, self._coalesced = saved
                 raise
@@ -504,16 +513,13 @@ class Outbox:
                 log.warning("outbox %s is writable again (%s before)", self.path, self._problem)
                 self._problem = None
 
-    def _failed(self, exc: sqlite3.OperationalError, doing: str) -> OutboxUnavailable:
-        """Count a failed open or write; log it when the reason is new (not at every retry)."""
+    def _failed(self, exc: sqlite3.OperationalError) -> OutboxUnavailable:
+        """Count a failed write; log it when the reason is new (not at every retry of the caller)."""
         reason = _reason(exc)
         self._write_failures += 1
         if reason != self._problem:
             log.error(
-                "outbox %s: %s (%s); nothing is moved or dropped, retrying (logged once)",
-                self.path,
-                doing,
-                reason,
+                "outbox %s: cannot write (%s); the write is refused, nothing is dropped", self.path, reason
             )
             self._problem = reason
         return OutboxUnavailable(reason)
