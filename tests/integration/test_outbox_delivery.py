@@ -86,7 +86,7 @@ class OutageResult:
     out_of_order: dict[str, int] = field(default_factory=dict)
     max_outbox_depth: int = 0
     backlog_at_restart: int = 0
-    restart_to_reconnect_s: float = 0.0  # the publisher's reconnect backoff (paho, 1..30 s doubling)
+    restart_to_reconnect_s: float = 0.0  # the publisher's reconnect backoff (paho, 1 s doubling up to 4 s)
     reconnect_to_drained_s: float = 0.0
     restart_to_drained_s: float = 0.0  # broker back -> the last row pending at restart received
     evicted: int = 0

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from vistream.config.models import Config
-from vistream.outputs.homeassistant import Discovery, discovery_messages, removals
+from vistream.outputs.homeassistant import (
+    STATE_KEY,
+    Discovery,
+    DiscoveryPublisher,
+    discovery_messages,
+    removals,
+)
+from vistream.outputs.outbox import FILENAME, Outbox
 
 
 def config(alerts: list[dict], lines: dict | None = None) -> Config:
@@ -66,3 +74,30 @@ def test_entities_no_longer_configured_are_removed() -> None:
     assert len(gone) == 4
     assert removals([d.topic for d in now], now) == []
     assert isinstance(gone[0], Discovery)
+
+
+def test_configs_and_removals_are_durable_outbox_rows(tmp_path: Path) -> None:
+    """1. A run announces a rule and a line; its configs are outbox rows (kind `discovery`, retained,
+       QoS 1), with the list of topics in the state table.
+    2. The next run (the same outbox file reopened, nothing sent meanwhile) has a different rule and
+       no line: the removals of the 4 old entities and the 2 new configs are pending, each topic
+       once (a newer value of a topic replaces the unsent older one).
+    3. `announce()` (every connection) adds the current configs again, replacing the unsent ones."""
+    box = Outbox(tmp_path / FILENAME)
+    before = discovery_messages(config([{"name": "person", "zone": "porch"}]))
+    DiscoveryPublisher(config([{"name": "person", "zone": "porch"}]), box)
+    rows = box.pending_rows(0, 100)
+    assert [(r.topic, r.payload) for r in rows] == [(d.topic, d.payload) for d in before]
+    assert {(r.kind, r.retain, r.qos) for r in rows} == {("discovery", True, 1)}
+    box.close()
+
+    box = Outbox(tmp_path / FILENAME)
+    now_cfg = config([{"name": "car", "zone": "porch"}], lines={})
+    now = discovery_messages(now_cfg)
+    publisher = DiscoveryPublisher(now_cfg, box)
+    pending = {r.topic: r.payload for r in box.pending_rows(0, 100)}
+    assert pending == {d.topic: b"" for d in before} | {d.topic: d.payload for d in now}
+    assert json.loads(box.get_state(STATE_KEY) or "[]") == [d.topic for d in now]
+    publisher.announce()
+    assert {r.topic: r.payload for r in box.pending_rows(0, 100)} == pending
+    box.close()
