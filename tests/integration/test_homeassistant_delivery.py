@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.mosquitto import Mosquitto, Subscriber
@@ -69,8 +70,8 @@ def events(sub: Subscriber) -> set[int]:
 
 
 def test_forty_discovery_configs_with_paho_defaults_do_not_stall_delivery(
-    make_mosquitto, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    make_mosquitto: Any, tmp_path: Path
+) -> None:
     """1. 10 cameras x 2 rules: 40 discovery configs (paho's in-flight window is 20); 30 events already
        pending when the daemon starts; the broker is up.
     2. `{prefix}/status` goes `online`, every config arrives (retained, the payload of its entity),
@@ -109,8 +110,8 @@ def test_forty_discovery_configs_with_paho_defaults_do_not_stall_delivery(
 
 
 def test_removals_of_a_reload_while_the_broker_is_down_arrive_after_a_restart(
-    make_mosquitto, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    make_mosquitto: Any, tmp_path: Path
+) -> None:
     """1. A daemon with 3 cameras runs against a broker: their configs arrive (retained).
     2. The broker goes away; a reload removes cam1 and cam2; the daemon stops before the broker is
        back (it never connected again).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from support.mosquitto import Mosquitto, Subscriber
@@ -21,7 +22,7 @@ DOWN_S = 16.0
 BACK_WITHIN_S = 5.0
 
 
-def test_a_broker_back_after_a_long_outage_is_reconnected_within_5s(make_mosquitto) -> None:  # type: ignore[no-untyped-def]
+def test_a_broker_back_after_a_long_outage_is_reconnected_within_5s(make_mosquitto: Any) -> None:
     """1. The publisher is connected to a private broker.
     2. The broker stops for 16 s (the publisher's backoff grows meanwhile).
     3. The broker starts again on the same port: the publisher is connected, and its

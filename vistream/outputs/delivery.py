@@ -196,8 +196,9 @@ class Delivery:
         next_expire = time.monotonic() + self.expire_every_s
         while True:
             with self._cond:
-                while not self._ready() and time.monotonic() < next_expire:
-                    self._cond.wait(self._wait_s(next_expire))
+                wake_by = min(next_expire, time.monotonic() + SCAN_S)  # the scan for missed hints
+                while not self._ready() and time.monotonic() < wake_by:
+                    self._cond.wait(self._wait_s(wake_by))
             self._collect_acks()
             with self._cond:
                 acked, self._acked = self._acked, []
@@ -242,12 +243,10 @@ class Delivery:
             return True
         return self._connected and self._more and len(self._inflight) < self.window
 
-    def _wait_s(self, next_expire: float) -> float:
-        left = next_expire - time.monotonic()
+    def _wait_s(self, wake_by: float) -> float:
+        left = wake_by - time.monotonic()
         if self._stopping:
             left = min(left, self._stop_by - time.monotonic())
-        if self._inflight:
-            left = min(left, SCAN_S)
         return max(0.0, left)
 
     def _collect_acks(self) -> None:
