@@ -8,18 +8,20 @@ paho's defaults (`max_inflight_messages` 20).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from support.mosquitto import Mosquitto, Subscriber
 from support.procs import free_port
 from support.waiting import wait_until
 
 from vistream.config.models import Config
-from vistream.outputs.delivery import Delivery
+from vistream.outputs.delivery import Delivery, _drop_paho_copies
 from vistream.outputs.homeassistant import DiscoveryPublisher, discovery_messages
 from vistream.outputs.mqtt import MqttPublisher
 from vistream.outputs.outbox import FILENAME, Outbox
@@ -74,8 +76,8 @@ def test_forty_discovery_configs_with_paho_defaults_do_not_stall_delivery(
 ) -> None:
     """1. 10 cameras x 2 rules: 40 discovery configs (paho's in-flight window is 20); 30 events already
        pending when the daemon starts; the broker is up.
-    2. `{prefix}/status` goes `online`, every config arrives (retained, the payload of its entity),
-       every event arrives and the outbox empties.
+    2. `{prefix}/status` goes `online`, every camera's status arrives, every config arrives
+       (retained, the payload of its entity), every event arrives and the outbox empties.
     3. The broker restarts: `online` again, every config again (a broker that lost its retained
        messages gets them back), and 30 events added meanwhile arrive.
     Before discovery went through the outbox, the configs published in on_connect and then dropped
@@ -91,6 +93,8 @@ def test_forty_discovery_configs_with_paho_defaults_do_not_stall_delivery(
         outbox.close()
         with daemon_parts(cfg, tmp_path) as (outbox, publisher, _):
             sub.wait_for(lambda m: m.topic == f"{PREFIX}/status" and m.payload == b"online", timeout=15)
+            statuses = {f"{PREFIX}/cam{i}/status" for i in range(10)}
+            wait_until(lambda: statuses <= {m.topic for m in sub.messages}, 15, "every camera's status")
 
             def configs_since(index: int) -> dict[str, bytes]:
                 return {m.topic: m.payload for m in sub.messages[index:] if m.topic in wanted}
@@ -149,3 +153,33 @@ def test_removals_of_a_reload_while_the_broker_is_down_arrive_after_a_restart(
                 "an empty retained config for every removed entity",
             )
         assert all(m.payload for m in sub.messages if m.topic not in gone)
+
+
+def test_dropping_pahos_copies_frees_its_in_flight_window(make_mosquitto: Any) -> None:
+    """1. A paho client (default window of 20) publishes 25 QoS 1 messages in on_connect: 20 are sent
+       and counted in flight, 5 wait.
+    2. Delivery's drop of paho's copies runs right after, as at every CONNACK.
+    3. A QoS 1 message published next is sent and acknowledged: the drop left no slot held by
+       messages paho no longer tracks (paho's own drop_out_messages() does)."""
+    port = free_port()
+    broker: Mosquitto = make_mosquitto(port)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="vs-window")
+    connected = threading.Event()
+
+    def on_connect(c: mqtt.Client, *_: Any) -> None:
+        for i in range(25):
+            c.publish(f"w/{i}", b"x", qos=1)
+        _drop_paho_copies(c)
+        connected.set()
+
+    client.on_connect = on_connect
+    client.connect(broker.host, port)
+    client.loop_start()
+    try:
+        assert connected.wait(10)
+        info = client.publish("w/after", b"y", qos=1)
+        info.wait_for_publish(5)
+        assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
