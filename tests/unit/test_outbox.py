@@ -291,7 +291,7 @@ def test_an_unreadable_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCap
     finally:
         box.close()
     assert len(list(tmp_path.glob(f"{FILENAME}.corrupt-*"))) == 1
-    assert "unreadable" in caplog.text
+    assert "is corrupt" in caplog.text and "moved aside" in caplog.text
 
 
 # -- crash mid-write -----------------------------------------------------------------------------------

@@ -109,38 +109,42 @@ def test_opening_retries_a_lock_until_it_is_released_and_logs_once(
     assert not list(path.parent.glob("*.corrupt-*"))
 
 
-def fill_disk(box: Outbox) -> None:
-    """The database may not grow by another page: SQLite answers SQLITE_FULL, as on a full disk."""
-    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
-    box._db.execute(f"PRAGMA max_page_count = {pages}")
+# The database refuses to grow by another page (SQLITE_FULL, as on a full disk), or to be written
+# at all (SQLITE_READONLY, as a read-only file or mount), and then takes writes again.
+FAULTS = {
+    "full": ("SQLITE_FULL", "PRAGMA max_page_count = {pages}", "PRAGMA max_page_count = 1073741823"),
+    "read-only": ("SQLITE_READONLY", "PRAGMA query_only = ON", "PRAGMA query_only = OFF"),
+}
 
 
-def test_a_write_to_a_full_disk_raises_a_named_error_and_keeps_the_counts(
-    path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_refused_write_raises_a_named_error_and_keeps_the_counts(
+    path: Path, caplog: pytest.LogCaptureFixture, fault: str
 ) -> None:
-    """1. One row pending, a counter state; then the disk is full.
+    """1. One row pending, a counter state; then the disk is full (or the file read-only).
     2. add_many (rows and state) and set_state raise OutboxUnavailable("SQLITE_FULL: ..."): nothing
        is written, `pending` and the state are unchanged, `problem` says why, every failure is
        counted, and the error is logged once.
-    3. Space again: the next write goes in and clears `problem`."""
+    3. Writable again: the next write goes in and clears `problem`."""
+    name, refuse, allow = FAULTS[fault]
     box = Outbox(path)
     try:
         box.add("a", "p/a/events", b"{}", state={"count": "1"})
-        fill_disk(box)
+        box._db.execute(refuse.format(pages=box._db.execute("PRAGMA page_count").fetchone()[0]))
         big = Message("a", "p/a/events", b"x" * 200_000)
         for _ in range(3):
             with pytest.raises(ob.OutboxUnavailable) as info:
                 box.add_many([big, big], state={"count": "2"})
-            assert info.value.reason.startswith("SQLITE_FULL")
+            assert info.value.reason.startswith(name)
         with pytest.raises(ob.OutboxUnavailable):
             box.set_state("big", "x" * 200_000)
         assert box.pending == 1 and len(box.pending_rows()) == 1 and box.get_state("count") == "1"
-        assert box.problem is not None and box.problem.startswith("SQLITE_FULL")
+        assert box.problem is not None and box.problem.startswith(name)
         assert box.write_failures == 4
         assert len(errors(caplog)) == 1
         assert not list(path.parent.glob("*.corrupt-*"))
 
-        box._db.execute("PRAGMA max_page_count = 1073741823")
+        box._db.execute(allow)
         box.add_many([big], state={"count": "2"})
         assert box.problem is None and box.pending == 2 and box.get_state("count") == "2"
     finally:
@@ -157,6 +161,31 @@ def test_real_corruption_is_still_moved_aside(path: Path, caplog: pytest.LogCapt
         box.close()
     assert len(list(path.parent.glob(f"{FILENAME}.corrupt-*"))) == 1
     assert "corrupt" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("exc_type", "code", "corrupt"),
+    [
+        (sqlite3.OperationalError, 5, False),  # SQLITE_BUSY
+        (sqlite3.OperationalError, 6, False),  # SQLITE_LOCKED
+        (sqlite3.OperationalError, 8, False),  # SQLITE_READONLY
+        (sqlite3.OperationalError, 10, False),  # SQLITE_IOERR
+        (sqlite3.OperationalError, 10 | (13 << 8), False),  # SQLITE_IOERR_FSYNC
+        (sqlite3.OperationalError, 13, False),  # SQLITE_FULL
+        (sqlite3.OperationalError, 14, False),  # SQLITE_CANTOPEN
+        (sqlite3.DatabaseError, 11, True),  # SQLITE_CORRUPT
+        (sqlite3.DatabaseError, 11 | (1 << 8), True),  # SQLITE_CORRUPT_VTAB
+        (sqlite3.DatabaseError, 26, True),  # SQLITE_NOTADB
+        (sqlite3.DatabaseError, None, False),  # raised by Python code, not by SQLite
+    ],
+)
+def test_only_sqlite_corruption_codes_count_as_corrupt(
+    exc_type: type[sqlite3.Error], code: int | None, corrupt: bool
+) -> None:
+    exc = exc_type("some reason")
+    if code is not None:
+        exc.sqlite_errorcode = code
+    assert ob._corrupt(exc) is corrupt
 
 
 # -- 4. the wall clock does not age rows -------------------------------------------------------------

@@ -190,12 +190,16 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._open(open_timeout_s)
         self._problem = None  # the open wrote the schema: writable now
-        row = self._db.execute("SELECT elapsed_s FROM ledger WHERE id = 1").fetchone()
-        self._ledger_base, self._mono_base = (row[0] if row else 0.0), monotonic()
-        self._pending = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        if self._pending:
-            log.info("outbox %s: %d messages pending from before", self.path, self._pending)
-        self.expire()
+        try:
+            row = self._db.execute("SELECT elapsed_s FROM ledger WHERE id = 1").fetchone()
+            self._ledger_base, self._mono_base = (row[0] if row else 0.0), monotonic()
+            self._pending = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            if self._pending:
+                log.info("outbox %s: %d messages pending from before", self.path, self._pending)
+            self.expire()
+        except BaseException:
+            self._db.close()
+            raise
 
     # -- opening ---------------------------------------------------------------------------------------
 
