@@ -375,9 +375,8 @@ class Outbox:
         with self._lock:
             ledger = self._ledger()
             cutoff = ledger - self.max_age_s
-            oldest = self._db.execute(f"SELECT MIN(ledger_at) FROM outbox WHERE NOT ({_LATEST})").fetchone()[
-                0
-            ]
+            oldest_sql = f"SELECT MIN(ledger_at) FROM outbox WHERE NOT ({_LATEST})"
+            oldest = self._db.execute(oldest_sql).fetchone()[0]
             with self._write():
                 self._save_ledger(ledger)
                 if oldest is None or oldest >= cutoff:
@@ -414,7 +413,7 @@ class Outbox:
             elif event_id not in events:
                 events.append(event_id)
                 n += self._db.execute(
-                    "SELECT COUNT(*) FROM outbox WHERE event_id = ?", (event_id,)
+                    f"SELECT COUNT(*) FROM outbox WHERE event_id = ? AND NOT ({_LATEST})", (event_id,)
                 ).fetchone()[0]
         cur.close()
         self._evict(rows, events, f"full ({self.max_rows} rows)")
@@ -423,8 +422,8 @@ class Outbox:
         """Delete `rows` ((id, kind)) and every row of `events`, in the transaction in progress."""
         doomed = list(rows)
         for event_id in events:
-            doomed += self._db.execute(
-                "SELECT id, kind FROM outbox WHERE event_id = ?", (event_id,)
+            doomed += self._db.execute(  # an event's rows only: never a latest state, whatever it says
+                f"SELECT id, kind FROM outbox WHERE event_id = ? AND NOT ({_LATEST})", (event_id,)
             ).fetchall()
         if not doomed:
             return 0
