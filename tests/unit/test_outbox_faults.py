@@ -361,6 +361,24 @@ def test_a_full_outbox_evicts_an_event_with_all_its_rows(
         box.close()
 
 
+def test_an_evicted_event_stays_evicted_after_a_restart(path: Path) -> None:
+    """1. max_rows=2: e1 starts (2 rows), e2 starts: e1 is evicted while still open.
+    2. The daemon restarts and ends the events it left open (`reason: restart`): e1's end is not
+       queued, e2's is."""
+    box = Outbox(path, max_rows=2)
+    box.add_many(event_messages("e1", "start"))
+    box.add_many(event_messages("e2", "start"))
+    assert pending_events(box) == [("e2", "start")] * 2
+    box.close()
+    box = Outbox(path, max_rows=100)
+    try:
+        assert box.add_many(event_messages("e1", "end")) == [0, 0]
+        assert box.add_many(event_messages("e2", "end"))[0] > 0
+        assert pending_events(box) == [("e2", "start")] * 2 + [("e2", "end")] * 2
+    finally:
+        box.close()
+
+
 def test_age_eviction_takes_an_event_whole(path: Path) -> None:
     """An event whose start is older than max_age_s goes with its newer end: never an end alone."""
     mono = FakeClock(0.0)

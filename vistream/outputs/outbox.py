@@ -28,7 +28,8 @@ Faults are told apart (docs/events.md, "What can go wrong"):
   Time while the daemon is stopped does not count. `created_at` (wall time) is kept for people only.
 - Eviction (full, or older than `max_age_s`) never drops the one pending value of a retained
   latest-state topic (it may be the only `active OFF`) and drops an event's rows all together;
-  later rows of an evicted event are not queued, so nobody gets an `end` without its `start`.
+  later rows of an evicted event are not queued (its id is kept in the file, so also not after a
+  restart), and nobody gets an `end` without its `start`.
 
 One `Outbox` owns its file: `pending` is kept in memory (one COUNT(*) at open), so another writer to
 the same file would make it drift.
@@ -60,7 +61,7 @@ LATEST_STATE_KINDS = frozenset({"counter", "active", "snapshot", "discovery"})
 # per batch instead of one per added row.
 _EVICT_BATCH = 100
 
-# Ids of evicted events remembered, so that their later rows are not queued (an `end` alone).
+# Ids of evicted events remembered (in the file), so that their later rows are not queued.
 _EVICTED_EVENTS_KEPT = 10_000
 
 OPEN_RETRY_S = 0.5  # between attempts to open, until open_timeout_s
@@ -95,6 +96,10 @@ CREATE TABLE IF NOT EXISTS state (
 CREATE TABLE IF NOT EXISTS ledger (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     elapsed_s REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evicted_event (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE
 );
 """
 
@@ -185,8 +190,6 @@ class Outbox:
         self._coalesced = 0
         self._write_failures = 0
         self._problem: str | None = None
-        self._evicted_events: dict[str, None] = {}  # insertion-ordered set, oldest first
-        self._gone_events: list[str] = []  # evicted by the transaction in progress
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._open(open_timeout_s)
         self._problem = None  # the open wrote the schema: writable now
@@ -303,7 +306,7 @@ class Outbox:
             with self._write():
                 ledger = self._ledger()
                 for m in messages:
-                    if m.event_id is not None and m.event_id in self._evicted_events:
+                    if m.event_id is not None and self._was_evicted(m.event_id):
                         self._evicted += 1
                         ids.append(0)
                         continue
@@ -431,7 +434,7 @@ class Outbox:
         n = len(doomed)
         self._pending -= n
         self._evicted += n
-        self._gone_events += events
+        self._remember_evicted(events)
         kinds = Counter(kind for _, kind in doomed)
         log.warning(
             "outbox %s: evicted %d undelivered messages, oldest first (ids %d..%d: %s%s)",
@@ -443,6 +446,24 @@ class Outbox:
             f"; {len(events)} whole events, their later messages are dropped too" if events else "",
         )
         return n
+
+    def _remember_evicted(self, events: list[str]) -> None:
+        """Keep the ids (the newest _EVICTED_EVENTS_KEPT), in the file: a restart forgets none."""
+        if not events:
+            return
+        self._db.executemany(
+            "INSERT OR IGNORE INTO evicted_event (event_id) VALUES (?)", [(e,) for e in events]
+        )
+        self._db.execute(
+            "DELETE FROM evicted_event WHERE seq <= (SELECT MAX(seq) FROM evicted_event) - ?",
+            (_EVICTED_EVENTS_KEPT,),
+        )
+
+    def _was_evicted(self, event_id: str) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM evicted_event WHERE event_id = ?", (event_id,)).fetchone()
+            is not None
+        )
 
     # -- elapsed time ----------------------------------------------------------------------------------
 
@@ -496,7 +517,6 @@ class Outbox:
         """
         with self._lock:
             saved = self._pending, self._evicted, self._coalesced
-            self._gone_events = []
             try:
                 with _transaction(self._db):
                     yield
@@ -508,10 +528,6 @@ class Outbox:
             except BaseException:
                 self._pending, self._evicted, self._coalesced = saved
                 raise
-            for event_id in self._gone_events:
-                self._evicted_events[event_id] = None
-            while len(self._evicted_events) > _EVICTED_EVENTS_KEPT:
-                del self._evicted_events[next(iter(self._evicted_events))]
             if self._problem is not None:
                 log.warning("outbox %s is writable again (%s before)", self.path, self._problem)
                 self._problem = None
