@@ -106,3 +106,47 @@ def test_a_reload_keeps_trying_to_open_a_locked_outbox(
         d._stack.close()
         d._stop_delivery()
     assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_a_refused_write_shows_in_metrics_and_health(tmp_path: Path) -> None:
+    """1. The outbox's disk is full and a frame's events cannot be written.
+    2. /metrics: vistream_outbox_unavailable 1, vistream_outbox_write_failures_total 1; /healthz
+       names SQLite's reason, /livez does not (a restart frees no disk).
+    3. A write succeeds again: unavailable 0, the failure stays counted, /healthz is ok."""
+    from vistream.ops.http import health
+    from vistream.ops.metrics import _alert_metrics
+
+    box = Outbox(tmp_path / FILENAME)
+    d = SimpleNamespace(
+        outbox=box,
+        _outbox_late=None,
+        alerts=SimpleNamespace(figures=lambda: ({}, {}, []), snapshots=0, snapshots_lost=0),
+        pump=SimpleNamespace(alert_errors=0),
+        cameras={},
+        stop_flag=False,
+        ready=object(),
+        flowing=lambda now: True,
+        scheduler_stats=lambda: SimpleNamespace(backend_down=""),
+    )
+    d.outbox_problem = lambda: Daemon.outbox_problem(d)  # type: ignore[arg-type]
+
+    def figures() -> dict[str, float]:
+        return {s.name: s.value for family in _alert_metrics(d) for s in family.samples}  # type: ignore[arg-type]
+
+    try:
+        pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+        box._db.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(ob.OutboxUnavailable):
+            box.add("a", "p/a/events", b"x" * 100_000)
+        assert figures()["vistream_outbox_unavailable"] == 1
+        assert figures()["vistream_outbox_write_failures_total"] == 1
+        assert health(d, 0.0) == "the event outbox cannot be written: SQLITE_FULL: database or disk is full"  # type: ignore[arg-type]
+        assert health(d, 0.0, remote=False) is None  # type: ignore[arg-type]
+
+        box._db.execute("PRAGMA max_page_count = 1073741823")
+        box.add("a", "p/a/events", b"x")
+        assert figures()["vistream_outbox_unavailable"] == 0
+        assert figures()["vistream_outbox_write_failures_total"] == 1
+        assert health(d, 0.0) is None  # type: ignore[arg-type]
+    finally:
+        box.close()
