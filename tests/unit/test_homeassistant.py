@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 from vistream.config.models import Config
 from vistream.outputs.homeassistant import (
@@ -100,4 +102,46 @@ def test_configs_and_removals_are_durable_outbox_rows(tmp_path: Path) -> None:
     assert json.loads(box.get_state(STATE_KEY) or "[]") == [d.topic for d in now]
     publisher.announce()
     assert {r.topic: r.payload for r in box.pending_rows(0, 100)} == pending
+    box.close()
+
+
+class PausingOutbox:
+    """A real outbox whose next add_many from another thread waits until `go` is set."""
+
+    def __init__(self, box: Outbox) -> None:
+        self.box, self.inside, self.go = box, threading.Event(), threading.Event()
+        self.pause_in: threading.Thread | None = None
+
+    def get_state(self, key: str) -> str | None:
+        return self.box.get_state(key)
+
+    def add_many(self, messages: Any, **kw: Any) -> list[int]:
+        if threading.current_thread() is self.pause_in:
+            self.inside.set()
+            self.go.wait(5)
+        return self.box.add_many(messages, **kw)
+
+
+def test_an_announce_during_a_reload_does_not_undo_its_removals(tmp_path: Path) -> None:
+    """1. The delivery thread's announce() has taken the configs (rule `person`) and is adding them.
+    2. Meanwhile a reload replaces the rule by `car`: removals of `person`'s entities.
+    3. The removals end pending, not replaced by the announce's older configs of the same topics."""
+    box = Outbox(tmp_path / FILENAME)
+    paused = PausingOutbox(box)
+    publisher = DiscoveryPublisher(config([{"name": "person", "zone": "porch"}], lines={}), paused)  # type: ignore[arg-type]
+    announcing = threading.Thread(target=publisher.announce)
+    paused.pause_in = announcing
+    announcing.start()
+    assert paused.inside.wait(5)
+    reload = threading.Thread(
+        target=publisher.update, args=(config([{"name": "car", "zone": "porch"}], lines={}),)
+    )
+    reload.start()
+    reload.join(0.2)
+    paused.go.set()
+    announcing.join(5)
+    reload.join(5)
+    pending = {r.topic: r.payload for r in box.pending_rows(0, 100)}
+    person = [t for t in pending if "person" in t]
+    assert len(person) == 2 and all(pending[t] == b"" for t in person)
     box.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 
 from vistream import __version__
@@ -144,22 +145,28 @@ class DiscoveryPublisher:
         """`cfg`: the whole config, every shard's cameras (see `discovery_messages`)."""
         self.outbox, self.shard = outbox, shard
         self.messages: list[Discovery] = []  # the configs of the entities that exist now
+        # update() (main thread) and announce() (Delivery's) add in turn: an announce that read the
+        # configs before a reload and added them after it would undo the reload's removals.
+        self._lock = threading.Lock()
         self.update(cfg, json.loads(outbox.get_state(STATE_KEY) or "[]"))
 
     def update(self, cfg: Config, previous: list[str] | None = None) -> None:
         """The entities of `cfg` (at start, or after a reload), and removals of the others."""
-        if previous is None:
-            previous = [d.topic for d in self.messages]
         current = discovery_messages(cfg, self.shard)
-        gone = removals(previous, current)
-        if gone:
-            log.info("Home Assistant: removing %d entities no longer configured", len(gone))
-        self.outbox.add_many(_rows(gone + current), state={STATE_KEY: json.dumps([d.topic for d in current])})
-        self.messages = current
+        with self._lock:
+            if previous is None:
+                previous = [d.topic for d in self.messages]
+            gone = removals(previous, current)
+            if gone:
+                log.info("Home Assistant: removing %d entities no longer configured", len(gone))
+            topics = json.dumps([d.topic for d in current])
+            self.outbox.add_many(_rows(gone + current), state={STATE_KEY: topics})
+            self.messages = current
 
     def announce(self) -> None:
         """Every current config again (on every connection)."""
-        self.outbox.add_many(_rows(self.messages))
+        with self._lock:
+            self.outbox.add_many(_rows(self.messages))
 
 
 def _rows(messages: list[Discovery]) -> list[Message]:
