@@ -120,7 +120,9 @@ def test_a_refused_write_shows_in_metrics_and_health(tmp_path: Path) -> None:
     d = SimpleNamespace(
         outbox=box,
         _outbox_late=None,
-        alerts=SimpleNamespace(figures=lambda: ({}, {}, []), snapshots=0, snapshots_lost=0),
+        alerts=SimpleNamespace(
+            figures=lambda: ({}, {}, []), snapshots=0, snapshots_lost=0, unwritten=lambda: (0, {})
+        ),
         pump=SimpleNamespace(alert_errors=0),
         cameras={},
         stop_flag=False,

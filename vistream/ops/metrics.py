@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from vistream.ops.stats import DROP_REASONS, Buckets
+from vistream.outputs.writer import DROP_REASONS as DROP_REASONS_WRITER
 
 if TYPE_CHECKING:
     from vistream.daemon import Daemon
@@ -195,6 +196,24 @@ def _alert_metrics(d: Daemon) -> Iterator[Metric]:
     )
     unavailable.add_metric([], 1.0 if d.outbox_problem() else 0.0)
     yield unavailable
+    unwritten, dropped = d.alerts.unwritten()
+    queued = GaugeMetricFamily(
+        "vistream_alert_messages_unwritten",
+        "Event, counter and snapshot messages handed to the outbox's writer thread and not written yet "
+        "(kept in memory while the outbox cannot be written, and tried again).",
+    )
+    queued.add_metric([], unwritten)
+    yield queued
+    lost = CounterMetricFamily(
+        "vistream_alert_messages_dropped",
+        "Messages dropped unwritten because the writer's queue was full while the outbox could not be "
+        "written: superseded (an older value of a retained state), update (an event update), event "
+        "(every message of an event whose start was not written yet).",
+        labels=["reason"],
+    )
+    for reason in DROP_REASONS_WRITER:
+        lost.add_metric([reason], dropped.get(reason, 0))
+    yield lost
     errors = CounterMetricFamily(
         "vistream_event_errors", "Frames whose event processing raised (their detections still went out)."
     )

@@ -315,6 +315,14 @@ class Alerts:
         with self._lock:
             return dict(self.events_total), dict(self.counters), list(self.recent)
 
+    def unwritten(self) -> tuple[int, dict[str, int]]:
+        """Messages handed over and not in the outbox yet, and those dropped unwritten, by reason
+        (superseded, update, event: see writer.py)."""
+        writer = self.writer
+        if writer is None:
+            return 0, {}
+        return writer.unwritten, dict(writer.dropped)
+
     def _payload(self, ev: Event) -> dict[str, Any]:
         """The event's JSON; `snapshot` is null when its start frame could not be rendered."""
         doc = ev.payload()
