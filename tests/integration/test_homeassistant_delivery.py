@@ -16,6 +16,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from support.daemon import DaemonProcess, base_config
 from support.mosquitto import Mosquitto, Subscriber
 from support.procs import free_port
 from support.waiting import wait_until
@@ -183,3 +184,39 @@ def test_dropping_pahos_copies_frees_its_in_flight_window(make_mosquitto: Any) -
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def test_the_daemon_with_ten_cameras_and_two_rules_announces_and_delivers(
+    tmp_path: Path, rtsp_server: Any, mosquitto: Mosquitto, model_path: Path
+) -> None:
+    """The reported case, with the real daemon: Home Assistant on, 10 cameras x 2 rules (40 configs,
+    twice paho's default window of 20).
+    1. One camera plays the street clip; nine point at a port where nothing listens (offline).
+    2. `{prefix}/status` goes `online`, every camera's status and every config arrive.
+    3. A person event of the street camera arrives, and the outbox drains (pending back to 0)."""
+    prefix = "iha10"
+    dead = free_port()
+    cams = [{"name": "street", "url": rtsp_server.url("street1"), "detect_fps": 5}] + [
+        {"name": f"cam{i}", "url": f"rtsp://127.0.0.1:{dead}/cam{i}"} for i in range(1, 10)
+    ]
+    rules = [
+        {"name": name, "labels": ["person"], "end_after_s": 1.0, "cooldown_s": 0}
+        for name in ("person", "people")
+    ]
+    cfg = base_config(model_path, mosquitto.port, free_port(), prefix, cams)
+    cfg["model"]["classes"] = ["person"]
+    cfg["mqtt"] |= {"home_assistant": True, "discovery_prefix": f"{prefix}-ha"}
+    cfg |= {"state_dir": str(tmp_path / "state"), "alerts": rules}
+    wanted = {d.topic for d in discovery_messages(Config.model_validate(cfg))}
+    assert len(wanted) == 40
+    with (
+        Subscriber(mosquitto.host, mosquitto.port, "#") as sub,
+        DaemonProcess(cfg, tmp_path) as daemon,
+    ):
+        sub.wait_for(lambda m: m.topic == f"{prefix}/status" and m.payload == b"online", timeout=60)
+        statuses = {f"{prefix}/{c['name']}/status" for c in cams}
+        wait_until(lambda: statuses <= {m.topic for m in sub.messages}, 30, "every camera's status")
+        wait_until(lambda: wanted <= {m.topic for m in sub.messages}, 30, "every discovery config")
+        sub.wait_for(lambda m: m.topic == f"{prefix}/street/events", timeout=120)
+        wait_until(lambda: daemon.metric("vistream_outbox_pending") == 0, 30, "the outbox drained")
+        assert daemon.terminate()[0] == 0
