@@ -133,7 +133,10 @@ def test_wrong_ca_is_reported_and_retried(
         assert daemon.proc is not None and daemon.proc.poll() is None
         assert daemon.metric("vistream_camera_up", camera=CAMERA) == 1
         assert daemon.metric("vistream_mqtt_connected") == 0
-        assert daemon.wait_metric("vistream_mqtt_dropped_total", 1, kind="detections") >= 1
+        dropped = daemon.wait_metric(
+            "vistream_mqtt_dropped_total", 1, kind="detections", reason="disconnected"
+        )
+        assert dropped >= 1
         assert daemon.terminate()[0] == 0
     log = daemon.log
     attempts = failed_attempts(log)

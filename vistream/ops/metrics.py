@@ -119,10 +119,14 @@ class DaemonCollector(Collector):
         connected.add_metric([], 1.0 if d.mqtt.connected else 0.0)
         yield connected
         mqtt_dropped = CounterMetricFamily(
-            "vistream_mqtt_dropped", "Messages that could not be handed to the broker.", labels=["kind"]
+            "vistream_mqtt_dropped",
+            "Messages that could not be handed to the broker, by kind and why: disconnected, backlog (too "
+            "many waiting unwritten in the client's buffer), refused.",
+            labels=["kind", "reason"],
         )
-        for kind, n in {"detections": 0, **d.mqtt.dropped}.items():
-            mqtt_dropped.add_metric([kind], n)
+        by_reason = {("detections", "disconnected"): 0, **d.mqtt.dropped_by_reason}
+        for (kind, reason), n in sorted(by_reason.items()):
+            mqtt_dropped.add_metric([kind, reason], n)
         yield mqtt_dropped
         overflow = CounterMetricFamily(
             "vistream_results_overflow", "Frame results dropped because the hand-off to MQTT was full."

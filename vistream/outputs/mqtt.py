@@ -12,8 +12,8 @@ also dropped, and counted, while `max_backlog` of them wait unwritten in
 paho's buffer (a socket slower than the cameras): they would only grow older
 and paho's memory larger.
 
-Drops are counted in `dropped` by kind (the figure `vistream_mqtt_dropped_total{kind}` shows) and in
-`dropped_by_reason` by (kind, reason): "disconnected", "backlog" (the bound above), "refused"
+Drops are counted in `dropped` by kind and in `dropped_by_reason` by (kind, reason), the labels of
+`vistream_mqtt_dropped_total`: "disconnected", "backlog" (the bound above), "refused"
 (paho answered anything but success).
 
 A connection attempt that fails before the CONNACK (broker unreachable, a TLS handshake the
