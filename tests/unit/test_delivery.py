@@ -333,3 +333,27 @@ def test_a_row_whose_puback_was_not_heard_is_found_by_the_scan(delivery: Any) ->
     link.client.sent[0][3]._set_as_published()  # no on_publish
     wait_until(lambda: box.pending == 0, timeout=2.5)
     assert d.delivered == 1
+
+
+def test_an_unwritable_outbox_is_retried_quietly_and_loses_no_ack(
+    delivery: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. Three rows go out; the outbox turns read-only (SQLite's own `query_only`, as a read-only
+       remount would) before their PUBACKs are recorded.
+    2. Delivery retries every `retry_s` without a traceback per try: the outbox said it once and
+       shows it in `problem` (/healthz); the rows stay.
+    3. Writable again: the acknowledged rows are deleted, nothing is sent twice."""
+    box, link, d = delivery(retry_s=0.02)
+    for i in range(3):
+        box.add("a", "t", str(i))
+    d.start()
+    wait_until(lambda: len(link.client.sent) == 3)
+    box._db.execute("PRAGMA query_only = ON")
+    ack_all(link, d)
+    wait_until(lambda: box.problem is not None)
+    time.sleep(0.2)  # ten retries
+    assert box.pending == 3
+    assert not [r for r in caplog.records if r.name == "vistream.outputs.delivery"]
+    box._db.execute("PRAGMA query_only = OFF")
+    wait_until(lambda: box.pending == 0)
+    assert box.problem is None and len(link.client.sent) == 3

@@ -58,7 +58,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 
 from vistream.outputs.mqtt import ConnectionListener
-from vistream.outputs.outbox import Outbox, Row
+from vistream.outputs.outbox import Outbox, OutboxUnavailable, Row
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +226,11 @@ class Delivery:
                         self._more = True
                 elif send and room > 0:
                     self._send(self.outbox.pending_rows(cursor, room), gen, room)
-            except Exception:
-                # A full disk or a locked file: keep the rows, say so, try again shortly.
-                log.exception("outbox delivery failed; retrying in %.1f s", self.retry_s)
+            except Exception as exc:
+                # A full disk or a locked file: keep the rows, try again shortly. The outbox logged
+                # that once and shows it (`problem`, /healthz); anything else is logged here.
+                if not isinstance(exc, OutboxUnavailable):
+                    log.exception("outbox delivery failed; retrying in %.1f s", self.retry_s)
                 with self._cond:
                     self._acked[:0] = acked
                     self._more = True
