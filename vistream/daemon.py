@@ -36,6 +36,7 @@ from vistream.ops.supervise import Limits, RestartBudget
 from vistream.ops.systemd import Notifier
 from vistream.outputs.alerts import Alerts
 from vistream.outputs.delivery import Delivery
+from vistream.outputs.homeassistant import DiscoveryPublisher
 from vistream.outputs.mqtt import MqttPublisher
 from vistream.outputs.outbox import FILENAME as OUTBOX_FILE
 from vistream.outputs.outbox import Outbox
@@ -124,6 +125,7 @@ class Daemon:
         self._hup = False
         self.outbox: Outbox | None = None  # with rules, lines or Home Assistant (maybe from a reload)
         self.delivery: Delivery | None = None
+        self.discovery: DiscoveryPublisher | None = None  # with mqtt.home_assistant
         self._outbox_late: str | None = None  # why the outbox a reload asked for is not open yet
         self._outbox_retry_at = 0.0
         self.notifier = Notifier()
@@ -220,7 +222,7 @@ class Daemon:
         if self.cfg.mqtt.home_assistant:
             self._init_discovery()
         if self.outbox:
-            announce = [self.discovery.announce] if self.cfg.mqtt.home_assistant else []
+            announce = [self.discovery.announce] if self.discovery is not None else []
             self.delivery = Delivery(self.outbox, self.mqtt, on_connect=announce)
             self.delivery.start()
         self.mqtt.start()
@@ -268,8 +270,6 @@ class Daemon:
             raise BootError(2, f"state_dir: cannot keep the event outbox in {path}: {reason}") from None
 
     def _init_discovery(self) -> None:
-        from vistream.outputs.homeassistant import DiscoveryPublisher
-
         assert self.outbox is not None  # home_assistant: true always opens it
         self.discovery = DiscoveryPublisher(self.full_cfg, self.outbox, self.shard)
 
@@ -476,7 +476,7 @@ class Daemon:
             if self.outbox is None and self._needs_outbox():
                 self._open_outbox_late()
             self.alerts.reconfigure(self.cfg)
-            if self.cfg.mqtt.home_assistant:
+            if self.discovery is not None:
                 self.discovery.update(self.full_cfg)  # into the outbox: Delivery sends it
 
     def _open_outbox_late(self) -> None:
@@ -560,6 +560,8 @@ class Daemon:
             self._hup = False
             self.reload()
         self._retry_outbox(now)
+        if self.discovery is not None:
+            self.discovery.flush()  # what an unwritable outbox refused at the last update
         self._drain_stats()
         self._supervise_scheduler(now)
         if self.fatal:  # the model cannot be loaded (again): reloading forever would not help

@@ -145,3 +145,31 @@ def test_an_announce_during_a_reload_does_not_undo_its_removals(tmp_path: Path) 
     person = [t for t in pending if "person" in t]
     assert len(person) == 2 and all(pending[t] == b"" for t in person)
     box.close()
+
+
+def test_an_update_the_outbox_refuses_is_kept_and_written_later(tmp_path: Path) -> None:
+    """1. A run announces a rule and a line; then the outbox turns read-only (SQLite's `query_only`,
+       as a read-only remount or a full disk would refuse writes).
+    2. A reload drops the line and another changes the rule: neither raises (a reload must not
+       fail on it, nor the boot) and nothing is written; `flush()` says so.
+    3. Writable again: one `flush()` (the daemon's loop) writes the removals of both reloads and
+       the configs of the last one, with its topic list."""
+    box = Outbox(tmp_path / FILENAME)
+    first = discovery_messages(config([{"name": "person", "zone": "porch"}]))
+    publisher = DiscoveryPublisher(config([{"name": "person", "zone": "porch"}]), box)
+    box.ack_many(r.id for r in box.pending_rows(0, 100))  # delivered
+    box._db.execute("PRAGMA query_only = ON")
+    publisher.update(config([{"name": "person", "zone": "porch"}], lines={}))
+    last_cfg = config([{"name": "car", "zone": "porch"}], lines={})
+    publisher.update(last_cfg)
+    assert box.pending == 0 and not publisher.flush()
+    box._db.execute("PRAGMA query_only = OFF")
+    assert publisher.flush()
+    last = discovery_messages(last_cfg)
+    kept = {d.topic for d in last}
+    pending = {r.topic: r.payload for r in box.pending_rows(0, 100)}
+    assert pending == {d.topic: b"" for d in first if d.topic not in kept} | {
+        d.topic: d.payload for d in last
+    }
+    assert json.loads(box.get_state(STATE_KEY) or "[]") == [d.topic for d in last]
+    box.close()

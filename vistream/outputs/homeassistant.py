@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from vistream import __version__
 from vistream.config.models import Config
 from vistream.ops.shard import Shard, daemon_topic, owner
-from vistream.outputs.outbox import Message, Outbox
+from vistream.outputs.outbox import Message, Outbox, OutboxUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,10 @@ class DiscoveryPublisher:
     `update()` writes the configs, the removals and the list of topics (the outbox's state table,
     so entities that left the config are removed even after a restart) in one transaction.
     `announce()` (the Delivery's `on_connect` hook) adds the configs again on every connection:
-    the broker may have lost its retained messages (a restart without persistence).
+    the broker may have lost its retained messages (a restart without persistence). An outbox that
+    cannot be written (locked, read-only, full: `OutboxUnavailable`, which it logs and shows) keeps
+    the update in memory: `flush()`, called by the daemon's loop and by `announce()`, writes it once
+    the outbox takes it, so neither the boot nor a reload fails on it, and no removal is lost.
     """
 
     def __init__(self, cfg: Config, outbox: Outbox, shard: Shard | None = None) -> None:
@@ -148,7 +151,14 @@ class DiscoveryPublisher:
         # update() (main thread) and announce() (Delivery's) add in turn: an announce that read the
         # configs before a reload and added them after it would undo the reload's removals.
         self._lock = threading.Lock()
-        self.update(cfg, json.loads(outbox.get_state(STATE_KEY) or "[]"))
+        # Configs and removals of the last update not written yet (the outbox refused them), with
+        # the topic list that goes with them; None when everything is written.
+        self._unwritten: tuple[list[Discovery], str] | None = None
+        try:
+            previous = json.loads(outbox.get_state(STATE_KEY) or "[]")
+        except OutboxUnavailable:  # the last run's topics unreadable: remove none rather than stop
+            previous = []
+        self.update(cfg, previous)
 
     def update(self, cfg: Config, previous: list[str] | None = None) -> None:
         """The entities of `cfg` (at start, or after a reload), and removals of the others."""
@@ -159,14 +169,34 @@ class DiscoveryPublisher:
             gone = removals(previous, current)
             if gone:
                 log.info("Home Assistant: removing %d entities no longer configured", len(gone))
-            topics = json.dumps([d.topic for d in current])
-            self.outbox.add_many(_rows(gone + current), state={STATE_KEY: topics})
+            if self._unwritten is not None:  # an earlier update's removals still go out
+                kept = {d.topic for d in current}
+                gone += [d for d in self._unwritten[0] if not d.payload and d.topic not in kept]
+            self._unwritten = (gone + current, json.dumps([d.topic for d in current]))
             self.messages = current
+            self._write_unwritten()
+
+    def flush(self) -> bool:
+        """Write what an update could not; whether nothing is left unwritten."""
+        with self._lock:
+            return self._write_unwritten()
 
     def announce(self) -> None:
-        """Every current config again (on every connection)."""
+        """Every current config again (on every connection), after what an update left unwritten."""
         with self._lock:
-            self.outbox.add_many(_rows(self.messages))
+            if self._write_unwritten():
+                self.outbox.add_many(_rows(self.messages))
+
+    def _write_unwritten(self) -> bool:
+        if self._unwritten is None:
+            return True
+        messages, topics = self._unwritten
+        try:
+            self.outbox.add_many(_rows(messages), state={STATE_KEY: topics})
+        except OutboxUnavailable:  # logged and shown by the outbox; flush() tries again
+            return False
+        self._unwritten = None
+        return True
 
 
 def _rows(messages: list[Discovery]) -> list[Message]:
