@@ -131,3 +131,37 @@ def test_stop_writes_what_is_queued(outbox: Outbox) -> None:
     writer.put(event("a", "start"))
     writer.stop(2.0)
     assert written(outbox) == [("a", "start")] and writer.unwritten == 0
+
+
+def test_a_long_outage_stays_within_the_bound_and_every_written_event_is_whole(outbox: Outbox) -> None:
+    """1. The outbox cannot be written, and the writer tries again and again, while 5,000 events
+       (start, 3 updates, end; two at a time) and an active flag per event come: 55,000 messages
+       for a bound of 1,000.
+    2. What is kept never exceeds the bound; the drops are counted and add up.
+    3. Written afterwards: every event there has its start first and its end last, and the newest
+       active value is there."""
+    writer = OutboxWriter(outbox, "open/{}".format, max_messages=1000, retry_s=(0.001, 0.001))
+    failing(outbox, True)
+    writer.start()
+    put = 0
+    for pair in range(2500):
+        ids = [f"e{pair}a", f"e{pair}b"]
+        for kind in ("start", "update", "update", "update", "end"):
+            for i in ids:
+                writer.put(event(i, kind), {f"open/{i}": None if kind == "end" else "{}"})
+                put += 2
+        writer.put([active(pair % 2 == 0)])
+        put += 1
+        assert writer.unwritten <= 1000
+    assert writer.failures > 1
+    failing(outbox, False)
+    assert writer.flush()
+    assert outbox.pending + outbox.coalesced + sum(writer.dropped.values()) == put
+    writer.stop()
+    seen: dict[str, list[str]] = {}
+    for key, value in written(outbox):
+        if key.startswith("e"):
+            seen.setdefault(key, []).append(value)
+    assert seen and all(kinds[0] == "start" and kinds[-1] == "end" for kinds in seen.values())
+    assert written(outbox)[-1] == ("vs/cam/r/active", "OFF")
+    assert outbox.states("open/") == {}

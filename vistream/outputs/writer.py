@@ -103,7 +103,7 @@ class OutboxWriter:
             for key, value in (state or {}).items():
                 if key not in gone:
                     self._state[key] = value
-            if len(self._entries) > self.max_messages:
+            if len(self._entries) + self._writing > self.max_messages:
                 self._shed()
             self._cond.notify()
 
@@ -219,16 +219,20 @@ class OutboxWriter:
     # -- the bound (under the lock) ----------------------------------------------------------------
 
     def _shed(self) -> None:
-        """Drop what matters least until the bound holds again (or nothing more may go)."""
+        """Drop what matters least until a tenth of the bound is free again (so that a long outage
+        sheds, and logs, once per that many messages), or nothing more may go."""
         before = len(self._entries)
+        # What the thread is trying to write counts too (it comes back if that fails).
+        target = self.max_messages - max(1, self.max_messages // 10) - self._writing
         self._supersede()
-        if len(self._entries) > self.max_messages:
+        if len(self._entries) > target:
             self._keep(lambda e: e.event is None or e.event[1] != "update", "update")
-        if len(self._entries) > self.max_messages:
-            self._drop_events()
-        log.warning("outbox: %d unwritten message(s) over the bound of %d: dropped %d (%s)",
-                    before, self.max_messages, before - len(self._entries),
-                    ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items())))  # fmt: skip
+        if len(self._entries) > target:
+            self._drop_events(len(self._entries) - target)
+        if len(self._entries) < before:
+            log.warning("outbox: %d unwritten message(s) over the bound of %d: dropped %d (so far %s)",
+                        before, self.max_messages, before - len(self._entries),
+                        ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items())))  # fmt: skip
 
     def _supersede(self) -> None:
         """Keep only the newest unwritten value of each retained state topic."""
@@ -244,9 +248,8 @@ class OutboxWriter:
             "superseded",
         )
 
-    def _drop_events(self) -> None:
-        """Drop whole unwritten events, oldest first, until the bound holds."""
-        excess = len(self._entries) - self.max_messages
+    def _drop_events(self, excess: int) -> None:
+        """Drop whole unwritten events, oldest first, until `excess` messages went."""
         per_event: Counter[str] = Counter(e.event[0] for e in self._entries if e.event is not None)
         doomed: set[str] = set()
         for e in self._entries:
