@@ -100,7 +100,9 @@ def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
     log.info("model warm after %.1fs on %s", load_s, detector.device)
     spec.beat[BEAT_TIME] = time.monotonic()  # before READY: the supervisor judges progress by it
     spec.beat[BEAT_READY] = 1.0
-    ready = Ready(detector.names, detector.device, detector.half, load_s, detector.backend, detector.precision)
+    ready = Ready(
+        detector.names, detector.device, detector.half, load_s, detector.backend, detector.precision
+    )
     spec.results.put(ready)
     scheduler = Scheduler(spec, detector, stop)
     try:
