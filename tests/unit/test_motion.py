@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 
@@ -300,3 +301,17 @@ def test_repeated_frames_keep_an_event_open_and_do_not_count_as_moves(gated_ring
     assert float(gated_ring.header["active_until"]) == 0.0
     alerts.tick(5.3 + 1.1)  # step 3: no frame at all for end_after_s
     assert [active for _, _, active in alerts.engine.active_states()] == [False]
+
+
+def test_a_rebuilt_trackers_track_is_not_the_old_one_moving(gated_ring: FrameRing) -> None:
+    """1. The scheduler's tracker (generation 1) holds a person still at x=100 as track 1.
+    2. The scheduler restarts; its new tracker (generation 2) numbers another person, still at
+       x=250, track 1 as well.
+    3. No move: a track seen for the first time does not count, whatever its id was before (keyed
+       by id alone, the old track 1 seemed to jump 150 px and kept the camera inferred)."""
+    alerts = Alerts(alerts_config(), None, lambda name: gated_ring)
+    alerts.bind({0: "person"})
+    for seq, x, generation in [(1, 100, 1), (2, 100, 1), (3, 250, 2), (4, 250, 2)]:
+        frame = dataclasses.replace(person_at(seq, x), track_ids=(1,), tracker=generation)
+        alerts.process(frame)
+    assert float(gated_ring.header["active_until"]) == 0.0

@@ -69,6 +69,7 @@ class FrameOutcome:
     active: list[tuple[str, str, bool]] = field(default_factory=list)  # camera, rule, now active
     counters: list[tuple[str, str, str, int]] = field(default_factory=list)  # camera, line, dir, value
     snapshots: list[SnapshotRequest] = field(default_factory=list)
+    tracker: int = 0  # the generation of the tracker that numbered the objects' track ids
 
     def add_events(self, machine: RuleMachine, events: list[Event], was_active: bool) -> None:
         self.events += events
@@ -199,7 +200,7 @@ class EventEngine:
         if cam is None:  # not an enabled camera of this config: objects without tracks, nothing else
             return FrameOutcome(objects=self._objects(frame, [None] * len(frame.detections)))
         track_ids, removed, generation = cam.track(frame)
-        out = FrameOutcome(objects=self._objects(frame, track_ids))
+        out = FrameOutcome(objects=self._objects(frame, track_ids), tracker=generation)
         points = {
             i: anchor(o.box, frame.width, frame.height)
             for i, o in enumerate(out.objects)

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from vistream.config.models import Config, unknown_label
@@ -193,12 +193,15 @@ class Alerts:
         outcome = self.engine.process(frame)
         self._queue(outcome, frame.captured_at)
         if not frame.repeated:
-            self._moving(frame, outcome.objects)
+            self._moving(frame, outcome)
         return outcome.objects
 
-    def _moving(self, frame: FrameResult, objects: list[TrackedObject]) -> None:
-        """A track that moved keeps the camera's frames inferred for a while, motion score or not."""
-        boxes = [(o.track_id, o.box) for o in objects]
+    def _moving(self, frame: FrameResult, outcome: FrameOutcome) -> None:
+        """A track that moved keeps the camera's frames inferred for a while, motion score or not.
+        Tracks are keyed with their tracker's generation: a rebuilt one numbers from 1 again."""
+        boxes: list[tuple[Hashable | None, tuple[float, float, float, float]]] = [
+            (None if o.track_id is None else (outcome.tracker, o.track_id), o.box) for o in outcome.objects
+        ]
         until = self.activity.update(frame.camera, boxes, frame.width, frame.height, frame.captured_mono)
         ring = self._ring_of(frame.camera) if until is not None else None
         if ring is not None:

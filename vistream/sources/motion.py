@@ -18,7 +18,7 @@ A score of -1 means "not computed" (gating off): such frames are never skipped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -140,17 +140,19 @@ class TrackActivity:
     hold_s: float = 2.0
     min_move: float = 0.01
     forget_s: float = 10.0
-    _tracks: dict[str, dict[int, _Anchor]] = field(default_factory=dict)
+    _tracks: dict[str, dict[Hashable, _Anchor]] = field(default_factory=dict)
 
     def update(
         self,
         camera: str,
-        boxes: Sequence[tuple[int | None, tuple[float, float, float, float]]],
+        boxes: Sequence[tuple[Hashable | None, tuple[float, float, float, float]]],
         width: int,
         height: int,
         now_mono: float,
     ) -> float | None:
-        """`boxes`: (track id or None, (x1, y1, x2, y2)) of one inferred frame's objects."""
+        """`boxes`: (track key or None, (x1, y1, x2, y2)) of one inferred frame's objects. The key
+        names the tracker too (its generation and the id): a rebuilt tracker numbers from 1 again,
+        and its track 3 is not the old track 3 having moved."""
         anchors = self._tracks.setdefault(camera, {})
         moved = False
         for track_id, (x1, _y1, x2, y2) in boxes:
