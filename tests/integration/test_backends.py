@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import openvino
 import pytest
 from support.daemon import VISTREAM, DaemonProcess, base_config
 from support.mosquitto import Mosquitto, Subscriber
@@ -135,12 +136,16 @@ def letterboxed_frames(clip: Path, every: int, count: int) -> list[np.ndarray]:
 BF16_CONF_TOLERANCE = 0.1
 
 
-def test_bf16_finds_the_persons_fp32_finds(tmp_path: Path, model_path: Path, samples_dir: Path) -> None:
+def test_bf16_finds_the_persons_fp32_finds(
+    tmp_path: Path, model_path: Path, samples_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """1. Torch fp32 (the reference) and OpenVINO with `precision: bf16` on 3 street and 3 crowd
-       frames; skipped on a CPU that has no bf16 units (the plugin then runs fp32, and says so).
+       frames. OpenVINO runs bf16 where the CPU has bf16 units (its capabilities list BF16), and
+       otherwise falls back to fp32, which the detector reports and logs: either way it is what
+       `precision` says.
     2. Every person either finds with a confidence clear of the threshold by the tolerance has a
        partner of IoU >= 0.5 in the other's boxes, and partners' confidences differ by at most
-       `BF16_CONF_TOLERANCE` (reasons above)."""
+       `BF16_CONF_TOLERANCE` (reasons above; fp32 on both sides holds it by far)."""
     frames = letterboxed_frames(samples_dir / "street-1080p.mp4", 30, 3)
     frames += letterboxed_frames(samples_dir / "crowd-480p.mp4", 30, 3)
     found: dict[str, list[np.ndarray]] = {}
@@ -160,8 +165,11 @@ def test_bf16_finds_the_persons_fp32_finds(tmp_path: Path, model_path: Path, sam
             detector.input_buffer[0] = frame
             found[backend].append(detector.infer(1)[0])
         detector.close()
-    if runs_at != "bf16":
-        pytest.skip(f"this CPU has no bf16 units: OpenVINO ran {runs_at}")
+    has_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert runs_at == ("bf16" if has_bf16 else "fp32")
+    fell_back = "OpenVINO runs fp32 on this CPU, not bf16" in caplog.text
+    assert fell_back == (not has_bf16)
+    print(f"OpenVINO asked for bf16 runs {runs_at} on this CPU")
     clear = cfg.conf + BF16_CONF_TOLERANCE
     for i, (fp32, bf16) in enumerate(zip(found["torch"], found["openvino"], strict=True)):
         assert len(fp32) >= 5, f"frame {i}: too few persons to compare"
