@@ -1,6 +1,6 @@
 """The Triton backend against in-process inference of the same model on the same machine.
 
-    flock /tmp/vistream-itest.lock .venv/bin/python benchmarks/triton.py [--seconds 30] [--input uint8]
+    flock /tmp/vistream-itest.lock .venv/bin/python benchmarks/triton_hop.py [--seconds 30] [--input uint8]
 
 The model is `vistream export-triton`'s entry of yolov8n, served by the test Triton server
 (tests/support/triton_server.py: PyTriton's tritonserver, the entry's model.onnx on onnxruntime
