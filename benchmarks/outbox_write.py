@@ -38,6 +38,7 @@ from vistream.config.models import Config
 from vistream.outputs.alerts import Alerts
 from vistream.outputs.outbox import Message, Outbox
 from vistream.outputs.writer import Entry, OutboxWriter
+from vistream.ring.lifetime import fixed
 from vistream.scheduler.messages import FrameResult
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,7 +86,7 @@ def config(cameras: int) -> Config:
 
 def stream(cameras: int, seconds: float) -> Recorder:
     """Each camera: every 6 s a person walks down into the yard (crossing `mid`), stays, leaves."""
-    alerts = Alerts(config(cameras), None, lambda _: None)
+    alerts = Alerts(config(cameras), None, fixed({}))
     alerts.bind({0: "person"})
     rec = Recorder()
     alerts.writer = rec  # type: ignore[assignment]

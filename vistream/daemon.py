@@ -17,7 +17,7 @@ import sqlite3
 import ssl
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,11 @@ from vistream.config.models import CameraConfig, Config, ConfigError
 from vistream.config.secrets import mqtt_password
 from vistream.ops.cameras import CameraRuntime
 from vistream.ops.logs import LogHub, camera
-from vistream.ops.process import SPAWN, Child, StopFlag
+from vistream.ops.process import SPAWN, Child, StopFlag, stop_all
 from vistream.ops.reload import diff as reload_diff
 from vistream.ops.shard import Shard
 from vistream.ops.stats import SchedulerStats
+from vistream.ops.status import CameraStatus
 from vistream.ops.summary import Summary
 from vistream.ops.supervise import Limits, RestartBudget
 from vistream.ops.systemd import Notifier
@@ -41,6 +42,7 @@ from vistream.outputs.mqtt import MqttPublisher
 from vistream.outputs.outbox import FILENAME as OUTBOX_FILE
 from vistream.outputs.outbox import Outbox
 from vistream.outputs.results import ResultPump
+from vistream.ring.lifetime import SharedRing
 from vistream.ring.naming import instance_id, remove_leftovers, segment_name, shm_shortage
 from vistream.ring.shm import FrameRing, RingLayout
 from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME, SchedulerSpec, run_scheduler
@@ -60,6 +62,7 @@ DELIVERY_STOP_S = 1.0
 OUTBOX_OPEN_S = 30.0  # at boot: retry a locked, read-only or full outbox this long, then exit 2
 OUTBOX_RETRY_S = 5.0  # after a reload: try again to open the outbox its rules need, every so often
 MQTT_GOODBYE_S = 1.5
+FAILED_RETRY_S = 10.0  # a camera whose ring could not be made is tried again this often (and at reloads)
 STATUS_EVERY_S = 5.0
 # What a scheduler exits with when it cannot load the model (3) or the config does not fit the
 # model (2): its own verdict, final however often it is restarted.
@@ -109,6 +112,10 @@ class Daemon:
         self.ready: Ready | None = None
         self.fatal: Fatal | None = None
         self.cameras: dict[str, CameraRuntime] = {}
+        # Cameras of the config that could not be started (no room for their ring): camera -> why.
+        # Written by the main thread only, swapped whole; retried at reloads and every FAILED_RETRY_S.
+        self.failed: dict[str, str] = {}
+        self._failed_retry_at = 0.0
         self.scheduler: SchedulerRuntime | None = None
         self.scheduler_restarts = 0
         self.thread_restarts = {"results": 0, "log-hub": 0}  # threads of this process found dead
@@ -191,20 +198,49 @@ class Daemon:
         remove_leftovers(self.instance)
         h, w = self.cfg.model.input_hw
         self._layout = RingLayout(RING_SLOTS, h, w)
-        self._rings: dict[str, FrameRing] = {}
+        # Swapped whole by the main thread; other threads read a ring only under its lease.
+        self._rings: dict[str, SharedRing] = {}
         self._stack.callback(self._unlink_rings)
         # tmpfs allocates on write: rings that do not fit would kill a reader with SIGBUS later.
         shortage = shm_shortage(len(self.cfg.enabled_cameras) * self._layout.total_bytes)
         if shortage:
             raise BootError(2, shortage)
         for cam in self.cfg.enabled_cameras:
-            self._rings[cam.name] = FrameRing.create(segment_name(self.instance, cam.name), self._layout)
+            self._rings[cam.name] = self._make_ring(cam.name)
+
+    def _make_ring(self, name: str) -> SharedRing:
+        return SharedRing(FrameRing.create(segment_name(self.instance, name), self._layout))
 
     def _unlink_rings(self) -> None:
-        for ring in self._rings.values():
-            ring.close()
-            ring.unlink()
-        self._rings.clear()
+        rings, self._rings = self._rings, {}
+        for ring in rings.values():
+            ring.retire()  # unlinked now; unmapped once a straggling reader (HTTP) lets go
+
+    def ring(self, name: str) -> AbstractContextManager[FrameRing | None]:
+        """The camera's ring under a lease, for one copy, from any thread (vistream.ring.lifetime)."""
+        shared = self._rings.get(name)
+        return shared.use() if shared is not None else nullcontext(None)
+
+    def camera_config(self, name: str) -> CameraConfig | None:
+        """The config of a running camera (not one that failed to start); None for no such camera."""
+        rt = self.cameras.get(name)
+        return rt.cfg if rt is not None else None
+
+    def camera_status(self) -> list[CameraStatus]:
+        """Every camera of the running config, with a copy of its ring header (from any thread)."""
+        cameras, failed, out = self.cameras, self.failed, []
+        for cam in self.cfg.enabled_cameras:
+            rt = cameras.get(cam.name)
+            if cam.name in failed:
+                out.append(CameraStatus(cam, failed=failed[cam.name]))
+                continue
+            if rt is None:
+                continue
+            with self.ring(cam.name) as ring:
+                header = ring.header.copy() if ring is not None else None
+            if header is not None:  # None: the camera is being removed
+                out.append(CameraStatus(rt.cfg, rt.online, rt.restarts, header))
+        return out
 
     def _init_mqtt(self) -> None:
         try:
@@ -274,7 +310,7 @@ class Daemon:
         self.discovery = DiscoveryPublisher(self.full_cfg, self.outbox, self.shard)
 
     def _init_pump(self) -> None:
-        self.alerts = Alerts(self.cfg, self.outbox, lambda name: self._rings.get(name))
+        self.alerts = Alerts(self.cfg, self.outbox, self.ring)
         self.pump = ResultPump(
             self.mqtt,
             lambda: self.scheduler and self.scheduler.results,
@@ -286,9 +322,9 @@ class Daemon:
         self._stack.callback(self.pump.stop, PUMP_DRAIN_S)
 
     def _release_frame(self, camera: str, seq: int) -> None:
-        ring = self._rings.get(camera)
-        if ring is not None:
-            ring.release(seq)
+        with self.ring(camera) as ring:
+            if ring is not None:
+                ring.release(seq)
 
     def _init_metrics(self) -> None:
         if not self.cfg.metrics.enabled:
@@ -376,27 +412,24 @@ class Daemon:
             self._start_reader(cam)
 
     def _start_reader(self, cam: CameraConfig) -> None:
-        ring = self._rings[cam.name]
+        ring = self._rings[cam.name].owned
         child = Child(f"reader {cam.name}", run_reader, (ReaderSpec(cam, ring.name, self._wake),), self.logs,
                       self._log_level, log_context=camera(cam.name))  # fmt: skip
         # A new dict, never changed in place: other threads (metrics, HTTP) iterate the old one.
         self.cameras = {**self.cameras, cam.name: CameraRuntime(cam, ring, child)}
         child.start()
 
-    def _stop_reader(self, name: str) -> CameraRuntime | None:
-        rt = self.cameras.get(name)
-        if rt is not None:
-            self.cameras = {k: v for k, v in self.cameras.items() if k != name}
-            rt.child.stop(READER_STOP_S)
+    def _stop_reader_group(self, names: list[str]) -> None:
+        """Stop these readers together, with one deadline: SIGTERM to all, SIGKILL to those left.
+        A stop asked for meanwhile (SIGTERM) cuts the wait short: they are being replaced anyway."""
+        gone = [self.cameras[n] for n in names if n in self.cameras]
+        self.cameras = {k: v for k, v in self.cameras.items() if k not in names}
+        stop_all([rt.child for rt in gone], READER_STOP_S, self.stop_flag)
+        for rt in gone:
             rt.child.close()
-        return rt
 
     def _stop_readers(self) -> None:
-        for rt in self.cameras.values():
-            rt.child.terminate()
-        deadline = time.monotonic() + READER_STOP_S
-        for rt in self.cameras.values():
-            rt.child.stop(max(0.1, deadline - time.monotonic()))
+        stop_all([rt.child for rt in self.cameras.values()], READER_STOP_S)
 
     def _wait_ready(self) -> None:
         while not self.ready and not self.stop_flag:
@@ -460,16 +493,23 @@ class Daemon:
         kept = {key.split(".")[0] for key in change.needs_restart}
         self.cfg = new.model_copy(update={k: getattr(self.cfg, k) for k in kept})
         self.full_cfg = full.model_copy(update={k: getattr(self.full_cfg, k) for k in kept})
+        # Every reader that goes or is replaced stops at once, together: one deadline, not one each.
+        self._stop_reader_group([*change.removed, *change.restarted])
+        if self.stop_flag:  # SIGTERM during the reload: stop now, the rest of it would be undone anyway
+            return
         for name in change.removed:
             self._remove_camera(name)
+        cams = {c.name: c for c in self.cfg.enabled_cameras}
         for name, keys in change.restarted.items():
-            cam = next(c for c in self.cfg.enabled_cameras if c.name == name)
-            self._stop_reader(name)
-            self._start_reader(cam)
+            if name not in self._rings:  # it failed to start: its retry below has the new settings
+                continue
+            self._start_reader(cams[name])
             if "detect_fps" in keys and self.scheduler:  # its tracker steps at the new rate
-                self.scheduler.control.put(AddCamera(name, self._rings[name].name, cam.detect_fps))
+                self.scheduler.control.put(AddCamera(name, self._rings[name].name, cams[name].detect_fps))
+        self.failed = {k: v for k, v in self.failed.items() if k in cams}
         for cam in change.added:
             self._add_camera(cam)
+        self._retry_failed(force=True)
         if change.scheduler:
             self._replace_scheduler()
         if change.rules:
@@ -509,21 +549,40 @@ class Daemon:
         else:  # a later reload took the rules away again
             self._outbox_late = None
 
-    def _add_camera(self, cam: CameraConfig) -> None:
+    def _add_camera(self, cam: CameraConfig) -> bool:
+        """Make the camera's ring and start its reader; a ring that does not fit marks it failed."""
         shortage = shm_shortage(self._layout.total_bytes)
         if shortage:
-            log.error("reload: camera %s not started: %s", cam.name, shortage, extra=camera(cam.name))
-            return
-        ring = FrameRing.create(segment_name(self.instance, cam.name), self._layout)
+            if self.failed.get(cam.name) != shortage:  # once per cause, not at every retry
+                log.error("camera %s not started, retrying every %.0fs and at reloads: %s", cam.name,
+                          FAILED_RETRY_S, shortage, extra=camera(cam.name))  # fmt: skip
+                self.mqtt.camera_status(cam.name, False)
+            self.failed = {**self.failed, cam.name: shortage}
+            return False
+        ring = self._make_ring(cam.name)
         self._rings = {**self._rings, cam.name: ring}
+        if cam.name in self.failed:
+            log.warning("camera %s: started, its ring fits now", cam.name, extra=camera(cam.name))
+            self.failed = {k: v for k, v in self.failed.items() if k != cam.name}
         self._start_reader(cam)
         if self.scheduler:
             self.scheduler.control.put(AddCamera(cam.name, ring.name, cam.detect_fps))
+        return True
+
+    def _retry_failed(self, now: float | None = None, *, force: bool = False) -> None:
+        """Try again to start the cameras whose ring did not fit: at a reload, or every FAILED_RETRY_S."""
+        now = time.monotonic() if now is None else now
+        if not self.failed or (now < self._failed_retry_at and not force):
+            return
+        self._failed_retry_at = now + FAILED_RETRY_S
+        for cam in self.cfg.enabled_cameras:
+            if cam.name in self.failed and not self._add_camera(cam):
+                return  # no room for this one: none for the next either
 
     def _remove_camera(self, name: str) -> None:
+        """Its reader is stopped already; tell the scheduler and MQTT, retire its ring."""
         if self.scheduler:
             self.scheduler.control.put(RemoveCamera(name))
-        self._stop_reader(name)
         log.info("camera %s: removed, offline", name, extra=camera(name))
         self.mqtt.camera_status(name, False)
         self.mqtt.forget_camera(name)
@@ -531,8 +590,7 @@ class Daemon:
         ring = self._rings.get(name)
         self._rings = {k: v for k, v in self._rings.items() if k != name}
         if ring is not None:
-            ring.close()
-            ring.unlink()
+            ring.retire()  # unlinked now, unmapped once no thread reads it (never during a copy)
 
     def _replace_scheduler(self) -> None:
         """A new scheduler for a new model or batching; readers and rings stay as they are."""
@@ -541,7 +599,7 @@ class Daemon:
             sched.child.stop(SCHEDULER_STOP_S)
             self._drain_stats()
             for ring in self._rings.values():
-                ring.release_all()
+                ring.owned.release_all()
             base = self._totals[0].merged(sched.latest)
             sched.child.close()
             self._start_scheduler(base)
@@ -560,6 +618,7 @@ class Daemon:
             self._hup = False
             self.reload()
         self._retry_outbox(now)
+        self._retry_failed(now)
         if self.discovery is not None:
             self.discovery.flush()  # what an unwritable outbox refused at the last update
         self._drain_stats()
@@ -659,7 +718,7 @@ class Daemon:
             return
         log.error("scheduler exited (code %s): starting a new one", code)
         for ring in self._rings.values():
-            ring.release_all()  # its holds: the results they waited for will never come
+            ring.owned.release_all()  # its holds: the results they waited for will never come
         self._drain_stats()
         base = self._totals[0].merged(sched.latest)
         sched.child.close()

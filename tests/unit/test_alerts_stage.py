@@ -24,6 +24,7 @@ from vistream.ops.process import StopFlag
 from vistream.outputs.alerts import LAST_SEEN_EVERY_S, Alerts
 from vistream.outputs.outbox import Outbox, Row
 from vistream.outputs.results import ResultPump
+from vistream.ring.lifetime import fixed
 from vistream.ring.shm import FrameRing
 from vistream.scheduler.messages import BatchResult, FrameResult
 from vistream.sources.reader import CameraReader, ReaderSpec
@@ -86,7 +87,7 @@ def test_an_event_goes_into_the_outbox_snapshot_first(ring: FrameRing, tmp_path:
     3. The person vanishes: 1 s later the event ends; the open event is gone from the state."""
     write_frames(ring, tmp_path, 6)  # a 6-slot ring keeps them all
     outbox = Outbox(tmp_path / "outbox.sqlite3")
-    alerts = Alerts(config(), outbox, {"front": ring}.get)
+    alerts = Alerts(config(), outbox, fixed({"front": ring}))
     assert alerts.bind(NAMES) == [] and alerts.flush()
     start = [(r.topic, r.payload) for r in rows(outbox)]
     last = rows(outbox)[-1].id
@@ -122,7 +123,7 @@ def test_a_frame_gone_from_the_ring_gives_an_event_without_snapshot(ring: FrameR
     """The start frame was never in the ring (or was overwritten): the event says `snapshot: null`,
     also in its later messages, and the loss is counted."""
     outbox = Outbox(tmp_path / "outbox.sqlite3")
-    alerts = Alerts(config(), outbox, {"front": ring}.get)
+    alerts = Alerts(config(), outbox, fixed({"front": ring}))
     alerts.bind(NAMES)
     for seq in range(1, 4):
         alerts.process(frame(seq, 200))
@@ -138,7 +139,7 @@ def test_after_a_restart_counters_go_on_and_open_events_are_ended(ring: FrameRin
        the open event with reason `restart`; its engine counts on from there."""
     write_frames(ring, tmp_path, 6)
     path = tmp_path / "outbox.sqlite3"
-    first = Alerts(config(), Outbox(path), {"front": ring}.get)
+    first = Alerts(config(), Outbox(path), fixed({"front": ring}))
     first.bind(NAMES)
     for seq, y in enumerate([100, 110, 130, 150], start=1):
         first.process(frame(seq, y))
@@ -149,7 +150,7 @@ def test_after_a_restart_counters_go_on_and_open_events_are_ended(ring: FrameRin
 
     outbox = Outbox(path)
     last = rows(outbox)[-1].id
-    second = Alerts(config(), outbox, {"front": ring}.get)
+    second = Alerts(config(), outbox, fixed({"front": ring}))
     second.bind(NAMES)
     assert second.flush()
     new = [r for r in rows(outbox) if r.id > last]
@@ -163,7 +164,7 @@ def test_after_a_restart_counters_go_on_and_open_events_are_ended(ring: FrameRin
 
 def test_labels_a_custom_model_lacks_are_reported_at_bind(tmp_path: Path) -> None:
     """A custom model's labels are only known once loaded: a rule naming another is a problem by key."""
-    alerts = Alerts(config(model="custom.pt", labels=["person"]), None, lambda _: None)
+    alerts = Alerts(config(model="custom.pt", labels=["person"]), None, fixed({}))
     assert alerts.bind({0: "widget", 1: "gadget"}) == [
         "alerts[0].labels[0]: 'person' is not a class the model reports"
     ]
@@ -191,8 +192,8 @@ def test_frames_whose_outbox_write_failed_are_written_when_it_works_again(tmp_pa
     3. The outbox works again: everything is written, in order: the start before its updates and
        end, `active` OFF, the counter's new value; nothing was lost, the open event is closed."""
     outbox = Outbox(tmp_path / "outbox.sqlite3")
-    alerts = Alerts(config(), outbox, lambda _: None)
-    pump = ResultPump(Publisher(), lambda: None, lambda _: None, alerts=alerts)  # type: ignore[arg-type]
+    alerts = Alerts(config(), outbox, fixed({}))
+    pump = ResultPump(Publisher(), lambda: None, fixed({}), alerts=alerts)  # type: ignore[arg-type]
     alerts.bind(NAMES)
     assert alerts.flush()
     last = rows(outbox)[-1].id
@@ -229,8 +230,8 @@ def test_a_stall_reads_the_queued_frames_before_ending_events(tmp_path: Path) ->
 
     backlog: queue.Queue[BatchResult] = queue.Queue()
     outbox = Outbox(tmp_path / "outbox.sqlite3")
-    alerts = Alerts(config(), outbox, lambda _: None)
-    pump = ResultPump(Publisher(), lambda: backlog, lambda _: None, alerts=alerts)  # type: ignore[arg-type]
+    alerts = Alerts(config(), outbox, fixed({}))
+    pump = ResultPump(Publisher(), lambda: backlog, fixed({}), alerts=alerts)  # type: ignore[arg-type]
     alerts.bind(NAMES)
     for seq in range(1, 16):
         pump._publish(BatchResult([at(seq)]))
@@ -269,7 +270,7 @@ def test_an_event_ended_by_a_restart_ends_when_its_object_was_last_seen(tmp_path
     3. The restart ends the event as of the last time the person was seen (to within
        LAST_SEEN_EVERY_S), not 3 hours later."""
     path = tmp_path / "outbox.sqlite3"
-    first = Alerts(config(), Outbox(path), lambda _: None)
+    first = Alerts(config(), Outbox(path), fixed({}))
     first.bind(NAMES)
     for seq in range(1, 101):
         first.process(frame(seq, 200))
@@ -278,7 +279,7 @@ def test_an_event_ended_by_a_restart_ends_when_its_object_was_last_seen(tmp_path
     killed(first)
 
     outbox = Outbox(path)
-    second = Alerts(config(), outbox, lambda _: None, clock=lambda: WALL0 + 3 * 3600)
+    second = Alerts(config(), outbox, fixed({}), clock=lambda: WALL0 + 3 * 3600)
     second.bind(NAMES)
     assert second.flush()
     end = events_of(outbox)[-1]
@@ -292,7 +293,7 @@ def test_a_line_removed_and_added_again_by_reloads_goes_on_from_its_count(tmp_pa
     2. A reload removes the line, another adds it back.
     3. The counter goes on from 1, as after a restart, and the retained topic says so."""
     outbox = Outbox(tmp_path / "outbox.sqlite3")
-    alerts = Alerts(config(), outbox, lambda _: None)
+    alerts = Alerts(config(), outbox, fixed({}))
     alerts.bind(NAMES)
     for seq, y in enumerate([100, 110, 130, 150], start=1):
         alerts.process(frame(seq, y))
@@ -313,13 +314,13 @@ def test_an_outbox_opened_late_by_a_reload_ends_the_previous_runs_open_events(tm
        run is ended (`restart`) as a restart with that config would have done; the line
        counter goes on from its stored value."""
     path = tmp_path / "outbox.sqlite3"
-    first = Alerts(config(), Outbox(path), lambda _: None)
+    first = Alerts(config(), Outbox(path), fixed({}))
     first.bind(NAMES)
     for seq, y in enumerate([100, 110, 130, 150], start=1):
         first.process(frame(seq, y))
     killed(first)
 
-    second = Alerts(without_lines_and_rules(), None, lambda _: None)
+    second = Alerts(without_lines_and_rules(), None, fixed({}))
     second.bind(NAMES)
     second.process(frame(1, None))
     outbox = Outbox(path)

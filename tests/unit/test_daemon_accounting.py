@@ -37,7 +37,7 @@ def test_scrapes_during_a_scheduler_swap_see_its_totals_exactly_once(monkeypatch
     )
     d = Daemon(cfg)
     d.logs = None  # type: ignore[assignment]
-    d._rings = {"a": SimpleNamespace(name="ring-a", release_all=lambda: None)}  # type: ignore[dict-item]
+    d._rings = {"a": SimpleNamespace(name="ring-a", owned=SimpleNamespace(release_all=lambda: None))}  # type: ignore[dict-item]
     scraped: list[int] = []
     specs: list[Any] = []
 

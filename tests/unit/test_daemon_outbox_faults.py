@@ -133,7 +133,7 @@ def test_a_refused_write_shows_in_metrics_and_health(tmp_path: Path) -> None:
     d.outbox_problem = lambda: Daemon.outbox_problem(d)  # type: ignore[arg-type]
 
     def figures() -> dict[str, float]:
-        return {s.name: s.value for family in _alert_metrics(d) for s in family.samples}  # type: ignore[arg-type]
+        return {s.name: s.value for family in _alert_metrics(d, []) for s in family.samples}  # type: ignore[arg-type]
 
     try:
         pages = box._db.execute("PRAGMA page_count").fetchone()[0]

@@ -25,6 +25,7 @@ from vistream.ops.cameras import OFFLINE_WARN_S, CameraRuntime
 from vistream.ops.logs import JsonFormatter, LogHub, PipeHandler, TextFormatter, make_formatter, on_journal
 from vistream.ops.process import SPAWN, Child, StopFlag
 from vistream.outputs.alerts import Alerts, describe
+from vistream.ring.lifetime import fixed
 from vistream.ring.shm import State
 
 
@@ -267,7 +268,7 @@ def test_the_alerts_stage_logs_one_line_per_event_start_and_end(caplog: pytest.L
     """A frame causes a start, an update and an end: two INFO lines (updates go to MQTT only), each
     with the camera, rule and event id as fields."""
     cfg = Config.model_validate({"cameras": [{"name": "door", "url": "/dev/null"}]})
-    alerts = Alerts(cfg, None, lambda name: None)
+    alerts = Alerts(cfg, None, fixed({}))
     outcome = FrameOutcome(events=[event(), event(type="update"), event(type="end", ended_at=101.0)])
     with caplog.at_level(logging.INFO, logger="vistream.outputs.alerts"):
         alerts._queue(outcome)

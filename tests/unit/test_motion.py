@@ -12,6 +12,7 @@ import pytest
 
 from vistream.config.models import Config, MotionConfig
 from vistream.outputs.alerts import Alerts
+from vistream.ring.lifetime import fixed
 from vistream.ring.shm import FrameRing, RingLayout
 from vistream.scheduler.messages import FrameResult
 from vistream.scheduler.policy import MotionGate
@@ -272,7 +273,7 @@ def test_the_main_process_marks_a_camera_active_while_a_track_moves(gated_ring: 
     """1. A person walks (10 px per frame at 320 px): each inferred frame moves the camera's
        `active_until` to 2 s after it.
     2. They stop: `active_until` stays where the last move put it, and runs out."""
-    alerts = Alerts(alerts_config(), None, lambda name: gated_ring)
+    alerts = Alerts(alerts_config(), None, fixed({"front": gated_ring}))
     assert alerts.bind({0: "person"}) == []
     for seq in range(1, 6):
         alerts.process(person_at(seq, 100 + 10 * seq))
@@ -287,7 +288,7 @@ def test_repeated_frames_keep_an_event_open_and_do_not_count_as_moves(gated_ring
     2. For 5 s (end_after_s is 1 s) every frame is skipped for want of motion and reaches the engine
        as the last detections, repeated: the event stays open, and no move is written to the ring.
     3. Without those repeats the engine's tick would have ended it."""
-    alerts = Alerts(alerts_config(), None, lambda name: gated_ring)
+    alerts = Alerts(alerts_config(), None, fixed({"front": gated_ring}))
     alerts.bind({0: "person"})
     assert alerts.engine is not None
     for seq in range(1, 4):
@@ -309,7 +310,7 @@ def test_a_rebuilt_trackers_track_is_not_the_old_one_moving(gated_ring: FrameRin
        x=250, track 1 as well.
     3. No move: a track seen for the first time does not count, whatever its id was before (keyed
        by id alone, the old track 1 seemed to jump 150 px and kept the camera inferred)."""
-    alerts = Alerts(alerts_config(), None, lambda name: gated_ring)
+    alerts = Alerts(alerts_config(), None, fixed({"front": gated_ring}))
     alerts.bind({0: "person"})
     for seq, x, generation in [(1, 100, 1), (2, 100, 1), (3, 250, 2), (4, 250, 2)]:
         frame = dataclasses.replace(person_at(seq, x), track_ids=(1,), tracker=generation)

@@ -20,9 +20,11 @@ from support.rings import temp_ring
 from vistream.config.models import CameraConfig
 from vistream.ops.http import HttpServer, Rates, bind, build_app, draw_shapes, health
 from vistream.ops.stats import SchedulerStats
+from vistream.ops.status import CameraStatus
 from vistream.ops.supervise import Limits
 from vistream.outputs.results import KEEP_S, ResultPump
 from vistream.outputs.snapshot import COLOURS
+from vistream.ring.lifetime import fixed
 from vistream.ring.shm import FrameRing, State
 from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME
 from vistream.scheduler.messages import BatchResult, FrameResult
@@ -257,7 +259,9 @@ def app_daemon(ring: FrameRing) -> Any:
     released: list[int] = []
     d.pump = pump_for(ring, released)
     d.flowing = lambda t: True  # the pump here is not running: it is fed by hand
-    d.cameras = {"cam": SimpleNamespace(cfg=cam, ring=ring, online=True)}
+    d.camera_status = lambda: [CameraStatus(cam, online=True, header=ring.header.copy())]
+    d.camera_config = {"cam": cam}.get
+    d.ring = fixed({"cam": ring})
     d.scheduler_stats = SchedulerStats
     d.alerts = SimpleNamespace(figures=lambda: ({}, {}, [{"type": "start", "rule": "r"}, {"type": "end"}]))
     d.mqtt = SimpleNamespace(connected=True)

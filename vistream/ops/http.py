@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ from vistream.config.secrets import redact_url
 from vistream.ops.stats import DROP_REASONS
 from vistream.outputs.results import LatestFrame
 from vistream.outputs.snapshot import box_label, read_snapshot, render_snapshot
-from vistream.ring.shm import FrameRing, State
+from vistream.ring.shm import FrameRing
 from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME
 
 if TYPE_CHECKING:
@@ -137,13 +137,9 @@ class Rates:
 def counts(d: Daemon) -> dict[str, tuple[int, int]]:
     stats = d.scheduler_stats()
     out = {}
-    for name, rt in d.cameras.items():
-        try:
-            decoded = int(rt.ring.header["frames_decoded"])
-        except (TypeError, IndexError):  # the ring was closed: the camera is being removed
-            continue
-        c = stats.cameras.get(name)
-        out[name] = (decoded, c.inferred if c else 0)
+    for cam in d.camera_status():
+        c = stats.cameras.get(cam.name)
+        out[cam.name] = (cam.field("frames_decoded"), c.inferred if c else 0)
     return out
 
 
@@ -151,29 +147,27 @@ def camera_list(d: Daemon, rates: Rates, now: float) -> list[dict[str, Any]]:
     """What /api/cameras answers: one object per camera, in config order; URLs redacted."""
     stats = d.scheduler_stats()
     out = []
-    for name, rt in d.cameras.items():
-        try:
-            hdr = rt.ring.header.copy()
-        except (AttributeError, TypeError):  # the ring was closed: the camera is being removed
-            continue
+    for cam in d.camera_status():
+        name = cam.name
         c = stats.cameras.get(name)
         fps_in, fps_inferred = rates.get(name)
-        last = float(hdr["last_frame"])
+        last = cam.seconds("last_frame")
         latest = d.pump.latest(name)
         out.append(
             {
                 "name": name,
-                "url": redact_url(rt.cfg.url),
-                "state": State.NAMES.get(int(hdr["state"]), "unknown"),
-                "online": rt.online,
+                "url": redact_url(cam.cfg.url),
+                "state": cam.state,
+                "error": cam.failed,  # why it could not be started (state `failed`), else null
+                "online": cam.online,
                 "fps_in": fps_in,
                 "fps_inferred": fps_inferred,
-                "detect_fps": rt.cfg.detect_fps,
+                "detect_fps": cam.cfg.detect_fps,
                 "last_frame_age_s": round(now - last, 3) if last else None,
-                "reconnects": int(hdr["reconnects"]),
+                "reconnects": cam.field("reconnects"),
                 "dropped": {reason: getattr(c, reason) if c else 0 for reason in DROP_REASONS},
-                "width": int(hdr["stream_width"]) or None,
-                "height": int(hdr["stream_height"]) or None,
+                "width": cam.field("stream_width") or None,
+                "height": cam.field("stream_height") or None,
                 "frame": _frame(latest),
             }
         )
@@ -194,6 +188,7 @@ def _frame(latest: LatestFrame | None) -> dict[str, Any] | None:
 def status(d: Daemon, now: float) -> dict[str, Any]:
     reason = health(d, now)
     ready = d.ready
+    cameras = d.camera_status()
     return {
         "healthy": reason is None,
         "reason": reason,
@@ -203,18 +198,20 @@ def status(d: Daemon, now: float) -> dict[str, Any]:
         "backend": ready.backend if ready else None,
         "precision": ready.precision if ready else None,
         "mqtt_connected": bool(d.mqtt.connected),
-        "cameras": len(d.cameras),
-        "cameras_online": sum(rt.online for rt in d.cameras.values()),
+        "cameras": len(cameras),
+        "cameras_online": sum(cam.online for cam in cameras),
+        "cameras_failed": sum(cam.failed is not None for cam in cameras),
     }
 
 
-def draw_latest(ring: FrameRing, cam: CameraConfig, latest: LatestFrame) -> bytes | None:
+def draw_latest(
+    use_ring: AbstractContextManager[FrameRing | None], cam: CameraConfig, latest: LatestFrame
+) -> bytes | None:
     """The JPEG of the camera's latest inferred frame with its zones, lines and boxes (with track
-    ids); None when the frame has left the ring."""
-    try:
-        got = read_snapshot(ring, latest.seq)
-    except (AttributeError, IndexError, TypeError):  # the ring was closed: the camera is being removed
-        return None
+    ids); None when the frame has left the ring, or the ring is gone (the camera is being removed).
+    `use_ring`: the ring under its lease, held for the copy only."""
+    with use_ring as ring:
+        got = read_snapshot(ring, latest.seq) if ring is not None else None
     if got is None:
         return None
     image, cam_w, cam_h = got
@@ -264,8 +261,8 @@ class Pictures:
 
     async def get(self, name: str) -> tuple[int, bytes] | None:
         """(seq, JPEG) of the camera's latest picture; None before its first inferred frame."""
-        rt = self.d.cameras.get(name)
-        if rt is None:
+        cfg = self.d.camera_config(name)
+        if cfg is None:
             self._jpegs.pop(name, None)
             return None
         async with self._locks.setdefault(name, asyncio.Lock()):
@@ -273,7 +270,7 @@ class Pictures:
             kept = self._jpegs.get(name)
             if latest is None or (kept and kept[0] == latest.seq):
                 return kept
-            jpeg = await run_in_threadpool(draw_latest, rt.ring, rt.cfg, latest)
+            jpeg = await run_in_threadpool(draw_latest, self.d.ring(name), cfg, latest)
             if jpeg is not None:
                 self._jpegs[name] = kept = (latest.seq, jpeg)
             return kept
@@ -334,7 +331,7 @@ def build_app(d: Daemon, metrics_app: ASGIApp, clock: Callable[[], float] = time
 
     async def latest_jpg(request: Request) -> Response:
         name = request.path_params["name"]
-        if name not in d.cameras:
+        if d.camera_config(name) is None:
             return PlainTextResponse(f"no camera named {name!r}\n", status_code=404)
         got = await pictures.get(name)
         if got is None:

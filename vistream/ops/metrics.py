@@ -21,6 +21,7 @@ from vistream.outputs.writer import DROP_REASONS as DROP_REASONS_WRITER
 if TYPE_CHECKING:
     from vistream.daemon import Daemon
     from vistream.ops.http import HttpServer
+    from vistream.ops.status import CameraStatus
 
 
 def _histogram(name: str, doc: str, b: Buckets) -> HistogramMetricFamily:
@@ -80,21 +81,30 @@ class DaemonCollector(Collector):
             "Inferred frames older than max_frame_age_ms when their batch ended (it ran long).",
             labels=["camera"],
         )
-        for name, rt in d.cameras.items():
-            hdr = rt.ring.header
+        failed = GaugeMetricFamily(
+            "vistream_camera_failed",
+            "1 while the camera could not be started (no room for its ring in /dev/shm); retried at every "
+            "reload and every 10 s.",
+            labels=["camera"],
+        )
+        cameras = d.camera_status()  # ring headers copied under their leases: never a closed ring
+        for cam in cameras:
+            name = cam.name
             c = stats.cameras.get(name)
-            decoded.add_metric([name], int(hdr["frames_decoded"]))
-            sampled.add_metric([name], int(hdr["head"]))
-            deferred.add_metric([name], int(hdr["deferred"]))
-            up.add_metric([name], 1.0 if rt.online else 0.0)
-            reconnects.add_metric([name], int(hdr["reconnects"]))
+            decoded.add_metric([name], cam.field("frames_decoded"))
+            sampled.add_metric([name], cam.field("head"))
+            deferred.add_metric([name], cam.field("deferred"))
+            up.add_metric([name], 1.0 if cam.online else 0.0)
+            failed.add_metric([name], 1.0 if cam.failed else 0.0)
+            reconnects.add_metric([name], cam.field("reconnects"))
             inferred.add_metric([name], c.inferred if c else 0)
             for reason in DROP_REASONS:
                 dropped.add_metric([name, reason], getattr(c, reason) if c else 0)
             skipped.add_metric([name, "no_motion"], c.skipped_no_motion if c else 0)
             torn.add_metric([name], c.torn if c else 0)
             late.add_metric([name], c.late if c else 0)
-        yield from (decoded, sampled, deferred, inferred, dropped, skipped, up, reconnects, torn, late)
+        yield from (decoded, sampled, deferred, inferred, dropped, skipped, up, failed, reconnects)
+        yield from (torn, late)
 
         yield _histogram("vistream_batch_size", "Frames per inference call.", stats.batch_size)
         yield _histogram(
@@ -149,8 +159,8 @@ class DaemonCollector(Collector):
             labels=["process"],
         )
         restarts.add_metric(["scheduler"], d.scheduler_restarts)
-        for name, rt in d.cameras.items():
-            restarts.add_metric([f"reader/{name}"], rt.restarts)
+        for cam in cameras:
+            restarts.add_metric([f"reader/{cam.name}"], cam.restarts)
         for name, n in d.thread_restarts.items():
             restarts.add_metric([f"thread/{name}"], n)
         yield restarts
@@ -165,10 +175,10 @@ class DaemonCollector(Collector):
             )
             model.add_metric([d.ready.backend, d.ready.device, d.ready.precision], 1.0)
             yield model
-        yield from _alert_metrics(d)
+        yield from _alert_metrics(d, cameras)
 
 
-def _alert_metrics(d: Daemon) -> Iterator[Metric]:
+def _alert_metrics(d: Daemon, cameras: list[CameraStatus]) -> Iterator[Metric]:
     """Events, the outbox, snapshots and frame holds."""
     started, _, _ = d.alerts.figures()
     events = CounterMetricFamily(
@@ -237,10 +247,9 @@ def _alert_metrics(d: Daemon) -> Iterator[Metric]:
         "broken (no free slot).",
         labels=["camera", "reason"],
     )
-    for name, rt in d.cameras.items():
-        hdr = rt.ring.header
-        holds.add_metric([name, "expired"], int(hdr["holds_expired"]))
-        holds.add_metric([name, "broken"], int(hdr["holds_broken"]))
+    for cam in cameras:
+        holds.add_metric([cam.name, "expired"], cam.field("holds_expired"))
+        holds.add_metric([cam.name, "broken"], cam.field("holds_broken"))
     yield holds
 
 

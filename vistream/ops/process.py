@@ -158,6 +158,10 @@ class Child:
         if self.alive:
             self._proc.terminate()
 
+    def kill(self) -> None:
+        if self.alive:
+            self._proc.kill()
+
     def join(self, timeout: float) -> bool:
         """Wait at most `timeout` s; True when the process is gone."""
         if self._proc is None:
@@ -180,3 +184,23 @@ class Child:
         if self._proc is not None and not self._proc.is_alive():
             self._proc.close()
         self._proc = None
+
+
+def stop_all(children: list[Child], timeout: float, stop: StopFlag | None = None) -> None:
+    """Stop children together: SIGTERM to all, one deadline, then SIGKILL to those still there.
+
+    A `stop` set meanwhile (SIGTERM to the daemon) ends the wait at once: the caller is replacing
+    these children, and a daemon told to stop must not spend its stop timeout on them.
+    """
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + timeout
+    while any(child.alive for child in children) and time.monotonic() < deadline and not stop:
+        time.sleep(0.05)
+    for child in children:
+        if child.alive:
+            log.warning("%s (pid %s) did not stop within %.1fs: killing it", child.title, child.pid,
+                        time.monotonic() - deadline + timeout)  # fmt: skip
+            child.kill()
+    for child in children:
+        child.join(2.0)

@@ -28,9 +28,9 @@ from vistream.config.models import Config, unknown_label
 from vistream.events.engine import CounterKey, EventEngine, FrameOutcome, SnapshotRequest, TrackedObject
 from vistream.events.rules import Event
 from vistream.outputs.outbox import Message, Outbox
-from vistream.outputs.snapshot import box_label, snapshot_jpeg
+from vistream.outputs.snapshot import box_label, read_snapshot, render_snapshot
 from vistream.outputs.writer import Entry, OutboxWriter
-from vistream.ring.shm import FrameRing
+from vistream.ring.lifetime import RingAccess
 from vistream.scheduler.messages import FrameResult
 from vistream.sources.motion import TrackActivity
 
@@ -78,7 +78,7 @@ class Alerts:
         self,
         cfg: Config,
         outbox: Outbox | None,
-        ring_of: Callable[[str], FrameRing | None],
+        ring_of: RingAccess,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
@@ -203,9 +203,11 @@ class Alerts:
             (None if o.track_id is None else (outcome.tracker, o.track_id), o.box) for o in outcome.objects
         ]
         until = self.activity.update(frame.camera, boxes, frame.width, frame.height, frame.captured_mono)
-        ring = self._ring_of(frame.camera) if until is not None else None
-        if ring is not None:
-            ring.header["active_until"] = until
+        if until is None:
+            return
+        with self._ring_of(frame.camera) as ring:
+            if ring is not None:
+                ring.header["active_until"] = until
 
     def tick(self, now_mono: float) -> None:
         """End events of cameras whose frames stopped coming (`now_mono`: up to when every frame
@@ -335,11 +337,12 @@ class Alerts:
 
     def _snapshot(self, req: SnapshotRequest) -> Message | None:
         """The JPEG of the frame that started the event; None (and the event says so) when it is gone."""
-        ring = self._ring_of(req.camera)
         jpeg = None
-        if ring is not None:
+        with self._ring_of(req.camera) as ring:  # a lease: the camera may be removed meanwhile
+            got = read_snapshot(ring, req.seq) if ring is not None else None
+        if got is not None:
             boxes = [(req.box, box_label(req.label or "", req.confidence))] if req.box is not None else []
-            jpeg = snapshot_jpeg(ring, req.seq, boxes)
+            jpeg = render_snapshot(*got, boxes=boxes)
         if jpeg is None:
             self.snapshots_lost += 1
             self._no_snapshot.add(req.event_id)
