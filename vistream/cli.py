@@ -160,12 +160,14 @@ def cmd_shards(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from vistream.daemon import Daemon
     from vistream.demo.run import run_demo
 
     setup_logging("warning")
     return run_demo(
-        model=args.model, cameras=args.cameras, seconds=args.seconds, port=args.port, device=args.device
-    )
+        lambda cfg, on_tick: Daemon(cfg, on_tick=on_tick).run(),
+        model=args.model, cameras=args.cameras, seconds=args.seconds, port=args.port, device=args.device,
+    )  # fmt: skip
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import queue
 import signal
 import sqlite3
 import ssl
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +27,10 @@ from vistream.ops.cameras import CameraRuntime
 from vistream.ops.logs import LogHub, camera
 from vistream.ops.process import SPAWN, Child, StopFlag, stop_all
 from vistream.ops.reload import diff as reload_diff
+from vistream.ops.scheduler import SchedulerRuntime
 from vistream.ops.shard import Shard
 from vistream.ops.stats import SchedulerStats
-from vistream.ops.status import CameraStatus
+from vistream.ops.status import CameraStatus, StatusSource
 from vistream.ops.summary import Summary
 from vistream.ops.supervise import Limits, RestartBudget
 from vistream.ops.systemd import Notifier
@@ -45,7 +44,7 @@ from vistream.outputs.results import ResultPump
 from vistream.ring.lifetime import SharedRing
 from vistream.ring.naming import instance_id, remove_leftovers, segment_name, shm_shortage
 from vistream.ring.shm import FrameRing, RingLayout
-from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME, SchedulerSpec, run_scheduler
+from vistream.scheduler.loop import SchedulerSpec, run_scheduler
 from vistream.scheduler.messages import AddCamera, Fatal, Ready, RemoveCamera
 from vistream.sources.reader import ReaderSpec, run_reader
 
@@ -64,9 +63,6 @@ OUTBOX_RETRY_S = 5.0  # after a reload: try again to open the outbox its rules n
 MQTT_GOODBYE_S = 1.5
 FAILED_RETRY_S = 10.0  # a camera whose ring could not be made is tried again this often (and at reloads)
 STATUS_EVERY_S = 5.0
-# What a scheduler exits with when it cannot load the model (3) or the config does not fit the
-# model (2): its own verdict, final however often it is restarted.
-CANNOT_BOOT = (2, 3)
 
 
 class BootError(Exception):
@@ -81,23 +77,13 @@ class BootError(Exception):
         self.exit_code = exit_code
 
 
-@dataclass
-class SchedulerRuntime:
-    child: Child
-    results: Any
-    stats: Any
-    control: Any
-    beat: Any
-    latest: SchedulerStats = field(default_factory=SchedulerStats)
-
-
 class Daemon:
     def __init__(
         self,
         cfg: Config,
         *,
         config_path: str | Path | None = None,
-        on_tick: Callable[[Daemon], None] | None = None,
+        on_tick: Callable[[StatusSource], bool] | None = None,
         shard: Shard | None = None,
     ) -> None:
         """`config_path`: the file SIGHUP reads again (without it, SIGHUP only logs). `shard`: run
@@ -116,15 +102,9 @@ class Daemon:
         # Written by the main thread only, swapped whole; retried at reloads and every FAILED_RETRY_S.
         self.failed: dict[str, str] = {}
         self._failed_retry_at = 0.0
-        self.scheduler: SchedulerRuntime | None = None
-        self.scheduler_restarts = 0
+        self.scheduler = SchedulerRuntime(self._launch_scheduler, self._release_holds)
         self.thread_restarts = {"results": 0, "log-hub": 0}  # threads of this process found dead
         self._thread_budgets = {name: RestartBudget() for name in self.thread_restarts}
-        # (totals of the schedulers that were replaced, the current one): one attribute, so that
-        # a scrape never sees a replaced scheduler's totals twice (in both) or not at all.
-        self._totals: tuple[SchedulerStats, SchedulerRuntime | None] = (SchedulerStats(), None)
-        self.results_abandoned = 0  # results left unread in the queues of replaced schedulers
-        self._sched_budget = RestartBudget()
         self._wake = SPAWN.Semaphore(0)
         self._on_tick = on_tick
         self._stack = ExitStack()
@@ -313,7 +293,7 @@ class Daemon:
         self.alerts = Alerts(self.cfg, self.outbox, self.ring)
         self.pump = ResultPump(
             self.mqtt,
-            lambda: self.scheduler and self.scheduler.results,
+            self.scheduler.results,
             self._on_control,
             alerts=self.alerts,
             release=self._release_frame,
@@ -355,32 +335,17 @@ class Daemon:
                 return
             self.pump.names = msg.names
             self.ready = msg
-            self._count_abandoned()
+            _, published, _ = self.pump.snapshot()
+            self.scheduler.count_abandoned(sum(published.values()) + self.mqtt.dropped.get("detections", 0))
         elif isinstance(msg, Fatal):
             self.fatal = msg
 
     def _init_scheduler(self) -> None:
-        self._stack.callback(self._stop_scheduler)
-        self._start_scheduler()
+        self._stack.callback(self.scheduler.stop, SCHEDULER_STOP_S)
+        self.scheduler.start()
 
-    def _count_abandoned(self) -> None:
-        """Count the results replaced schedulers queued and nobody read.
-
-        Runs on the pump's thread at a new scheduler's Ready: the pump is done with the old
-        queues and has read nothing else from the new one yet. A killed scheduler's results
-        after its last report are in neither figure (its successor counts those frames as
-        `unattached`); hence the floor at what was counted before.
-        """
-        base = self._totals[0]
-        sent = sum(c.inferred for c in base.cameras.values()) - base.results_overflow
-        _, published, _ = self.pump.snapshot()
-        read = sum(published.values()) + self.mqtt.dropped.get("detections", 0)
-        self.results_abandoned = max(self.results_abandoned, sent - read)
-
-    def _start_scheduler(self, base: SchedulerStats | None = None) -> None:
-        """Start a scheduler that accounts for frames from where `base` (the totals of the
-        schedulers before it) left off."""
-        base = self._totals[0] if base is None else base
+    def _launch_scheduler(self, base: SchedulerStats) -> tuple[Child, SchedulerSpec]:
+        """The next scheduler child, counting frames from where `base` left off; fresh queues."""
         spec = SchedulerSpec(
             model=self.cfg.model,
             batching=self.cfg.batching,
@@ -393,18 +358,12 @@ class Daemon:
             start_seqs={name: base.positions.get(name, 0) for name in self._rings},
             detect_fps={c.name: c.detect_fps for c in self.cfg.enabled_cameras},
         )
-        # Fresh queues for every scheduler: a process killed while holding a
-        # queue's lock would leave it locked for its successor.
-        child = Child("scheduler", run_scheduler, (spec,), self.logs, self._log_level)
-        runtime = SchedulerRuntime(child, spec.results, spec.stats, spec.control, spec.beat)
-        self._totals = (base, runtime)
-        self.scheduler = runtime
-        child.start()
+        return Child("scheduler", run_scheduler, (spec,), self.logs, self._log_level), spec
 
-    def _stop_scheduler(self) -> None:
-        if self.scheduler:
-            self.scheduler.child.stop(SCHEDULER_STOP_S)
-            self._drain_stats()
+    def _release_holds(self) -> None:
+        """Drop every hold: the scheduler that made them is gone, their results will never come."""
+        for ring in self._rings.values():
+            ring.owned.release_all()
 
     def _start_readers(self) -> None:
         self._stack.callback(self._stop_readers)
@@ -436,13 +395,12 @@ class Daemon:
             if self.fatal:
                 break
             sched = self.scheduler
-            if sched and not sched.child.alive and not self.fatal:
+            if sched.current and not sched.alive and not self.fatal:
                 self.stop_flag.sleep(0.5)  # its last words may still be in the queue
                 if self.fatal or self.ready:
                     continue
-                self.fatal = Fatal(
-                    3, f"the scheduler exited with code {sched.child.exitcode} while loading the model"
-                )
+                why = f"the scheduler exited with code {sched.exitcode} while loading the model"
+                self.fatal = Fatal(3, why)
             self.stop_flag.sleep(TICK_S)
         if self.fatal:
             log.error("%s", self.fatal.message)
@@ -504,14 +462,14 @@ class Daemon:
             if name not in self._rings:  # it failed to start: its retry below has the new settings
                 continue
             self._start_reader(cams[name])
-            if "detect_fps" in keys and self.scheduler:  # its tracker steps at the new rate
-                self.scheduler.control.put(AddCamera(name, self._rings[name].name, cams[name].detect_fps))
+            if "detect_fps" in keys:  # its tracker steps at the new rate
+                self.scheduler.send(AddCamera(name, self._rings[name].name, cams[name].detect_fps))
         self.failed = {k: v for k, v in self.failed.items() if k in cams}
         for cam in change.added:
             self._add_camera(cam)
         self._retry_failed(force=True)
-        if change.scheduler:
-            self._replace_scheduler()
+        if change.scheduler:  # a new model or batching; readers and rings stay as they are
+            self.scheduler.replace(SCHEDULER_STOP_S)
         if change.rules:
             if self.outbox is None and self._needs_outbox():
                 self._open_outbox_late()
@@ -565,8 +523,7 @@ class Daemon:
             log.warning("camera %s: started, its ring fits now", cam.name, extra=camera(cam.name))
             self.failed = {k: v for k, v in self.failed.items() if k != cam.name}
         self._start_reader(cam)
-        if self.scheduler:
-            self.scheduler.control.put(AddCamera(cam.name, ring.name, cam.detect_fps))
+        self.scheduler.send(AddCamera(cam.name, ring.name, cam.detect_fps))
         return True
 
     def _retry_failed(self, now: float | None = None, *, force: bool = False) -> None:
@@ -581,8 +538,7 @@ class Daemon:
 
     def _remove_camera(self, name: str) -> None:
         """Its reader is stopped already; tell the scheduler and MQTT, retire its ring."""
-        if self.scheduler:
-            self.scheduler.control.put(RemoveCamera(name))
+        self.scheduler.send(RemoveCamera(name))
         log.info("camera %s: removed, offline", name, extra=camera(name))
         self.mqtt.camera_status(name, False)
         self.mqtt.forget_camera(name)
@@ -591,18 +547,6 @@ class Daemon:
         self._rings = {k: v for k, v in self._rings.items() if k != name}
         if ring is not None:
             ring.retire()  # unlinked now, unmapped once no thread reads it (never during a copy)
-
-    def _replace_scheduler(self) -> None:
-        """A new scheduler for a new model or batching; readers and rings stay as they are."""
-        sched = self.scheduler
-        if sched is not None:
-            sched.child.stop(SCHEDULER_STOP_S)
-            self._drain_stats()
-            for ring in self._rings.values():
-                ring.owned.release_all()
-            base = self._totals[0].merged(sched.latest)
-            sched.child.close()
-            self._start_scheduler(base)
 
     # -- supervision ----------------------------------------------------------------
 
@@ -621,7 +565,7 @@ class Daemon:
         self._retry_failed(now)
         if self.discovery is not None:
             self.discovery.flush()  # what an unwritable outbox refused at the last update
-        self._drain_stats()
+        self.scheduler.drain()
         self._supervise_scheduler(now)
         if self.fatal:  # the model cannot be loaded (again): reloading forever would not help
             log.error("%s", self.fatal.message)
@@ -636,18 +580,13 @@ class Daemon:
         if self.ready:
             sampled = sum(int(rt.ring.header["head"]) for rt in self.cameras.values())
             self._summary.tick(now, sampled, self.scheduler_stats())
-        if self._on_tick:
-            self._on_tick(self)
+        if self._on_tick and self._on_tick(self):  # the demo's view: True when its time is up
+            self.stop_flag.set()
 
     def progressing(self, now: float) -> bool:
         """Is the scheduler looping (batching, or idle for want of frames) and not stuck?"""
-        sched = self.scheduler
-        return bool(
-            sched
-            and sched.child.alive
-            and sched.beat[BEAT_READY]
-            and now - sched.beat[BEAT_TIME] < self.limits.window_s
-        )
+        live = self.scheduler.liveness
+        return bool(self.scheduler.alive and live and live.progressing(now, self.limits.window_s))
 
     def outbox_problem(self) -> str | None:
         """Why events cannot be written to the outbox now (for /healthz and /metrics), or None."""
@@ -695,52 +634,17 @@ class Daemon:
             n.status(f"{online}/{len(self.cameras)} cameras online, {inferred} frames inferred")
 
     def _supervise_scheduler(self, now: float) -> None:
-        sched = self.scheduler
-        if sched is None:
-            return
-        beat, stall = sched.beat, self.limits.stall_s
-        batch_start = beat[BEAT_BATCH_START]
-        hung = beat[BEAT_READY] and (
-            (batch_start and now - batch_start > stall) or now - beat[BEAT_TIME] > stall
-        )
-        if hung:
-            log.error("scheduler made no progress for %.0fs: killing it", stall)
-            sched.child.stop(1.0)
-        if sched.child.alive:
-            return
-        code = sched.child.exitcode
-        if code in CANNOT_BOOT:
+        code = self.scheduler.supervise(now, self.limits)
+        if code is not None:  # it cannot load the model: final
             if not self.fatal:
                 self.stop_flag.sleep(0.5)  # its last words (a Fatal with the key) may still be queued
             self.fatal = self.fatal or Fatal(code, f"the scheduler exited with code {code} loading the model")
-            return
-        if not self._sched_budget.take():
-            return
-        log.error("scheduler exited (code %s): starting a new one", code)
-        for ring in self._rings.values():
-            ring.owned.release_all()  # its holds: the results they waited for will never come
-        self._drain_stats()
-        base = self._totals[0].merged(sched.latest)
-        sched.child.close()
-        self.scheduler_restarts += 1
-        self._start_scheduler(base)
 
     def _set_online(self, rt: CameraRuntime, online: bool, now: float) -> None:
         if rt.observe(online, now, announced=rt.name in self._announced):
             self._announced.add(rt.name)
             self.mqtt.camera_status(rt.name, online)
 
-    def _drain_stats(self) -> None:
-        sched = self.scheduler
-        if sched is None:
-            return
-        while True:
-            try:
-                sched.latest = sched.stats.get_nowait()
-            except (queue.Empty, EOFError, OSError, ValueError):
-                return
-
     def scheduler_stats(self) -> SchedulerStats:
         """Totals over every scheduler this daemon ran."""
-        base, sched = self._totals
-        return base.merged(sched.latest) if sched else base
+        return self.scheduler.totals()

@@ -1,23 +1,25 @@
-"""The daemon's scheduler totals across a scheduler restart: never twice, never backwards."""
+"""The scheduler's totals across a scheduler restart: never twice, never backwards."""
 
 from __future__ import annotations
 
 import queue
 import time
-import uuid
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
-
-from vistream import daemon as daemon_mod
-from vistream.config.models import Config
-from vistream.daemon import Daemon, SchedulerRuntime
+from vistream.ops.scheduler import SchedulerRuntime
 from vistream.ops.stats import CameraCounts, SchedulerStats
+from vistream.ops.supervise import Limits
 
 
-class DeadChild:
-    alive, exitcode, started_at = False, -9, 0.0
+class FakeChild:
+    def __init__(self, alive: bool, on_start: Any = None) -> None:
+        self.alive, self.exitcode, self.started_at = alive, None if alive else -9, 0.0
+        self._on_start = on_start
+
+    def start(self) -> None:
+        if self._on_start:
+            self._on_start()
 
     def stop(self, timeout: float) -> None:
         pass
@@ -26,42 +28,55 @@ class DeadChild:
         pass
 
 
-def test_scrapes_during_a_scheduler_swap_see_its_totals_exactly_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def spec(base: SchedulerStats) -> Any:
+    return SimpleNamespace(
+        results=queue.Queue(), stats=queue.Queue(), control=queue.Queue(), beat=[time.monotonic(), 0.0, 1.0],
+        start_seqs={"a": base.positions.get("a", 0)},
+    )  # fmt: skip
+
+
+def test_scrapes_during_a_scheduler_swap_see_its_totals_exactly_once() -> None:
     """1. A scheduler reported 10 inferred frames of `a`, accounted up to seq 12, then died.
-    2. The supervisor replaces it. Scrapes made while the new one is being set up (here: from
-       inside the new child's constructor and its start) see 10: never 20 (the totals both in
-       the base and in the runtime being replaced), never 0 (in neither).
-    3. The new scheduler is told to count from seq 12, where the old one left off."""
-    cfg = Config.model_validate(
-        {"mqtt": {"client_id": f"t{uuid.uuid4().hex[:6]}"}, "cameras": [{"name": "a", "url": "/dev/null"}]}
-    )
-    d = Daemon(cfg)
-    d.logs = None  # type: ignore[assignment]
-    d._rings = {"a": SimpleNamespace(name="ring-a", owned=SimpleNamespace(release_all=lambda: None))}  # type: ignore[dict-item]
+    2. The runtime replaces it. Scrapes made while the new one is being set up (here: while its
+       child and spec are made, and at its start) see 10: never 20 (the totals both in the base
+       and in the incarnation being replaced), never 0 (in neither).
+    3. The new scheduler is told to count from seq 12, where the old one left off; its holds on
+       the rings were dropped first."""
     scraped: list[int] = []
     specs: list[Any] = []
+    released: list[int] = []
 
     def scrape() -> None:
-        scraped.append(d.scheduler_stats().cameras["a"].inferred)
+        scraped.append(runtime.totals().cameras["a"].inferred)
 
-    class NewChild(DeadChild):
-        alive = True
-
-        def __init__(self, title: str, target: Any, args: tuple[Any, ...], *rest: Any) -> None:
-            specs.append(args[0])
+    def launch(base: SchedulerStats) -> Any:
+        if specs:  # the replacement
             scrape()
+            child = FakeChild(alive=True, on_start=scrape)
+        else:
+            child = FakeChild(alive=False)
+        specs.append(spec(base))
+        return child, specs[-1]
 
-        def start(self) -> None:
-            scrape()
-
-    monkeypatch.setattr(daemon_mod, "Child", NewChild)
-    old = SchedulerRuntime(DeadChild(), None, queue.Queue(), None, [time.monotonic(), 0.0, 1.0])  # type: ignore[arg-type]
-    old.latest = SchedulerStats(cameras={"a": CameraCounts(inferred=10)}, positions={"a": 12})
-    d._totals = (SchedulerStats(), old)
-    d.scheduler = old
+    runtime = SchedulerRuntime(launch, lambda: released.append(len(specs)))
+    runtime.start()
+    assert runtime.current is not None
+    runtime.current.latest = SchedulerStats(cameras={"a": CameraCounts(inferred=10)}, positions={"a": 12})
     scrape()
-    d._supervise_scheduler(time.monotonic())
+    assert runtime.supervise(time.monotonic(), Limits()) is None
     scrape()
-    assert d.scheduler is not old and d.scheduler_restarts == 1
+    assert runtime.restarts == 1 and runtime.alive
     assert scraped == [10, 10, 10, 10]
-    assert specs[0].start_seqs == {"a": 12}
+    assert specs[1].start_seqs == {"a": 12}
+    assert released == [1]
+
+
+def test_a_scheduler_that_cannot_load_the_model_is_final() -> None:
+    """A scheduler that exits 3 (the model cannot be loaded) is not started again: supervise says
+    so with the code, and the budget is left untouched."""
+    child = FakeChild(alive=False)
+    child.exitcode = 3
+    runtime = SchedulerRuntime(lambda base: (child, spec(base)))
+    runtime.start()
+    assert runtime.supervise(time.monotonic(), Limits()) == 3
+    assert runtime.restarts == 0

@@ -113,8 +113,8 @@ def test_a_refused_write_shows_in_metrics_and_health(tmp_path: Path) -> None:
     2. /metrics: vistream_outbox_unavailable 1, vistream_outbox_write_failures_total 1; /healthz
        names SQLite's reason, /livez does not (a restart frees no disk).
     3. A write succeeds again: unavailable 0, the failure stays counted, /healthz is ok."""
-    from vistream.ops.http import health
     from vistream.ops.metrics import _alert_metrics
+    from vistream.ops.status import health
 
     box = Outbox(tmp_path / FILENAME)
     d = SimpleNamespace(

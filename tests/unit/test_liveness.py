@@ -19,6 +19,7 @@ from vistream.daemon import Daemon
 from vistream.ops import logs as logs_mod
 from vistream.ops.logs import LogHub, PipeHandler
 from vistream.ops.process import SPAWN
+from vistream.ops.scheduler import Liveness
 from vistream.ops.supervise import Limits
 from vistream.ops.systemd import Notifier
 from vistream.outputs.results import ResultPump
@@ -59,9 +60,11 @@ def test_scheduler_flush_gives_up_on_a_pipe_nobody_reads() -> None:
 
 
 class FakeScheduler:
+    """A scheduler that loops: alive, its heartbeat fresh."""
+
     def __init__(self) -> None:
-        self.child = SimpleNamespace(alive=True)
-        self.beat = [time.monotonic(), 0.0, 1.0]
+        self.alive = True
+        self.liveness = Liveness([time.monotonic(), 0.0, 1.0])
 
 
 @pytest.fixture

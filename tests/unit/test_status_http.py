@@ -18,9 +18,10 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from support.rings import temp_ring
 
 from vistream.config.models import CameraConfig
-from vistream.ops.http import HttpServer, Rates, bind, build_app, draw_shapes, health
+from vistream.ops.http import HttpServer, Rates, bind, build_app, draw_shapes
+from vistream.ops.scheduler import Liveness
 from vistream.ops.stats import SchedulerStats
-from vistream.ops.status import CameraStatus
+from vistream.ops.status import CameraStatus, health
 from vistream.ops.supervise import Limits
 from vistream.outputs.results import KEEP_S, ResultPump
 from vistream.outputs.snapshot import COLOURS
@@ -128,7 +129,7 @@ def fake_daemon(now: float, **changes: Any) -> Any:
         stop_flag=False,
         ready=SimpleNamespace(device="cpu", half=False, backend="openvino", precision="fp32"),
         limits=Limits(stall_s=4.0, window_s=2.0, ping_s=4.0),
-        scheduler=SimpleNamespace(child=Part(), beat=beat),
+        scheduler=SimpleNamespace(alive=True, liveness=Liveness(beat)),
         pump=Part(beat=now),
         logs=Part(beat=now),
         backend_down="",
@@ -147,7 +148,7 @@ def fake_daemon(now: float, **changes: Any) -> Any:
     def flowing(t: float) -> bool:
         sched = d.scheduler
         return bool(
-            sched and sched.child.alive and beat[BEAT_READY] and t - beat[BEAT_TIME] < 2.0
+            sched.alive and beat[BEAT_READY] and t - beat[BEAT_TIME] < 2.0
             and all(p.alive and t - p.beat < 2.0 for p in (d.pump, d.logs))
         )  # fmt: skip
 
@@ -164,7 +165,8 @@ NOW = 1000.0
         ({}, None),
         ({"stop_flag": True}, "stopping"),
         ({"ready": None}, "starting: the model is not loaded yet"),
-        ({"scheduler": None}, "the scheduler is not running (it is being restarted)"),
+        ({"scheduler": SimpleNamespace(alive=False, liveness=None)},
+         "the scheduler is not running (it is being restarted)"),
         ({"beat_ready": 0.0}, "the scheduler is loading the model"),
         ({"beat_time": NOW - 3, "beat_batch": NOW - 3},
          "the scheduler has been stuck in one batch for 3.0s (limit 2s)"),

@@ -11,6 +11,7 @@ import pytest
 
 from vistream.config.models import Config
 from vistream.daemon import Daemon
+from vistream.ops.scheduler import SchedulerRuntime
 from vistream.ops.supervise import Limits, RestartBudget
 from vistream.ops.systemd import Notifier
 
@@ -114,8 +115,21 @@ def test_daemon_kills_a_hung_scheduler_before_the_unit_watchdog(monkeypatch: pyt
     d = Daemon(cfg)
     now = time.monotonic()
     stopped: list[float] = []
-    child = SimpleNamespace(alive=True, exitcode=None, stop=stopped.append)
-    d.scheduler = SimpleNamespace(child=child, beat=[now, now - 20, 1.0])  # type: ignore[assignment]
-    d._supervise_scheduler(now)
+
+    class Hung:
+        alive, exitcode = True, None
+
+        def start(self) -> None:
+            pass
+
+        def stop(self, timeout: float) -> None:
+            stopped.append(timeout)
+
+    beat = [now, now - 20, 1.0]
+    runtime = SchedulerRuntime(
+        lambda base: (Hung(), SimpleNamespace(results=None, stats=None, control=None, beat=beat))
+    )  # type: ignore[arg-type, return-value]
+    runtime.start()
+    runtime.supervise(now, d.limits)
     assert stopped, "the hung scheduler was not killed"
     assert d.limits.stall_s == 15.0

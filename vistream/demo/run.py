@@ -16,15 +16,16 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vistream.config.models import Config
-from vistream.daemon import Daemon
 from vistream.demo.broker import EmbeddedBroker
 from vistream.demo.footage import default_cache_dir, ensure_clips, scene
 from vistream.demo.table import CameraRow, LiveTable, RecentEvents, render
 from vistream.detector.ultralytics import ultralytics_import
+from vistream.ops.status import StatusSource
 
 CAMERA_NAMES = (
     "bus_pan",
@@ -106,7 +107,8 @@ class DemoView:
         # Recent (time, decoded, inferred) samples per camera: rates over a few seconds, not one tick.
         self._history: dict[str, deque[tuple[float, int, int]]] = {}
 
-    def tick(self, daemon: Daemon) -> None:
+    def tick(self, daemon: StatusSource) -> bool:
+        """Draw the table; True once the demo's time is up (the daemon stops)."""
         now = time.monotonic()
         elapsed = now - self.started
         last = self.seconds is not None and elapsed >= self.seconds
@@ -115,9 +117,9 @@ class DemoView:
         events, counters, recent = daemon.alerts.figures()
         has_lines = {cam.name for cam in daemon.cfg.enabled_cameras if cam.lines}
         rows = []
-        for name, rt in daemon.cameras.items():
-            counts = stats.cameras.get(name)
-            decoded = int(rt.ring.header["frames_decoded"])
+        for cam in daemon.camera_status():
+            name, counts = cam.name, stats.cameras.get(cam.name)
+            decoded = cam.field("frames_decoded")
             inferred = counts.inferred if counts else 0
             history = self._history.setdefault(name, deque([(self.started, 0, 0)]))
             history.append((now, decoded, inferred))
@@ -128,7 +130,7 @@ class DemoView:
             rows.append(
                 CameraRow(
                     name=name,
-                    online=rt.online,
+                    online=cam.online,
                     fps_in=(decoded - d0) / span,
                     fps_inferred=(inferred - i0) / span,
                     dropped_stale=counts.stale if counts else 0,
@@ -147,8 +149,7 @@ class DemoView:
         shown = self.recent.update(recent)
         text = render(rows, elapsed_s=elapsed, broker=self.broker, totals=totals, recent=shown)
         self.table.update(text, force=last)
-        if last:
-            daemon.stop_flag.set()
+        return last
 
 
 def _crossings(counters: dict[tuple[str, str, str], int], camera: str, direction: str) -> int:
@@ -157,8 +158,16 @@ def _crossings(counters: dict[tuple[str, str, str], int], camera: str, direction
 
 
 def run_demo(
-    *, model: str | None, cameras: int, seconds: float | None, port: int = 1883, device: str = "auto"
+    run_daemon: Callable[[Config, Callable[[StatusSource], bool]], int],
+    *,
+    model: str | None,
+    cameras: int,
+    seconds: float | None,
+    port: int = 1883,
+    device: str = "auto",
 ) -> int:
+    """`run_daemon(config, on_tick)`: the daemon, run until `on_tick` says the time is up (the CLI
+    passes the real one; this package does not import it: the view sees a StatusSource)."""
     weights = fetch_model(model)
     if weights is None:
         what = f"model file {model!r} not found" if model else f"cannot download {DEFAULT_MODEL} (offline?)"
@@ -181,5 +190,4 @@ def run_demo(
             flush=True,
         )
         view = DemoView(f"127.0.0.1:{bound}", seconds)
-        daemon = Daemon(demo_config(weights, clips, bound, device, Path(state)), on_tick=view.tick)
-        return daemon.run()
+        return run_daemon(demo_config(weights, clips, bound, device, Path(state)), view.tick)

@@ -28,7 +28,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,13 +44,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vistream.config.models import CameraConfig
 from vistream.config.secrets import redact_url
 from vistream.ops.stats import DROP_REASONS
+from vistream.ops.status import StatusSource, health
 from vistream.outputs.results import LatestFrame
 from vistream.outputs.snapshot import box_label, read_snapshot, render_snapshot
 from vistream.ring.shm import FrameRing
-from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME
-
-if TYPE_CHECKING:
-    from vistream.daemon import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -61,49 +58,6 @@ RECENT_EVENTS = 20
 STOP_S = 2.0
 ZONE_COLOUR = (255, 255, 255)  # BGR
 LINE_COLOUR = (255, 0, 255)
-
-
-def health(d: Daemon, now: float, *, remote: bool = True) -> str | None:
-    """None when the model is loaded and results flow (the watchdog's verdict), a remote model
-    answers and the event outbox can be written (these two unless `remote` is false: `/livez`);
-    else why not, one line.
-
-    "Flow" is what feeds systemd's watchdog: the scheduler looped (a batch, or idle for want of
-    frames) within the daemon's progress window (at most the watchdog period, see Limits) and the
-    result pump and log hub turn.
-    """
-    if d.stop_flag:
-        return "stopping"
-    if d.ready is None:
-        return "starting: the model is not loaded yet"
-    if d.flowing(now):
-        # Everything here turns, but a remote model (Triton) is down: frames are dropped (reason
-        # `backend`) until it answers again. Not a reason to starve the watchdog: a restart of
-        # this daemon would not bring the server back.
-        down = remote and d.scheduler_stats().backend_down
-        if down:
-            return f"the model backend is unavailable: {down}"
-        # Events cannot be written (a locked, read-only or full database): nor would a restart help.
-        problem = remote and d.outbox_problem()
-        return f"the event outbox cannot be written: {problem}" if problem else None
-    window = d.limits.window_s
-    sched = d.scheduler
-    if sched is None or not sched.child.alive:
-        return "the scheduler is not running (it is being restarted)"
-    if not sched.beat[BEAT_READY]:
-        return "the scheduler is loading the model"
-    batch = sched.beat[BEAT_BATCH_START]
-    if batch and now - batch >= window:
-        return f"the scheduler has been stuck in one batch for {now - batch:.1f}s (limit {window:g}s)"
-    idle = now - sched.beat[BEAT_TIME]
-    if idle >= window:
-        return f"the scheduler made no progress for {idle:.1f}s (limit {window:g}s)"
-    for name, part in (("result pump", d.pump), ("log hub", d.logs)):
-        if not part.alive:
-            return f"the {name} thread is dead"
-        if now - part.beat >= window:
-            return f"the {name} thread made no progress for {now - part.beat:.1f}s (limit {window:g}s)"
-    return None  # it turned again between flowing() and the checks above
 
 
 class Rates:
@@ -134,7 +88,7 @@ class Rates:
         return round(max(0, d1 - d0) / span, 2), round(max(0, i1 - i0) / span, 2)
 
 
-def counts(d: Daemon) -> dict[str, tuple[int, int]]:
+def counts(d: StatusSource) -> dict[str, tuple[int, int]]:
     stats = d.scheduler_stats()
     out = {}
     for cam in d.camera_status():
@@ -143,7 +97,7 @@ def counts(d: Daemon) -> dict[str, tuple[int, int]]:
     return out
 
 
-def camera_list(d: Daemon, rates: Rates, now: float) -> list[dict[str, Any]]:
+def camera_list(d: StatusSource, rates: Rates, now: float) -> list[dict[str, Any]]:
     """What /api/cameras answers: one object per camera, in config order; URLs redacted."""
     stats = d.scheduler_stats()
     out = []
@@ -185,7 +139,7 @@ def _frame(latest: LatestFrame | None) -> dict[str, Any] | None:
     }
 
 
-def status(d: Daemon, now: float) -> dict[str, Any]:
+def status(d: StatusSource, now: float) -> dict[str, Any]:
     reason = health(d, now)
     ready = d.ready
     cameras = d.camera_status()
@@ -254,7 +208,7 @@ class Pictures:
     result pump holds, and kept, so that a camera whose frame has left the ring (a hold expires
     after 5 s) still shows its last picture."""
 
-    def __init__(self, d: Daemon) -> None:
+    def __init__(self, d: StatusSource) -> None:
         self.d = d
         self._jpegs: dict[str, tuple[int, bytes]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -286,7 +240,9 @@ class _AsgiEndpoint:
         await self.app(scope, receive, send)
 
 
-def build_app(d: Daemon, metrics_app: ASGIApp, clock: Callable[[], float] = time.monotonic) -> Starlette:
+def build_app(
+    d: StatusSource, metrics_app: ASGIApp, clock: Callable[[], float] = time.monotonic
+) -> Starlette:
     rates, pictures = Rates(), Pictures(d)
 
     async def sample_rates() -> None:
@@ -405,7 +361,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(d: Daemon, host: str, port: int, metrics_app: ASGIApp) -> HttpServer:
+def serve(d: StatusSource, host: str, port: int, metrics_app: ASGIApp) -> HttpServer:
     """Bind, then serve in a thread; returns the server (`.port`, `.stop()`)."""
     server = HttpServer(build_app(d, metrics_app), bind(host, port))
     server.start()

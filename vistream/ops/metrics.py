@@ -19,9 +19,8 @@ from vistream.ops.stats import DROP_REASONS, Buckets
 from vistream.outputs.writer import DROP_REASONS as DROP_REASONS_WRITER
 
 if TYPE_CHECKING:
-    from vistream.daemon import Daemon
     from vistream.ops.http import HttpServer
-    from vistream.ops.status import CameraStatus
+    from vistream.ops.status import CameraStatus, StatusSource
 
 
 def _histogram(name: str, doc: str, b: Buckets) -> HistogramMetricFamily:
@@ -29,7 +28,7 @@ def _histogram(name: str, doc: str, b: Buckets) -> HistogramMetricFamily:
 
 
 class DaemonCollector(Collector):
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: StatusSource) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[Metric]:
@@ -147,7 +146,7 @@ class DaemonCollector(Collector):
             "vistream_results_abandoned",
             "Frame results left unread in the queue of a scheduler that was replaced.",
         )
-        abandoned.add_metric([], d.results_abandoned)
+        abandoned.add_metric([], d.scheduler.results_abandoned)
         yield abandoned
         errors = CounterMetricFamily("vistream_inference_errors", "Inference calls that raised.")
         errors.add_metric([], stats.inference_errors)
@@ -158,7 +157,7 @@ class DaemonCollector(Collector):
             "Child processes restarted after dying or hanging, and threads of the daemon found dead.",
             labels=["process"],
         )
-        restarts.add_metric(["scheduler"], d.scheduler_restarts)
+        restarts.add_metric(["scheduler"], d.scheduler.restarts)
         for cam in cameras:
             restarts.add_metric([f"reader/{cam.name}"], cam.restarts)
         for name, n in d.thread_restarts.items():
@@ -178,7 +177,7 @@ class DaemonCollector(Collector):
         yield from _alert_metrics(d, cameras)
 
 
-def _alert_metrics(d: Daemon, cameras: list[CameraStatus]) -> Iterator[Metric]:
+def _alert_metrics(d: StatusSource, cameras: list[CameraStatus]) -> Iterator[Metric]:
     """Events, the outbox, snapshots and frame holds."""
     started, _, _ = d.alerts.figures()
     events = CounterMetricFamily(
@@ -253,7 +252,7 @@ def _alert_metrics(d: Daemon, cameras: list[CameraStatus]) -> Iterator[Metric]:
     yield holds
 
 
-def serve_metrics(daemon: Daemon, host: str, port: int) -> HttpServer:
+def serve_metrics(daemon: StatusSource, host: str, port: int) -> HttpServer:
     """Serve /metrics, with the rest of the daemon's HTTP (vistream.ops.http), from a thread.
 
     Returns the server (`.port`, `.stop()`); OSError when it cannot listen on host:port."""
