@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import queue
 import signal
 import sqlite3
 import ssl
@@ -106,6 +107,7 @@ class Daemon:
         self.thread_restarts = {"results": 0, "log-hub": 0}  # threads of this process found dead
         self._thread_budgets = {name: RestartBudget() for name in self.thread_restarts}
         self._wake = SPAWN.Semaphore(0)
+        self._control: queue.SimpleQueue[tuple[Any, list[str], int]] = queue.SimpleQueue()  # pump -> main
         self._on_tick = on_tick
         self._stack = ExitStack()
         self._announced: set[str] = set()  # cameras whose status MQTT has been told
@@ -328,17 +330,33 @@ class Daemon:
         self._stack.callback(server.stop)
 
     def _on_control(self, msg: Any) -> None:
+        """The result thread read a scheduler's Ready or Fatal: it binds what is its own (the event
+        engine, the pump's class names) and posts the rest to the main thread, the one writer of
+        `ready` and `fatal` (`_drain_control`)."""
+        problems: list[str] = []
+        read = 0
         if isinstance(msg, Ready):
             problems = self.alerts.bind(msg.names)
-            if problems:  # rule labels the loaded model does not have: the config must change
-                self.fatal = Fatal(2, "\n".join(problems))
-                return
-            self.pump.names = msg.names
-            self.ready = msg
+            if not problems:
+                self.pump.names = msg.names
+            # What the pump has handled so far: done with the old queues, nothing read from the new.
             _, published, _ = self.pump.snapshot()
-            self.scheduler.count_abandoned(sum(published.values()) + self.mqtt.dropped.get("detections", 0))
-        elif isinstance(msg, Fatal):
-            self.fatal = msg
+            read = sum(published.values()) + self.mqtt.dropped.get("detections", 0)
+        self._control.put((msg, problems, read))
+
+    def _drain_control(self) -> None:
+        while True:
+            try:
+                msg, problems, read = self._control.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(msg, Fatal):
+                self.fatal = msg
+            elif problems:  # rule labels the loaded model does not have: the config must change
+                self.fatal = Fatal(2, "\n".join(problems))
+            elif isinstance(msg, Ready):
+                self.ready = msg
+                self.scheduler.count_abandoned(read)
 
     def _init_scheduler(self) -> None:
         self._stack.callback(self.scheduler.stop, SCHEDULER_STOP_S)
@@ -391,16 +409,17 @@ class Daemon:
         stop_all([rt.child for rt in self.cameras.values()], READER_STOP_S)
 
     def _wait_ready(self) -> None:
-        while not self.ready and not self.stop_flag:
-            if self.fatal:
+        while not self.stop_flag:
+            self._drain_control()
+            if self.ready or self.fatal:
                 break
             sched = self.scheduler
-            if sched.current and not sched.alive and not self.fatal:
+            if sched.current and not sched.alive:
                 self.stop_flag.sleep(0.5)  # its last words may still be in the queue
-                if self.fatal or self.ready:
-                    continue
+                self._drain_control()
                 why = f"the scheduler exited with code {sched.exitcode} while loading the model"
-                self.fatal = Fatal(3, why)
+                self.fatal = self.fatal or (None if self.ready else Fatal(3, why))
+                break
             self.stop_flag.sleep(TICK_S)
         if self.fatal:
             log.error("%s", self.fatal.message)
@@ -494,7 +513,7 @@ class Daemon:
             log.warning("reload: the event outbox is open now")
             self._outbox_late = None
         assert self.outbox is not None
-        self.alerts.outbox = self.outbox
+        self.alerts.reconfigure(self.cfg, self.outbox)
         self.delivery = Delivery(self.outbox, self.mqtt)
         self.delivery.start()  # stopped and closed where a delivery from the start would be
 
@@ -558,6 +577,7 @@ class Daemon:
 
     def tick(self) -> None:
         now = time.monotonic()
+        self._drain_control()
         if self._hup:
             self._hup = False
             self.reload()
@@ -638,6 +658,7 @@ class Daemon:
         if code is not None:  # it cannot load the model: final
             if not self.fatal:
                 self.stop_flag.sleep(0.5)  # its last words (a Fatal with the key) may still be queued
+                self._drain_control()
             self.fatal = self.fatal or Fatal(code, f"the scheduler exited with code {code} loading the model")
 
     def _set_online(self, rt: CameraRuntime, online: bool, now: float) -> None:

@@ -325,8 +325,7 @@ def test_an_outbox_opened_late_by_a_reload_ends_the_previous_runs_open_events(tm
     second.process(frame(1, None))
     outbox = Outbox(path)
     last = rows(outbox)[-1].id
-    second.outbox = outbox
-    second.reconfigure(config())
+    second.reconfigure(config(), outbox)
     second.process(frame(2, None))
     assert second.flush()
     new = [r for r in rows(outbox) if r.id > last]

@@ -9,6 +9,15 @@ from vistream.config.models import Config
 from vistream.daemon import Daemon
 
 
+class FakeAlerts:
+    """What a late outbox is handed to: the result thread's Alerts, through `reconfigure`."""
+
+    outbox = None
+
+    def reconfigure(self, cfg: object, outbox: object = None) -> None:
+        self.outbox = outbox or self.outbox
+
+
 def config(state_dir: Path, alerts: list[dict]) -> Config:
     cams = [{"name": "a", "url": "rtsp://h/a", "lines": {"mid": [[0, 0.5], [1, 0.5]]} if alerts else {}}]
     return Config.model_validate({"state_dir": str(state_dir), "cameras": cams, "alerts": alerts})
@@ -26,7 +35,7 @@ def test_an_outbox_opened_by_a_reload_closes_in_the_stop_order(tmp_path: Path) -
     seen: list[int] = []
     d._stack.callback(lambda: seen.append(d.outbox.add("a", "t", b"x") if d.outbox else -1))
     d.cfg = config(tmp_path, [{"name": "r", "line": "mid"}])
-    d.alerts = SimpleNamespace(outbox=None)  # type: ignore[assignment]
+    d.alerts = FakeAlerts()  # type: ignore[assignment]
     d.mqtt = SimpleNamespace(  # type: ignore[assignment]
         client=SimpleNamespace(is_connected=lambda: False), add_listener=lambda listener: None
     )

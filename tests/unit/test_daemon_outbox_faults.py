@@ -18,6 +18,15 @@ from vistream.outputs import outbox as ob
 from vistream.outputs.outbox import FILENAME, Outbox
 
 
+class FakeAlerts:
+    """What a late outbox is handed to: the result thread's Alerts, through `reconfigure`."""
+
+    outbox = None
+
+    def reconfigure(self, cfg: object, outbox: object = None) -> None:
+        self.outbox = outbox or self.outbox
+
+
 def config(state_dir: Path, alerts: list[dict]) -> Config:
     cams = [{"name": "a", "url": "rtsp://h/a", "lines": {"mid": [[0, 0.5], [1, 0.5]]} if alerts else {}}]
     return Config.model_validate({"state_dir": str(state_dir), "cameras": cams, "alerts": alerts})
@@ -84,7 +93,7 @@ def test_a_reload_keeps_trying_to_open_a_locked_outbox(
     d = Daemon(config(tmp_path, []))
     d._init_outbox()
     d.cfg = config(tmp_path, [{"name": "r", "line": "mid"}])
-    d.alerts = SimpleNamespace(outbox=None)  # type: ignore[assignment]
+    d.alerts = FakeAlerts()  # type: ignore[assignment]
     d.mqtt = SimpleNamespace(  # type: ignore[assignment]
         client=SimpleNamespace(is_connected=lambda: False), add_listener=lambda listener: None
     )

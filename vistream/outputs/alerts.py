@@ -69,9 +69,9 @@ class Alerts:
     """Tracks and evaluates rules on every result (the event engine), queues what that causes.
 
     One per daemon. `bind(names)` once the model is loaded (the engine needs its class names);
-    then `process` and `tick` are called from the result thread only. `outbox` may be set later
-    from another thread (a reload that brings the first rules): the result thread takes it up
-    before its next frame. `stop()` writes what is still queued.
+    then `process` and `tick` are called from the result thread only. `reconfigure` (another
+    thread: a reload) hands over a new config and an outbox opened late (the first rules): the
+    result thread takes them up before its next frame. `stop()` writes what is still queued.
     """
 
     def __init__(
@@ -104,12 +104,6 @@ class Alerts:
     @property
     def outbox(self) -> Outbox | None:
         return self._outbox
-
-    @outbox.setter
-    def outbox(self, outbox: Outbox) -> None:
-        """An outbox opened late (by a reload); the result thread starts writing to it (`_attach`)."""
-        with self._lock:
-            self._outbox = outbox
 
     def _attach(self) -> bool:
         """Start writing to the outbox if it is new; True if it is (result thread)."""
@@ -158,11 +152,13 @@ class Alerts:
             self.engine.names = names
         return []
 
-    def reconfigure(self, cfg: Config) -> None:
-        """Take a reloaded config; the result thread applies it before its next frame (the engine
-        is that thread's alone)."""
+    def reconfigure(self, cfg: Config, outbox: Outbox | None = None) -> None:
+        """Take a reloaded config, and an outbox opened late (by a reload: the first rules); the
+        result thread applies them before its next frame (the engine and writer are its alone)."""
         with self._lock:
             self._new_cfg = cfg
+            if outbox is not None:
+                self._outbox = outbox
 
     def _apply_reload(self) -> None:
         with self._lock:
