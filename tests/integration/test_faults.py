@@ -584,7 +584,10 @@ def test_sigkill_at_random_moments(
     counters = [f"{prefix}/crowd/midline/{d}/count" for d in ("in", "out")]
     boots: list[float] = []
     orphans = counters_back = 0
-    with Subscriber(mosquitto.host, mosquitto.port, f"{prefix}/#") as sub:
+    # A persistent session: should the subscriber itself lose its connection, it misses nothing.
+    with Subscriber(
+        mosquitto.host, mosquitto.port, f"{prefix}/#", client_id=f"{prefix}-sub", clean_session=False
+    ) as sub:
         previous: dict[str, int] = {}
         for cycle in range(kills):
             delay = random.Random(cycle).uniform(1.0, 6.0)
@@ -609,6 +612,7 @@ def test_sigkill_at_random_moments(
                 wait_until(lambda: owed <= audit(sub.messages, topic).ended(), 60, "the owed ends")
             result = audit(sub.messages, topic)
             exit_code = daemon.terminate()[0]
+        subscriber_dropped = sub._offline.is_set()  # the broker lost the subscriber at some point
     never_ended = owed - result.ended()
     restart_ends = sum(
         1 for m in sub.messages if m.topic == topic and b'"reason":"restart"' in m.payload and not m.retain
@@ -627,6 +631,7 @@ def test_sigkill_at_random_moments(
         "stored_counter_went_back": counters_back,
         "published_counter_fell_back": back,
         "children_outliving_the_kill": orphans,
+        "subscriber_dropped": subscriber_dropped,
     }
     record("sigkill", figures)
     wrong = result.invented | result.out_of_order
