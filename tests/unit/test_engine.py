@@ -331,3 +331,45 @@ def test_memory_stays_flat_after_100000_one_frame_tracks() -> None:
     assert len(cam.lines["gate"]) <= 1.5 * 10 * 10 + 1  # 1.5 x FORGET_AFTER_S at 10 tracks a second
     assert all(n <= 20 for n in per_track[1:])
     assert grown < 100_000
+
+
+def glitching(x: float, glitch_x: float, y: float = 800.0) -> list[tuple[float, float]]:
+    """A person standing at (x, y) whose detection's bottom-centre jumps to `glitch_x` for one frame
+    in every seven (the box flickers wider on one side: an arm, a bag, a passer-by's legs), 4 times."""
+    return ([(x, y)] * 6 + [(glitch_x, y)]) * 4 + [(x, y)] * 3
+
+
+def test_a_track_is_placed_by_its_kalman_box_not_by_the_jitter_of_its_detections() -> None:
+    """1. The engine tracks `front` itself. A person stands 30 px right of the gate (x = 990); four
+       times their detection's bottom-centre jumps 40 px left for one frame, across the gate.
+    2. No crossing is counted and no line event starts: the track's box (ByteTrack's Kalman estimate
+       after each match, what Ultralytics' `model.track` reports) only moves ~27 px to the left.
+       By the detections' boxes it would be 4 crossings in and 4 out.
+    3. What is reported is the detection's box, what the model found; the track's box is beside it."""
+    eng = engine()
+    outcomes = feed(eng, "front", [[person_at(x, y)] for x, y in glitching(990, 950)])
+    assert [c for out in outcomes for c in out.counters] == []
+    assert [ev for out in outcomes for ev in out.events if ev.rule == "gate_crossing"] == []
+    assert eng.counters[("front", "gate", "in")] == eng.counters[("front", "gate", "out")] == 0
+    glitch = outcomes[6].objects[0]
+    assert glitch.box == person_at(950, 800)[2:] and glitch.payload()["box"] == list(glitch.box)
+    assert glitch.track_box is not None and 960 < (glitch.track_box[0] + glitch.track_box[2]) / 2 < 970
+
+
+def test_the_scheduler_s_track_boxes_place_objects_in_zones_and_on_lines() -> None:
+    """1. Track 1, tracked in the scheduler, stands right of the gate just above the driveway by its
+       track boxes; its detections' boxes are left of the gate and inside the driveway.
+    2. No crossing and no zone event: the engine places it by the track boxes.
+    3. Its track box moves left across the gate: one crossing `in`."""
+    eng = engine()
+
+    def frame(t: float, track_x: float) -> FrameResult:
+        det = person_at(900, 600)  # left of the gate (x 960), in the driveway (y >= 540)
+        place = person_at(track_x, 500)[2:]
+        return FrameResult(
+            "front", round(t * 10), WALL0 + t, t, W, H, [det], track_ids=(1,), tracker=1, track_boxes=(place,)
+        )
+
+    outs = [eng.process(frame(i / 10, 1000)) for i in range(20)]
+    assert [c for out in outs for c in out.counters] == [] and [ev for out in outs for ev in out.events] == []
+    assert eng.process(frame(2.0, 940)).counters == [("front", "gate", "in", 1)]

@@ -149,7 +149,14 @@ class ModelConfig(Section):
         "camera's frame (384x640 for 16:9 cameras at 640, 480x640 for 4:3 or a mix of both), refitted "
         "when cameras come, go or change resolution. [height, width] is an explicit batch shape.",
     )
-    conf: float = Field(default=0.25, gt=0, le=1, description="Minimum confidence of a detection.")
+    conf: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="Minimum confidence of a reported detection. The tracker sees weaker boxes too (down "
+        "to 0.1, ByteTrack's low threshold): one under `conf` is reported only where it continues a "
+        "confirmed track, and a new track starts only from a box at `conf` or above.",
+    )
     iou: float = Field(default=0.45, gt=0, le=1, description="IoU threshold of non-maximum suppression.")
     classes: list[str | int] | None = Field(
         default=None,

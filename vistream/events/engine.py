@@ -6,6 +6,10 @@ that applies there. It is pure apart from the tracker: clocks come from the fram
 for durations, `captured_at` for payloads) and from the caller (`tick`, with `time.monotonic()`,
 the clock `captured_mono` is taken on). Not thread-safe: call `process` and `tick` from one thread.
 
+A tracked object is placed (in zones, relative to lines) by its track's box, the Kalman estimate
+ByteTrack has after matching the detection (`TrackedObject.place`); what is published is the
+detection's own box.
+
 Line counters `{camera}/{line}/{direction}` count every crossing, in and out, by a tracked object
 whose label matches a rule on that line (the union of their labels; any label when one of them
 names none or no rule uses the line). They start from the values given at construction (restored
@@ -14,7 +18,7 @@ from the state directory), so a counter never goes back to 0 because the daemon 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +32,23 @@ CounterKey = tuple[str, str, str]  # camera, line, direction
 
 @dataclass(frozen=True)
 class TrackedObject:
-    """One detection of a frame with the id of its track (None while no confirmed track holds it)."""
+    """One detection of a frame with the id of its track (None while no confirmed track holds it).
+
+    `box` is the detection's, what the model found (the payload and snapshots show it);
+    `track_box` its track's Kalman estimate after the match, when the tracker gave one: zones and
+    lines place the object by that (`place`), it does not jitter with every detection."""
 
     label: str
     class_id: int
     confidence: float
     box: Box
     track_id: int | None
+    track_box: Box | None = None
+
+    @property
+    def place(self) -> Box:
+        """The box that says where the object is: its track's, else its own."""
+        return self.track_box if self.track_box is not None else self.box
 
     def payload(self) -> dict[str, Any]:
         """The object as the detections payload shows it."""
@@ -82,6 +96,16 @@ def _snapshot(ev: Event) -> SnapshotRequest:
     return SnapshotRequest(ev.camera, ev.rule, ev.seq, ev.id, ev.box, ev.label, ev.max_confidence)
 
 
+@dataclass(frozen=True)
+class _Tracks:
+    """What tracking made of one frame's detections (see `_Camera.track`)."""
+
+    ids: list[int | None]
+    boxes: list[Box | None]
+    removed: list[int]
+    generation: int
+
+
 class _Camera:
     """One camera's tracker, geometry and rules."""
 
@@ -96,18 +120,19 @@ class _Camera:
         self.machines = machines
         self.config = cam
 
-    def track(self, frame: FrameResult) -> tuple[list[int | None], list[int], int]:
-        """Track ids of the frame's detections, the tracks given up and the generation of the
-        tracker that numbered them: the scheduler's when it tracked the frame, else this camera's
-        own tracker's (Ultralytics' ByteTrack, imported only then: it brings torch along)."""
+    def track(self, frame: FrameResult) -> _Tracks:
+        """Track ids and boxes of the frame's detections, the tracks given up and the generation
+        of the tracker that numbered them: the scheduler's when it tracked the frame, else this
+        camera's own tracker's (Ultralytics' ByteTrack, imported only then: it brings torch along)."""
         if frame.track_ids is not None:
-            return list(frame.track_ids), list(frame.removed_tracks), frame.tracker
+            boxes = frame.track_boxes or (None,) * len(frame.detections)
+            return _Tracks(list(frame.track_ids), list(boxes), list(frame.removed_tracks), frame.tracker)
         if self.tracker is None:
             from vistream.events.tracking import CameraTracker
 
             self.tracker = CameraTracker(self.config.detect_fps)
         ids = self.tracker.update(frame.detections, frame.captured_mono)
-        return ids, self.tracker.removed, self.tracker.generation
+        return _Tracks(ids, list(self.tracker.boxes), self.tracker.removed, self.tracker.generation)
 
     def take_over(self, old: _Camera) -> None:
         """Keep the tracker, line states and rule machines of the same camera that did not change."""
@@ -198,15 +223,17 @@ class EventEngine:
         """Track the frame's detections and run the camera's rules on them."""
         cam = self._cameras.get(frame.camera)
         if cam is None:  # not an enabled camera of this config: objects without tracks, nothing else
-            return FrameOutcome(objects=self._objects(frame, [None] * len(frame.detections)))
-        track_ids, removed, generation = cam.track(frame)
-        out = FrameOutcome(objects=self._objects(frame, track_ids), tracker=generation)
+            untracked = [None] * len(frame.detections)
+            return FrameOutcome(objects=self._objects(frame, untracked, untracked))
+        tracks = cam.track(frame)
+        generation = tracks.generation
+        out = FrameOutcome(objects=self._objects(frame, tracks.ids, tracks.boxes), tracker=generation)
         points = {
-            i: anchor(o.box, frame.width, frame.height)
+            i: anchor(o.place, frame.width, frame.height)
             for i, o in enumerate(out.objects)
             if o.track_id is not None
         }
-        gone = [(generation, track_id) for track_id in removed]
+        gone = [(generation, track_id) for track_id in tracks.removed]
         crossings = self._cross(cam, out, points, gone, (generation, frame.captured_mono))
         clock = Clock(frame.seq, frame.captured_at, frame.captured_mono)
         for machine in cam.machines:
@@ -224,10 +251,14 @@ class EventEngine:
                 out.add_events(machine, machine.tick(now_mono), was_active)
         return out
 
-    def _objects(self, frame: FrameResult, track_ids: list[int | None]) -> list[TrackedObject]:
+    def _objects(
+        self, frame: FrameResult, track_ids: Sequence[int | None], track_boxes: Sequence[Box | None]
+    ) -> list[TrackedObject]:
         return [
-            TrackedObject(self.names.get(cls, str(cls)), cls, conf, (x1, y1, x2, y2), track_id)
-            for (cls, conf, x1, y1, x2, y2), track_id in zip(frame.detections, track_ids, strict=True)
+            TrackedObject(self.names.get(cls, str(cls)), cls, conf, (x1, y1, x2, y2), track_id, track_box)
+            for (cls, conf, x1, y1, x2, y2), track_id, track_box in zip(
+                frame.detections, track_ids, track_boxes, strict=True
+            )
         ]
 
     def _cross(

@@ -3,7 +3,8 @@
 Coordinates are fractions of the frame, (x, y) in 0..1 with x to the right and y **down** (image
 coordinates), so a zone drawn on a 1080p still means the same on the 720p substream. An object's
 position is the bottom-centre of its box (where it stands on the ground), normalised by the frame's
-width and height of the frame it was found in.
+width and height of the frame it was found in. For a tracked object that box is its track's (the
+Kalman estimate after the match, `vistream.events.tracking`), which jitters less than the detection's.
 
 Shapely (prepared geometry) answers the set questions: a polygon's `covers` includes its edges and
 vertices and is right for concave polygons; a line's crossing test asks whether the movement

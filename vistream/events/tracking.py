@@ -12,6 +12,20 @@ good part of their width between frames and the overlap with the prediction shri
 walking person of the street sample clip lost their track at 2 fps (most detections got no id, the
 others two different ones); at 0.9 they keep one id at 2 and at 15 fps, also with frames dropped
 (tests/integration/test_tracking.py, which also fails when the time steps are ignored).
+
+ByteTrack's point is to use the weak boxes too: a detection below `track_high_thresh` cannot start
+or win a track, but in a second association it can continue a confirmed track that no confident
+box matched (a person half hidden for a few frames). So the detector of a tracked camera runs NMS
+at `nms_conf` (model.conf, or `track_low_thresh` when that is lower, as Ultralytics' `model.track`
+lowers its conf to 0.1) and the tracker gets every box; `reported` then keeps what the daemon
+shows: the boxes at model.conf or above, and the weaker ones that continue a confirmed track, as
+Ultralytics' track output does. Tracks start only from boxes at model.conf or above
+(`TrackerSettings.for_conf`), so a reported track never consists of weak boxes alone.
+
+Each matched detection also gets its track's box (`CameraTracker.boxes`): the Kalman filter's
+estimate after the match, what `model.track` reports as the box. Zones and lines place a track by
+it: the detection's own box jitters from frame to frame, and a person standing on a line crossed it
+back and forth by the jitter of their feet.
 """
 
 from __future__ import annotations
@@ -19,13 +33,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
 
 from vistream.detector.ultralytics import ultralytics_import
-from vistream.scheduler.messages import Detection
+from vistream.scheduler.messages import Detection, TrackBox
 
 with ultralytics_import():
     from ultralytics.trackers.byte_tracker import BYTETracker
@@ -41,6 +55,24 @@ class TrackerSettings:
     match_thresh: float = 0.9  # largest accepted (1 - IoU * score) cost; see the module docstring
     fuse_score: bool = True
     track_buffer_s: float = 2.0  # a lost track can be found again for this long
+
+    def for_conf(self, conf: float) -> TrackerSettings:
+        """These settings for a camera that reports boxes from confidence `conf` (model.conf) up:
+        a new track starts only from a box that is reported anyway."""
+        return replace(self, new_track_thresh=max(self.new_track_thresh, conf))
+
+
+def nms_conf(conf: float, settings: TrackerSettings | None = None) -> float:
+    """The confidence a tracked camera's detector keeps boxes from: model.conf, or ByteTrack's low
+    threshold when that is lower, so the tracker's second association gets the weak boxes."""
+    return min(conf, (settings or TrackerSettings()).track_low_thresh)
+
+
+def reported(detections: Sequence[Detection], ids: Sequence[int | None], conf: float) -> list[int]:
+    """Indices of the detections the daemon reports: those at `conf` (model.conf) or above, and the
+    weaker ones that continue a confirmed track (`ids`, from `CameraTracker.update`)."""
+    pairs = enumerate(zip(detections, ids, strict=True))
+    return [i for i, (detection, track) in pairs if detection[1] >= conf or track is not None]
 
 
 class _Detections:
@@ -110,6 +142,7 @@ class CameraTracker:
         self.generation = time.monotonic_ns()
         self._last_mono: float | None = None
         self.removed: list[int] = []  # ids of the tracks the last update gave up (they never return)
+        self.boxes: list[TrackBox | None] = []  # the last update's track box of each detection
         self._removed_before: set[int] = set()
 
     def steps_since_last(self, now_mono: float) -> int:
@@ -120,6 +153,7 @@ class CameraTracker:
 
     def update(self, detections: Sequence[Detection], now_mono: float) -> list[int | None]:
         """The track id of each detection, in order; None for a detection no confirmed track holds.
+        `boxes` has the box of each one's track then (None where the id is).
 
         A new object gets its id on the second frame it is seen in (ByteTrack confirms a track
         before reporting it), except on a camera's very first frame.
@@ -135,6 +169,8 @@ class CameraTracker:
         gone = {int(t.track_id) for t in getattr(tracker, "removed_stracks_frame", [])}
         self.removed, self._removed_before = sorted(gone - self._removed_before), gone
         ids: list[int | None] = [None] * len(detections)
-        for row in rows:
+        self.boxes = [None] * len(detections)
+        for row in rows:  # x1, y1, x2, y2 (the track's Kalman state), id, score, class, detection index
             ids[int(row[7])] = int(row[4])
+            self.boxes[int(row[7])] = (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
         return ids

@@ -83,7 +83,7 @@ class SchedulerSpec:
 def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
     t0 = time.monotonic()
     try:
-        detector = load_detector(spec.model, spec.batching.max_batch)
+        detector = load_detector(detector_model(spec.model), spec.batching.max_batch)
         # Fitted to the cameras that reported their size while the model loaded; `Scheduler`
         # follows later changes.
         if detector.fixed_input is None:
@@ -113,6 +113,15 @@ def run_scheduler(spec: SchedulerSpec, *, stop: StopFlag) -> int:
         _flush(spec.results)
         _flush(spec.stats)
     return 0
+
+
+def detector_model(model: ModelConfig) -> ModelConfig:
+    """`model` as the detector runs it: every camera is tracked here, so NMS keeps the boxes down to
+    ByteTrack's low threshold (`vistream.events.tracking.nms_conf`); `Feed.result` keeps of them
+    what is reported."""
+    from vistream.events.tracking import nms_conf  # brings Ultralytics, which the detector needs anyway
+
+    return model.model_copy(update={"conf": nms_conf(model.conf)})
 
 
 def reported_sizes(rings: dict[str, str]) -> list[tuple[int, int]]:
@@ -152,14 +161,21 @@ class Feed:
     """One camera as the scheduler sees it."""
 
     def __init__(
-        self, name: str, ring_name: str, start_seq: int | None = None, detect_fps: float = 5.0
+        self,
+        name: str,
+        ring_name: str,
+        start_seq: int | None = None,
+        detect_fps: float = 5.0,
+        conf: float = 0.25,
     ) -> None:
         self.name = name
         self.ring = FrameRing.attach(ring_name)
         self.consumer = RingConsumer(self.ring)  # starts at the ring's head: older frames are not ours
         self.counts = CameraCounts()
-        self.last_result: FrameResult | None = None  # repeated for the frames motion gating skips
+        # Every box of the last inferred frame, tracked again for the frames motion gating skips.
+        self.last_found: list[Detection] | None = None
         self.detect_fps = detect_fps
+        self.conf = conf  # model.conf: what is reported (`vistream.events.tracking.reported`)
         self._tracker: Any = None
         self.quiet = False  # its latest frame was skipped for want of motion
         if start_seq is not None:  # ... but they are counted, from where the last scheduler left off
@@ -169,18 +185,24 @@ class Feed:
     def streaming(self) -> bool:
         return int(self.ring.header["state"]) == State.STREAMING
 
-    def track(
-        self, detections: list[Detection], captured_mono: float
-    ) -> tuple[tuple[int | None, ...], tuple[int, ...]]:
-        """Track ids for a frame's detections (frames come in capture order here) and the tracks
-        given up. Tracking runs in this process, which has torch loaded anyway: Ultralytics'
-        ByteTrack imports it, and the main process stays small without it."""
-        if self._tracker is None:
-            from vistream.events.tracking import CameraTracker
+    def result(self, meta: FrameMeta, found: list[Detection], repeated: bool = False) -> FrameResult:
+        """Track all the boxes `found` in frame `meta` (frames come in capture order here) and keep
+        those the daemon reports, with their track ids and boxes. Tracking runs in this process,
+        which has torch loaded anyway: Ultralytics' ByteTrack imports it, and the main process
+        stays small without it."""
+        from vistream.events.tracking import CameraTracker, TrackerSettings, reported
 
-            self._tracker = CameraTracker(self.detect_fps)
-        ids = self._tracker.update(detections, captured_mono)
-        return tuple(ids), tuple(self._tracker.removed)
+        if self._tracker is None:
+            self._tracker = CameraTracker(self.detect_fps, TrackerSettings().for_conf(self.conf))
+        tracker = self._tracker
+        ids = tracker.update(found, meta.captured_mono)
+        keep = reported(found, ids, self.conf)
+        return FrameResult(
+            self.name, meta.seq, meta.captured_at, meta.captured_mono, meta.width, meta.height,
+            [found[i] for i in keep], repeated=repeated, track_ids=tuple(ids[i] for i in keep),
+            removed_tracks=tuple(tracker.removed), tracker=int(tracker.generation),
+            track_boxes=tuple(tracker.boxes[i] for i in keep),
+        )  # fmt: skip
 
     @property
     def tracker(self) -> int:
@@ -230,7 +252,7 @@ class Scheduler:
             return
         if known is not None:
             self.remove(name)
-        self.feeds[name] = Feed(name, ring_name, self.spec.start_seqs.get(name), fps)
+        self.feeds[name] = Feed(name, ring_name, self.spec.start_seqs.get(name), fps, self.spec.model.conf)
         self.stats.cameras[name] = self.feeds[name].counts
 
     def remove(self, name: str) -> None:
@@ -358,19 +380,12 @@ class Scheduler:
         feed.consumer.skip_to(seq)
         feed.counts.skipped_no_motion += 1
         feed.quiet = True
-        last = feed.last_result
-        if last is None:
+        if feed.last_found is None:
             return []
         # The tracker sees the repeat too, as it sees the same still frame with gating off. After a
         # gap instead, it would carry each track on at its old speed for up to its track buffer:
         # a walker who stopped as the stretch began can be missed there and get a new id.
-        ids, removed = feed.track(last.detections, meta.captured_mono)
-        return [
-            FrameResult(
-                last.camera, seq, meta.captured_at, meta.captured_mono, meta.width, meta.height,
-                last.detections, repeated=True, track_ids=ids, removed_tracks=removed, tracker=feed.tracker,
-            )
-        ]  # fmt: skip
+        return [feed.result(meta, feed.last_found, repeated=True)]
 
     def _wait(self, until: float | None, now: float) -> None:
         timeout = IDLE_WAKE_S if until is None else min(IDLE_WAKE_S, max(0.0, until - now))
@@ -463,8 +478,8 @@ class Scheduler:
             self.stats.result_age_s.observe(ended - meta.captured_mono)
             if ended - meta.captured_mono > self.policy.max_age:
                 feed.counts.late += 1
-            frames.append(_frame_result(feed, meta, found))
-            feed.last_result = frames[-1]
+            feed.last_found = camera_detections(meta, found)
+            frames.append(feed.result(meta, feed.last_found))
         self.stats.batch_size.observe(len(taken))
         self.stats.inference_s.observe(elapsed)
         try:
@@ -485,14 +500,10 @@ class Scheduler:
             self.spec.stats.put(snapshot, block=force, timeout=1.0 if force else None)
 
 
-def _frame_result(feed: Feed, meta: FrameMeta, found: Any) -> FrameResult:
+def camera_detections(meta: FrameMeta, found: Any) -> list[Detection]:
+    """The detector's boxes of frame `meta` (model-input pixels) as detections in camera pixels."""
     cam_boxes = boxes_to_camera(found, meta.scale, meta.pad_x, meta.pad_y, meta.width, meta.height)
-    detections: list[Detection] = [
+    return [
         (int(row[5]), float(row[4]), float(b[0]), float(b[1]), float(b[2]), float(b[3]))
         for row, b in zip(found, cam_boxes, strict=True)
     ]
-    ids, removed = feed.track(detections, meta.captured_mono)
-    return FrameResult(
-        feed.name, meta.seq, meta.captured_at, meta.captured_mono, meta.width, meta.height, detections,
-        track_ids=ids, removed_tracks=removed, tracker=feed.tracker,
-    )  # fmt: skip

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 # One detection: class id, confidence, x1, y1, x2, y2 in camera pixels.
 Detection = tuple[int, float, float, float, float, float]
+# A track's box after it was matched to a detection: x1, y1, x2, y2 in camera pixels.
+TrackBox = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +22,8 @@ class FrameResult:
     captured_mono: float  # time.monotonic() of the same moment, for durations and the tracker's steps
     width: int
     height: int
+    # What the daemon reports: the detections at model.conf or above, and weaker ones that continue
+    # a confirmed track (the scheduler's tracker sees every box down to its low threshold).
     detections: list[Detection]
     # Not inferred: motion gating skipped the frame, and these are the camera's last inferred
     # detections, for the event engine only (not published, the frame is not held).
@@ -31,6 +35,11 @@ class FrameResult:
     # The generation of the tracker that numbered them (`CameraTracker.generation`): a tracker made
     # again (a scheduler restart, a new detect_fps) numbers its tracks from 1 again.
     tracker: int = 0
+    # The box of each detection's track (None: no confirmed track): ByteTrack's Kalman estimate
+    # after the match, which jitters less than the detection's box. Where a track is (zones,
+    # lines) is taken from it; the payload shows the detection's box, what the model found.
+    # None: not tracked in the scheduler.
+    track_boxes: tuple[TrackBox | None, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
