@@ -7,6 +7,7 @@ event, keep each camera's order, and the line counters go on from where they wer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -136,7 +137,9 @@ def read_outbox(db: Path, prefix: str) -> tuple[list[tuple[int, str, str]], dict
     """The events waiting in the outbox as (row id, event id, type), and the state table; read as
     another process would, while the daemon writes."""
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        # closing(): `with sqlite3.connect()` alone commits but leaves the connection (and the -shm
+        # file it holds) open until it is collected.
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
             rows = conn.execute(
                 "SELECT id, payload FROM outbox WHERE topic = ? ORDER BY id", (f"{prefix}/events",)
             ).fetchall()

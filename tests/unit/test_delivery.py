@@ -357,3 +357,23 @@ def test_an_unwritable_outbox_is_retried_quietly_and_loses_no_ack(
     box._db.execute("PRAGMA query_only = OFF")
     wait_until(lambda: box.pending == 0)
     assert box.problem is None and len(link.client.sent) == 3
+
+
+def test_stop_returns_while_the_outbox_cannot_record_acks(delivery: Any) -> None:
+    """1. Two rows go out and are acknowledged while the outbox is read-only.
+    2. `stop()` returns within its timeout (it used to retry the deletes until the thread was
+       abandoned); the rows stay in the outbox and go again at the next start."""
+    box, link, d = delivery(retry_s=0.02)
+    box.add("a", "t", "0")
+    box.add("a", "t", "1")
+    d.start()
+    wait_until(lambda: len(link.client.sent) == 2)
+    box._db.execute("PRAGMA query_only = ON")
+    ack_all(link, d)
+    wait_until(lambda: box.problem is not None)
+    t0 = time.monotonic()
+    d.stop(0.3)
+    assert time.monotonic() - t0 < 1.0
+    assert d._thread is not None and not d._thread.is_alive()
+    box._db.execute("PRAGMA query_only = OFF")
+    assert box.pending == 2

@@ -231,6 +231,11 @@ class Delivery:
                 # that once and shows it (`problem`, /healthz); anything else is logged here.
                 if not isinstance(exc, OutboxUnavailable):
                     log.exception("outbox delivery failed; retrying in %.1f s", self.retry_s)
+                if done:  # stopping: what could not be recorded is sent again at the next start
+                    if acked:
+                        log.warning("outbox: %d acknowledged row(s) could not be deleted; they go "
+                                    "again at the next start (at least once)", len(acked))  # fmt: skip
+                    return
                 with self._cond:
                     self._acked[:0] = acked
                     self._more = True

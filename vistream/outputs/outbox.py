@@ -61,6 +61,9 @@ LATEST_STATE_KINDS = frozenset({"counter", "active", "snapshot", "discovery"})
 # per batch instead of one per added row.
 _EVICT_BATCH = 100
 
+# Pages of WAL after which a commit checkpoints it into the database (see `_connect`).
+WAL_PAGES = 64
+
 # Ids of evicted events remembered (in the file), so that their later rows are not queued.
 _EVICTED_EVENTS_KEPT = 10_000
 
@@ -257,7 +260,12 @@ class Outbox:
             if mode.lower() != "wal":
                 raise sqlite3.OperationalError(f"journal_mode WAL refused (got {mode})")
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL back to 64 MiB
+            # A small WAL: SQLite's default checkpoints at 1000 pages (4 MiB), and on a state_dir
+            # smaller than that (a 1 MiB tmpfs, an almost full SD card) the WAL alone filled the
+            # disk; every commit then failed, so no checkpoint ever ran again to make room. 64
+            # pages (256 KiB) costs a checkpoint every few dozen events, nothing at alert rates.
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_PAGES * 4096}")  # and truncated back to it
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise OutboxCorrupt(f"quick_check: {check}")
