@@ -204,11 +204,6 @@ class Feed:
             track_boxes=tuple(tracker.boxes[i] for i in keep),
         )  # fmt: skip
 
-    @property
-    def tracker(self) -> int:
-        """The generation of the tracker that numbered the last track ids (see FrameResult.tracker)."""
-        return int(self._tracker.generation) if self._tracker is not None else 0
-
     def set_rate(self, detect_fps: float) -> None:
         if detect_fps != self.detect_fps:
             self.detect_fps, self._tracker = detect_fps, None
