@@ -17,16 +17,16 @@ import sqlite3
 import ssl
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
 
 from vistream.config.loader import load_config
 from vistream.config.models import CameraConfig, Config, ConfigError
 from vistream.config.secrets import mqtt_password
-from vistream.ops.cameras import CameraRuntime
+from vistream.ops.cameras import CameraRuntime, Cameras
 from vistream.ops.logs import LogHub, camera
-from vistream.ops.process import SPAWN, Child, StopFlag, stop_all
+from vistream.ops.process import SPAWN, Child, StopFlag
 from vistream.ops.reload import diff as reload_diff
 from vistream.ops.scheduler import SchedulerRuntime
 from vistream.ops.shard import Shard
@@ -42,8 +42,7 @@ from vistream.outputs.mqtt import MqttPublisher
 from vistream.outputs.outbox import FILENAME as OUTBOX_FILE
 from vistream.outputs.outbox import Outbox
 from vistream.outputs.results import ResultPump
-from vistream.ring.lifetime import SharedRing
-from vistream.ring.naming import instance_id, remove_leftovers, segment_name, shm_shortage
+from vistream.ring.naming import instance_id, remove_leftovers, shm_shortage
 from vistream.ring.shm import FrameRing, RingLayout
 from vistream.scheduler.loop import SchedulerSpec, run_scheduler
 from vistream.scheduler.messages import AddCamera, Fatal, Ready, RemoveCamera
@@ -62,7 +61,6 @@ DELIVERY_STOP_S = 1.0
 OUTBOX_OPEN_S = 30.0  # at boot: retry a locked, read-only or full outbox this long, then exit 2
 OUTBOX_RETRY_S = 5.0  # after a reload: try again to open the outbox its rules need, every so often
 MQTT_GOODBYE_S = 1.5
-FAILED_RETRY_S = 10.0  # a camera whose ring could not be made is tried again this often (and at reloads)
 STATUS_EVERY_S = 5.0
 
 
@@ -98,12 +96,10 @@ class Daemon:
         self.exit_code = 0
         self.ready: Ready | None = None
         self.fatal: Fatal | None = None
-        self.cameras: dict[str, CameraRuntime] = {}
-        # Cameras of the config that could not be started (no room for their ring): camera -> why.
-        # Written by the main thread only, swapped whole; retried at reloads and every FAILED_RETRY_S.
-        self.failed: dict[str, str] = {}
-        self._failed_retry_at = 0.0
-        self.scheduler = SchedulerRuntime(self._launch_scheduler, self._release_holds)
+        h, w = self.cfg.model.input_hw
+        # Rings, readers, cameras that failed to start: one mapping, the main thread its one writer.
+        self.cameras = Cameras(self.instance, RingLayout(RING_SLOTS, h, w), self._spawn_reader)
+        self.scheduler = SchedulerRuntime(self._launch_scheduler, self.cameras.release_holds)
         self.thread_restarts = {"results": 0, "log-hub": 0}  # threads of this process found dead
         self._thread_budgets = {name: RestartBudget() for name in self.thread_restarts}
         self._wake = SPAWN.Semaphore(0)
@@ -178,51 +174,23 @@ class Daemon:
 
     def _init_rings(self) -> None:
         remove_leftovers(self.instance)
-        h, w = self.cfg.model.input_hw
-        self._layout = RingLayout(RING_SLOTS, h, w)
-        # Swapped whole by the main thread; other threads read a ring only under its lease.
-        self._rings: dict[str, SharedRing] = {}
-        self._stack.callback(self._unlink_rings)
+        self._stack.callback(self.cameras.retire_all)
         # tmpfs allocates on write: rings that do not fit would kill a reader with SIGBUS later.
-        shortage = shm_shortage(len(self.cfg.enabled_cameras) * self._layout.total_bytes)
+        shortage = shm_shortage(len(self.cfg.enabled_cameras) * self.cameras.layout.total_bytes)
         if shortage:
             raise BootError(2, shortage)
         for cam in self.cfg.enabled_cameras:
-            self._rings[cam.name] = self._make_ring(cam.name)
-
-    def _make_ring(self, name: str) -> SharedRing:
-        return SharedRing(FrameRing.create(segment_name(self.instance, name), self._layout))
-
-    def _unlink_rings(self) -> None:
-        rings, self._rings = self._rings, {}
-        for ring in rings.values():
-            ring.retire()  # unlinked now; unmapped once a straggling reader (HTTP) lets go
+            self.cameras.make_ring(cam)
 
     def ring(self, name: str) -> AbstractContextManager[FrameRing | None]:
         """The camera's ring under a lease, for one copy, from any thread (vistream.ring.lifetime)."""
-        shared = self._rings.get(name)
-        return shared.use() if shared is not None else nullcontext(None)
+        return self.cameras.ring(name)
 
     def camera_config(self, name: str) -> CameraConfig | None:
-        """The config of a running camera (not one that failed to start); None for no such camera."""
-        rt = self.cameras.get(name)
-        return rt.cfg if rt is not None else None
+        return self.cameras.config(name)
 
     def camera_status(self) -> list[CameraStatus]:
-        """Every camera of the running config, with a copy of its ring header (from any thread)."""
-        cameras, failed, out = self.cameras, self.failed, []
-        for cam in self.cfg.enabled_cameras:
-            rt = cameras.get(cam.name)
-            if cam.name in failed:
-                out.append(CameraStatus(cam, failed=failed[cam.name]))
-                continue
-            if rt is None:
-                continue
-            with self.ring(cam.name) as ring:
-                header = ring.header.copy() if ring is not None else None
-            if header is not None:  # None: the camera is being removed
-                out.append(CameraStatus(rt.cfg, rt.online, rt.restarts, header))
-        return out
+        return self.cameras.status()
 
     def _init_mqtt(self) -> None:
         try:
@@ -367,46 +335,25 @@ class Daemon:
         spec = SchedulerSpec(
             model=self.cfg.model,
             batching=self.cfg.batching,
-            rings={name: ring.name for name, ring in self._rings.items()},
+            rings=self.cameras.ring_names(),
             wake=self._wake,
             results=SPAWN.Queue(self.cfg.mqtt.queue_size),
             stats=SPAWN.Queue(4),
             control=SPAWN.Queue(),
             beat=SPAWN.Array("d", 3, lock=False),
-            start_seqs={name: base.positions.get(name, 0) for name in self._rings},
+            start_seqs={name: base.positions.get(name, 0) for name in self.cameras.ring_names()},
             detect_fps={c.name: c.detect_fps for c in self.cfg.enabled_cameras},
         )
         return Child("scheduler", run_scheduler, (spec,), self.logs, self._log_level), spec
 
-    def _release_holds(self) -> None:
-        """Drop every hold: the scheduler that made them is gone, their results will never come."""
-        for ring in self._rings.values():
-            ring.owned.release_all()
-
     def _start_readers(self) -> None:
-        self._stack.callback(self._stop_readers)
+        self._stack.callback(self.cameras.stop_all, READER_STOP_S)
         for cam in self.cfg.enabled_cameras:
-            self._start_reader(cam)
+            self.cameras.start(cam)
 
-    def _start_reader(self, cam: CameraConfig) -> None:
-        ring = self._rings[cam.name].owned
-        child = Child(f"reader {cam.name}", run_reader, (ReaderSpec(cam, ring.name, self._wake),), self.logs,
-                      self._log_level, log_context=camera(cam.name))  # fmt: skip
-        # A new dict, never changed in place: other threads (metrics, HTTP) iterate the old one.
-        self.cameras = {**self.cameras, cam.name: CameraRuntime(cam, ring, child)}
-        child.start()
-
-    def _stop_reader_group(self, names: list[str]) -> None:
-        """Stop these readers together, with one deadline: SIGTERM to all, SIGKILL to those left.
-        A stop asked for meanwhile (SIGTERM) cuts the wait short: they are being replaced anyway."""
-        gone = [self.cameras[n] for n in names if n in self.cameras]
-        self.cameras = {k: v for k, v in self.cameras.items() if k not in names}
-        stop_all([rt.child for rt in gone], READER_STOP_S, self.stop_flag)
-        for rt in gone:
-            rt.child.close()
-
-    def _stop_readers(self) -> None:
-        stop_all([rt.child for rt in self.cameras.values()], READER_STOP_S)
+    def _spawn_reader(self, cam: CameraConfig, ring_name: str) -> Child:
+        return Child(f"reader {cam.name}", run_reader, (ReaderSpec(cam, ring_name, self._wake),), self.logs,
+                     self._log_level, log_context=camera(cam.name))  # fmt: skip
 
     def _wait_ready(self) -> None:
         while not self.stop_flag:
@@ -426,7 +373,8 @@ class Daemon:
             self.exit_code = self.fatal.exit_code
         elif self.ready:
             r = self.ready
-            status = f"{len(self.cameras)} camera(s), model on {r.device} ({r.backend}, {r.precision})"
+            model = f"model on {r.device} ({r.backend}, {r.precision})"
+            status = f"{len(self.cameras.running)} camera(s), {model}"
             log.info("ready: %s, warm in %.1fs", status, self.ready.load_s)
             lim, timeout = self.limits, self.notifier.watchdog_timeout
             if lim.ping_s and timeout:
@@ -471,22 +419,20 @@ class Daemon:
         self.cfg = new.model_copy(update={k: getattr(self.cfg, k) for k in kept})
         self.full_cfg = full.model_copy(update={k: getattr(self.full_cfg, k) for k in kept})
         # Every reader that goes or is replaced stops at once, together: one deadline, not one each.
-        self._stop_reader_group([*change.removed, *change.restarted])
+        self.cameras.stop([*change.removed, *change.restarted], READER_STOP_S, self.stop_flag)
         if self.stop_flag:  # SIGTERM during the reload: stop now, the rest of it would be undone anyway
             return
         for name in change.removed:
             self._remove_camera(name)
         cams = {c.name: c for c in self.cfg.enabled_cameras}
+        rings = self.cameras.ring_names()
         for name, keys in change.restarted.items():
-            if name not in self._rings:  # it failed to start: its retry below has the new settings
-                continue
-            self._start_reader(cams[name])
-            if "detect_fps" in keys:  # its tracker steps at the new rate
-                self.scheduler.send(AddCamera(name, self._rings[name].name, cams[name].detect_fps))
-        self.failed = {k: v for k, v in self.failed.items() if k in cams}
+            self.cameras.start(cams[name])  # one that failed to start takes the new config for its retry
+            if "detect_fps" in keys and name in rings:  # its tracker steps at the new rate
+                self.scheduler.send(AddCamera(name, rings[name], cams[name].detect_fps))
         for cam in change.added:
             self._add_camera(cam)
-        self._retry_failed(force=True)
+        self._retry_failed(time.monotonic(), force=True)
         if change.scheduler:  # a new model or batching; readers and rings stay as they are
             self.scheduler.replace(SCHEDULER_STOP_S)
         if change.rules:
@@ -528,31 +474,22 @@ class Daemon:
 
     def _add_camera(self, cam: CameraConfig) -> bool:
         """Make the camera's ring and start its reader; a ring that does not fit marks it failed."""
-        shortage = shm_shortage(self._layout.total_bytes)
-        if shortage:
-            if self.failed.get(cam.name) != shortage:  # once per cause, not at every retry
-                log.error("camera %s not started, retrying every %.0fs and at reloads: %s", cam.name,
-                          FAILED_RETRY_S, shortage, extra=camera(cam.name))  # fmt: skip
-                self.mqtt.camera_status(cam.name, False)
-            self.failed = {**self.failed, cam.name: shortage}
-            return False
-        ring = self._make_ring(cam.name)
-        self._rings = {**self._rings, cam.name: ring}
-        if cam.name in self.failed:
-            log.warning("camera %s: started, its ring fits now", cam.name, extra=camera(cam.name))
-            self.failed = {k: v for k, v in self.failed.items() if k != cam.name}
-        self._start_reader(cam)
-        self.scheduler.send(AddCamera(cam.name, ring.name, cam.detect_fps))
-        return True
+        before = self.cameras.failed.get(cam.name)
+        shortage = self.cameras.add(cam)
+        if shortage is None:
+            if before is not None:
+                log.warning("camera %s: started, its ring fits now", cam.name, extra=camera(cam.name))
+            self.scheduler.send(AddCamera(cam.name, self.cameras.ring_names()[cam.name], cam.detect_fps))
+        elif shortage != before:  # once per cause, not at every retry
+            log.error("camera %s not started, retrying every %.0fs and at reloads: %s", cam.name,
+                      self.cameras.retry_s, shortage, extra=camera(cam.name))  # fmt: skip
+            self.mqtt.camera_status(cam.name, False)
+        return shortage is None
 
-    def _retry_failed(self, now: float | None = None, *, force: bool = False) -> None:
-        """Try again to start the cameras whose ring did not fit: at a reload, or every FAILED_RETRY_S."""
-        now = time.monotonic() if now is None else now
-        if not self.failed or (now < self._failed_retry_at and not force):
-            return
-        self._failed_retry_at = now + FAILED_RETRY_S
-        for cam in self.cfg.enabled_cameras:
-            if cam.name in self.failed and not self._add_camera(cam):
+    def _retry_failed(self, now: float, *, force: bool = False) -> None:
+        """Start the cameras whose ring did not fit once there is room: at a reload, or now and then."""
+        for cam in self.cameras.retry_due(now, force=force):
+            if not self._add_camera(cam):
                 return  # no room for this one: none for the next either
 
     def _remove_camera(self, name: str) -> None:
@@ -562,10 +499,7 @@ class Daemon:
         self.mqtt.camera_status(name, False)
         self.mqtt.forget_camera(name)
         self._announced.discard(name)
-        ring = self._rings.get(name)
-        self._rings = {k: v for k, v in self._rings.items() if k != name}
-        if ring is not None:
-            ring.retire()  # unlinked now, unmapped once no thread reads it (never during a copy)
+        self.cameras.remove(name)
 
     # -- supervision ----------------------------------------------------------------
 
@@ -593,12 +527,12 @@ class Daemon:
             self.stop_flag.set()
             return
         self._supervise_threads(now)
-        for rt in self.cameras.values():
+        for rt in self.cameras.running:
             rt.supervise(now)
             self._set_online(rt, rt.streaming(now), now)
         self._notify_systemd(now)
         if self.ready:
-            sampled = sum(int(rt.ring.header["head"]) for rt in self.cameras.values())
+            sampled = sum(int(rt.ring.header["head"]) for rt in self.cameras.running)
             self._summary.tick(now, sampled, self.scheduler_stats())
         if self._on_tick and self._on_tick(self):  # the demo's view: True when its time is up
             self.stop_flag.set()
@@ -649,9 +583,10 @@ class Daemon:
             self._last_ping = now
         if now - self._last_status >= STATUS_EVERY_S:
             self._last_status = now
-            online = sum(rt.online for rt in self.cameras.values())
+            running = self.cameras.running
+            online = sum(rt.online for rt in running)
             inferred = sum(c.inferred for c in self.scheduler_stats().cameras.values())
-            n.status(f"{online}/{len(self.cameras)} cameras online, {inferred} frames inferred")
+            n.status(f"{online}/{len(running)} cameras online, {inferred} frames inferred")
 
     def _supervise_scheduler(self, now: float) -> None:
         code = self.scheduler.supervise(now, self.limits)
