@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.daemon import DaemonProcess, NotifySocket, base_config
+from support.daemon import DaemonProcess, NotifySocket, base_config, child
 from support.mosquitto import Mosquitto, Subscriber
 from support.procs import free_port
 from support.rtsp_server import RtspServer
@@ -32,7 +32,7 @@ def test_sighup_adds_removes_restarts_and_keeps_the_rest(
     """1. A daemon with cameras keep (unchanged), change (its detect_fps will change) and drop.
     2. The file is rewritten: drop removed, new added, change at another rate; then SIGHUP.
     3. RELOADING=1 then READY=1 reach the notify socket; the log says what changed.
-    4. keep's reader is not restarted and its sequence numbers go on from where they were (no
+    4. keep's reader is not restarted (the same pid) and its sequence numbers go on from where they were (no
        reset, no jump); new publishes within 10 s; drop goes offline and its shared memory is
        gone; change is restarted and publishes again.
     5. The reload brought the first line and rule (on new): the outbox opens in state_dir and
@@ -62,6 +62,7 @@ def test_sighup_adds_removes_restarts_and_keeps_the_rest(
         rules = [{"name": "crossing", "line": "mid"}]
         daemon.path.write_text(yaml.safe_dump({**cfg, "cameras": new_cams, "alerts": rules}))
         keep_before = seqs(sub, prefix, "keep")
+        keep_pid = child(daemon, "reader keep").pid
         hup = time.monotonic()
         daemon.proc.send_signal(signal.SIGHUP)
 
@@ -82,6 +83,7 @@ def test_sighup_adds_removes_restarts_and_keeps_the_rest(
         keep_after = seqs(sub, prefix, "keep", hup)
         assert keep_after[0] > keep_before[-1], "the unchanged camera's sequence started over"
         assert daemon.metric("vistream_process_restarts_total", process="reader/keep") == 0
+        assert child(daemon, "reader keep").pid == keep_pid, "the unchanged camera's reader was replaced"
         messages = notify.poll()
         reloading = next(i for i, m in enumerate(messages) if m.startswith("RELOADING=1"))
         assert any(m.startswith("READY=1") for m in messages[reloading + 1 :])

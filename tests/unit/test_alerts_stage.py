@@ -61,13 +61,18 @@ def ring() -> Iterator[FrameRing]:
         yield r
 
 
+def shade(seq: int) -> int:
+    """The grey level of frame `seq`: each frame its own, so a snapshot tells which frame it shows."""
+    return 20 + 30 * seq
+
+
 def write_frames(ring: FrameRing, tmp_path: Path, n: int) -> None:
-    """n grey camera frames into the ring: seq 1..n."""
+    """n grey camera frames into the ring, seq 1..n, each of its own shade (`shade(seq)`)."""
     cam = CameraConfig(name="front", url=str(tmp_path / "clip.mp4"), detect_fps=10)
     reader = CameraReader(ReaderSpec(cam, ring.name, threading.Semaphore(0)), ring, StopFlag())
-    grey = av.VideoFrame.from_ndarray(np.full((H, W, 3), 128, np.uint8), format="rgb24")
-    for i in range(n):
-        reader._write(grey.reformat(format="yuv420p"), WALL0 + i / 10, i / 10)
+    for seq in range(1, n + 1):
+        grey = av.VideoFrame.from_ndarray(np.full((H, W, 3), shade(seq), np.uint8), format="rgb24")
+        reader._write(grey.reformat(format="yuv420p"), WALL0 + (seq - 1) / 10, (seq - 1) / 10)
 
 
 def frame(seq: int, y: float | None) -> FrameResult:
@@ -112,6 +117,11 @@ def test_an_event_goes_into_the_outbox_snapshot_first(ring: FrameRing, tmp_path:
     jpeg = next(r.payload for r in rows(outbox) if r.kind == "snapshot")
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (H, W, 3)
+    # The snapshot is the frame that started the event (its capture time is the event's start),
+    # not a neighbour: its shade, away from the drawn box, is that frame's.
+    start_seq = round((events[0]["started_at"] - WALL0) * 10)
+    assert 1 <= start_seq <= 6
+    assert abs(int(image[10, 10].mean()) - shade(start_seq)) < 8, (start_seq, image[10, 10])
     assert outbox.states("open/") == {}
     assert outbox.get_state("counter/front/mid/in") == "1"
     started, counters, recent = alerts.figures()
