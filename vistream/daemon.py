@@ -33,7 +33,7 @@ from vistream.ops.shard import Shard
 from vistream.ops.stats import SchedulerStats
 from vistream.ops.status import CameraStatus, StatusSource
 from vistream.ops.summary import Summary
-from vistream.ops.supervise import Limits, RestartBudget
+from vistream.ops.supervise import Limits, Threads
 from vistream.ops.systemd import Notifier
 from vistream.outputs.alerts import Alerts
 from vistream.outputs.delivery import Delivery
@@ -100,8 +100,8 @@ class Daemon:
         # Rings, readers, cameras that failed to start: one mapping, the main thread its one writer.
         self.cameras = Cameras(self.instance, RingLayout(RING_SLOTS, h, w), self._spawn_reader)
         self.scheduler = SchedulerRuntime(self._launch_scheduler, self.cameras.release_holds)
-        self.thread_restarts = {"results": 0, "log-hub": 0}  # threads of this process found dead
-        self._thread_budgets = {name: RestartBudget() for name in self.thread_restarts}
+        # Threads of this process, found dead and started again, or stuck.
+        self.threads = Threads(lambda: {"results": self.pump, "log-hub": self.logs}, ("results", "log-hub"))
         self._wake = SPAWN.Semaphore(0)
         self._control: queue.SimpleQueue[tuple[Any, list[str], int]] = queue.SimpleQueue()  # pump -> main
         self._on_tick = on_tick
@@ -552,26 +552,19 @@ class Daemon:
         Idle is fine (no camera streams: nothing is due, and every stage still turns); a stage
         that is dead or stuck is not, whichever it is.
         """
-        return self.progressing(now) and all(
-            part.alive and now - part.beat < self.limits.window_s for part in (self.pump, self.logs)
-        )
+        return self.progressing(now) and self.threads.turning(now, self.limits.window_s)
+
+    @property
+    def thread_restarts(self) -> dict[str, int]:
+        return self.threads.restarts
 
     def _supervise_threads(self, now: float) -> None:
-        """The result pump and the log hub: started again when dead (at most 5 a minute each).
-
-        A thread cannot be killed: one stuck for the stall limit stops the daemon with exit 1,
-        for the service manager to restart it (the watchdog is starved by then as well).
-        """
-        for name, part in (("results", self.pump), ("log-hub", self.logs)):
-            if part.alive:
-                if now - part.beat > self.limits.stall_s:
-                    log.error("the %s thread made no progress for %.0fs: stopping", name, now - part.beat)
-                    self.exit_code = 1
-                    self.stop_flag.set()
-            elif self._thread_budgets[name].take():
-                log.error("the %s thread died: starting it again", name)
-                self.thread_restarts[name] += 1
-                part.start()
+        """A stuck thread stops the daemon with exit 1 (the watchdog is starved by then as well)."""
+        stuck = self.threads.supervise(now, self.limits.stall_s)
+        if stuck:
+            log.error("%s", stuck)
+            self.exit_code = 1
+            self.stop_flag.set()
 
     def _notify_systemd(self, now: float) -> None:
         n = self.notifier

@@ -100,8 +100,8 @@ def test_dead_result_pump_is_restarted_and_starves_the_watchdog_meanwhile(daemon
         time.sleep(0.01)
     now = time.monotonic()
     assert daemon.progressing(now) and not daemon.flowing(now)
-    daemon._supervise_threads(now)
-    assert daemon.pump.alive and daemon.thread_restarts["results"] == 1
+    assert daemon.threads.supervise(now, daemon.limits.stall_s) is None
+    assert daemon.pump.alive and daemon.threads.restarts["results"] == 1
     time.sleep(0.3)
     assert daemon.flowing(time.monotonic())
 
@@ -146,8 +146,8 @@ def test_dead_log_hub_is_restarted(daemon: Any, monkeypatch: pytest.MonkeyPatch,
     while daemon.logs.alive and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not daemon.logs.alive and not daemon.flowing(time.monotonic())
-    daemon._supervise_threads(time.monotonic())
-    assert daemon.logs.alive and daemon.thread_restarts["log-hub"] == 1
+    assert daemon.threads.supervise(time.monotonic(), daemon.limits.stall_s) is None
+    assert daemon.logs.alive and daemon.threads.restarts["log-hub"] == 1
     handler = PipeHandler(daemon.logs.channel())
     record = logging.LogRecord("vistream.child", logging.WARNING, __file__, 1, "hello again", None, None)
     with caplog.at_level(logging.WARNING, logger="vistream.child"):

@@ -12,7 +12,7 @@ import pytest
 from vistream.config.models import Config
 from vistream.daemon import Daemon
 from vistream.ops.scheduler import SchedulerRuntime
-from vistream.ops.supervise import Limits, RestartBudget
+from vistream.ops.supervise import Limits, RestartBudget, Threads
 from vistream.ops.systemd import Notifier
 
 
@@ -133,3 +133,21 @@ def test_daemon_kills_a_hung_scheduler_before_the_unit_watchdog(monkeypatch: pyt
     runtime.supervise(now, d.limits)
     assert stopped, "the hung scheduler was not killed"
     assert d.limits.stall_s == 15.0
+
+
+def test_threads_dead_are_started_again_and_a_stuck_one_is_named() -> None:
+    """1. The result thread died: it is started again and counted; the log hub turns.
+    2. The log hub has not turned for longer than the stall limit: supervise names it (the daemon
+       stops with exit 1: a thread cannot be killed); neither counts as turning meanwhile."""
+    now = 1000.0
+    pump = SimpleNamespace(alive=False, beat=now - 1)
+    pump.start = lambda: setattr(pump, "alive", True)
+    hub = SimpleNamespace(alive=True, beat=now - 0.5, start=lambda: None)
+    threads = Threads(lambda: {"results": pump, "log-hub": hub}, ("results", "log-hub"))  # type: ignore[arg-type, dict-item]
+    assert not threads.turning(now, 2.0)
+    assert threads.supervise(now, 15.0) is None
+    assert pump.alive and threads.restarts == {"results": 1, "log-hub": 0}
+    assert threads.turning(now, 2.0)
+    hub.beat = now - 20
+    assert threads.supervise(now, 15.0) == "the log-hub thread made no progress for 20s: stopping"
+    assert not threads.turning(now, 2.0)

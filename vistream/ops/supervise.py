@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 STALL_S = 60.0  # without a systemd watchdog: one batch (or loop, or thread turn) this long is a hang
 PROGRESS_WINDOW_S = 10.0  # the pipeline flows if every stage turned this recently
@@ -67,3 +71,41 @@ class RestartBudget:
             return False
         self._times.append(now)
         return True
+
+
+class Turning(Protocol):
+    """A thread of the daemon's own that reports its last turn (`beat`, monotonic)."""
+
+    @property
+    def alive(self) -> bool: ...
+    @property
+    def beat(self) -> float: ...
+    def start(self) -> None: ...
+
+
+class Threads:
+    """The daemon's own threads (the result pump, the log hub): started again when dead, at most
+    5 a minute each (`restarts` counts them). A thread cannot be killed: one stuck past the stall
+    limit is named by `supervise`, and the daemon stops for its service manager to restart it.
+    `parts()` gives the threads by name, as they are now."""
+
+    def __init__(self, parts: Callable[[], dict[str, Turning]], names: tuple[str, ...]) -> None:
+        self._parts = parts
+        self.restarts = dict.fromkeys(names, 0)
+        self._budgets = {name: RestartBudget() for name in names}
+
+    def turning(self, now: float, window_s: float) -> bool:
+        """Is every thread alive and has it turned within `window_s`?"""
+        return all(part.alive and now - part.beat < window_s for part in self._parts().values())
+
+    def supervise(self, now: float, stall_s: float) -> str | None:
+        """Start dead threads again (within their budget); a line naming one stuck past `stall_s`."""
+        for name, part in self._parts().items():
+            if part.alive:
+                if now - part.beat > stall_s:
+                    return f"the {name} thread made no progress for {now - part.beat:.0f}s: stopping"
+            elif self._budgets[name].take():
+                log.error("the %s thread died: starting it again", name)
+                self.restarts[name] += 1
+                part.start()
+        return None
