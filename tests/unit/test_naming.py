@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -58,9 +57,10 @@ def test_daemon_refuses_to_boot_without_room_for_its_rings(monkeypatch: pytest.M
         {"mqtt": {"client_id": client}, "cameras": [{"name": "a", "url": "/dev/null"}]}
     )
     daemon = Daemon(cfg)
-    with ExitStack() as stack:
-        daemon._stack = stack
+    try:
         with pytest.raises(BootError) as err:
-            daemon._init_rings()
+            daemon.start()
+    finally:
+        daemon.stop()
     assert err.value.exit_code == 2 and "--shm-size=" in str(err.value)
     assert not list(Path("/dev/shm").glob(f"vistream.{client}.*"))
