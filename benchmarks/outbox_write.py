@@ -26,7 +26,6 @@ import datetime
 import json
 import logging
 import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vistream.bench.measure import machine_info
 from vistream.config.models import Config
 from vistream.outputs.alerts import Alerts
 from vistream.outputs.outbox import Message, Outbox
@@ -172,12 +172,7 @@ def main() -> int:
     report = {
         "benchmark": "outbox_write",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg": os.getloadavg(),
-        },
+        "machine": machine_info() | {"loadavg": os.getloadavg()},
         "cameras": args.cameras,
         "seconds": args.seconds,
         "figures": figures,

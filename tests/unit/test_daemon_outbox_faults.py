@@ -11,25 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from unit.test_daemon_outbox import FakeAlerts, config
 from vistream import daemon as daemon_module
-from vistream.config.models import Config
 from vistream.daemon import BootError, Daemon
 from vistream.outputs import outbox as ob
 from vistream.outputs.outbox import FILENAME, Outbox
-
-
-class FakeAlerts:
-    """What a late outbox is handed to: the result thread's Alerts, through `reconfigure`."""
-
-    outbox = None
-
-    def reconfigure(self, cfg: object, outbox: object = None) -> None:
-        self.outbox = outbox or self.outbox
-
-
-def config(state_dir: Path, alerts: list[dict]) -> Config:
-    cams = [{"name": "a", "url": "rtsp://h/a", "lines": {"mid": [[0, 0.5], [1, 0.5]]} if alerts else {}}]
-    return Config.model_validate({"state_dir": str(state_dir), "cameras": cams, "alerts": alerts})
 
 
 @pytest.fixture
