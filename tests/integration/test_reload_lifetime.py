@@ -83,10 +83,13 @@ def test_a_camera_removed_while_its_ring_is_being_read(
     ]
     port = free_port()
     cfg = base_config(model_path, mosquitto.port, port, prefix, cams)
+    marks = tmp_path / "marks"
+    marks.mkdir()
     env = {
         "PYTHONPATH": INJECT,
         "VISTREAM_INJECT_SLOW_PLANE_S": "3",
         "VISTREAM_INJECT_SLOW_METRIC": "drop=0.3",
+        "VISTREAM_INJECT_MARK_DIR": str(marks),
     }
     with DaemonProcess(cfg, tmp_path, env=env) as daemon:
         wait_until(lambda: cameras(port).get("drop", {}).get("frame"), 120, "drop's first inferred frame")
@@ -103,7 +106,9 @@ def test_a_camera_removed_while_its_ring_is_being_read(
         threads = [threading.Thread(target=ask, args=(p,)) for p in (picture, scrape)]
         for t in threads:
             t.start()
-        time.sleep(0.7)  # both inside drop's ring now
+        # Both inside drop's ring (a fixed sleep was not always enough on a busy box: the picture
+        # then came after the removal, a 404 that tests nothing).
+        wait_until(lambda: {"plane", "metric-drop"} <= {p.name for p in marks.iterdir()}, 20, "both in")
         reload(daemon, {**cfg, "cameras": cams[:1]})
         for t in threads:
             t.join(40)

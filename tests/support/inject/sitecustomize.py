@@ -5,7 +5,9 @@
 * `VISTREAM_INJECT_SLOW_METRIC`: `camera=seconds`: every sample of that camera a /metrics scrape
   adds waits this long, so a scrape is in the middle of that camera when a reload removes it;
 * `VISTREAM_INJECT_SHM_FREE_FILE`: while this file exists, /dev/shm has as many bytes free as it
-  says (a `--shm-size` that a test can change at run time).
+  says (a `--shm-size` that a test can change at run time);
+* `VISTREAM_INJECT_MARK_DIR`: the slow copy and the slow sample each create a file there
+  (`plane`, `metric-CAMERA`) once they are inside the ring, so a test acts while they are.
 
 Python imports `sitecustomize` at start-up; nothing here changes a process that has none of these
 variables set. Test support only: the daemon has no hooks of its own for this.
@@ -18,11 +20,18 @@ import time
 from pathlib import Path
 
 
+def _mark(name: str) -> None:
+    folder = os.environ.get("VISTREAM_INJECT_MARK_DIR")
+    if folder:
+        (Path(folder) / name).touch()
+
+
 def _slow_plane(seconds: float) -> None:
     from vistream.ring import shm
 
     def copy_plane(self: shm.FrameRing, i: int, nbytes: int):  # type: ignore[no-untyped-def]
         view = self.planes[i]
+        _mark("plane")
         time.sleep(seconds)
         return view[:nbytes].copy()
 
@@ -38,6 +47,7 @@ def _slow_metric(spec: str) -> None:
 
         def add_metric(self, labels, *args, _original=original, **kwargs):  # type: ignore[no-untyped-def]
             if labels and labels[0] == camera:
+                _mark(f"metric-{camera}")
                 time.sleep(float(seconds))
             return _original(self, labels, *args, **kwargs)
 
