@@ -29,13 +29,21 @@ from vistream.detector import load_detector
 pytestmark = pytest.mark.integration
 
 
+def persons_model(model_path: Path, backend: str, precision: str, cache_dir: Path) -> ModelConfig:
+    """The model on the CPU, reporting persons, at `precision`, its exports cached in `cache_dir`."""
+    return ModelConfig(
+        path=str(model_path),
+        device="cpu",
+        backend=backend,
+        precision=precision,
+        classes=["person"],
+        cache_dir=cache_dir,
+    )
+
+
 def letterboxed_street_frame(samples_dir: Path) -> np.ndarray:
     """The clip's first frame as the reader hands it over: 1920x1080 -> 640x360, grey bars to 640x640."""
-    with av.open(str(samples_dir / "street-1080p.mp4")) as container:
-        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
-    out = np.full((640, 640, 3), 114, np.uint8)
-    out[140:500] = cv2.resize(frame, (640, 360), interpolation=cv2.INTER_AREA)
-    return out
+    return letterboxed_frames(samples_dir / "street-1080p.mp4", 1, 1)[0]
 
 
 def test_backends_find_the_same_people(tmp_path: Path, model_path: Path, samples_dir: Path) -> None:
@@ -48,14 +56,7 @@ def test_backends_find_the_same_people(tmp_path: Path, model_path: Path, samples
     frame = letterboxed_street_frame(samples_dir)
     found = {}
     for backend in ("torch", "openvino", "onnxruntime"):
-        cfg = ModelConfig(
-            path=str(model_path),
-            device="cpu",
-            backend=backend,
-            precision="fp32",
-            classes=["person"],
-            cache_dir=tmp_path,
-        )
+        cfg = persons_model(model_path, backend, "fp32", tmp_path)
         detector = load_detector(cfg, 4)
         assert (detector.backend, detector.precision) == (backend, "fp32")
         detector.input_buffer[[0, 2]] = frame
@@ -82,14 +83,7 @@ def test_the_fitted_batch_shape_finds_what_the_square_finds(
     3. Every person of the square (in camera rows) is found again (IoU >= 0.8) at a confidence
        within 0.05, and nothing more. In fp32 (pinned): the padding is what is compared."""
     frame = letterboxed_street_frame(samples_dir)
-    cfg = ModelConfig(
-        path=str(model_path),
-        device="cpu",
-        backend=backend,
-        precision="fp32",
-        classes=["person"],
-        cache_dir=tmp_path,
-    )
+    cfg = persons_model(model_path, backend, "fp32", tmp_path)
     detector = load_detector(cfg, 2)
     detector.input_buffer[0] = frame
     square = detector.infer(1)[0]
@@ -150,14 +144,7 @@ def test_bf16_finds_the_persons_fp32_finds(
     frames += letterboxed_frames(samples_dir / "crowd-480p.mp4", 30, 3)
     found: dict[str, list[np.ndarray]] = {}
     for backend, precision in (("torch", "fp32"), ("openvino", "bf16")):
-        cfg = ModelConfig(
-            path=str(model_path),
-            device="cpu",
-            backend=backend,
-            precision=precision,
-            classes=["person"],
-            cache_dir=tmp_path,
-        )
+        cfg = persons_model(model_path, backend, precision, tmp_path)
         detector = load_detector(cfg, 1)
         runs_at = detector.precision
         found[backend] = []
