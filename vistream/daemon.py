@@ -434,7 +434,7 @@ class Daemon:
             self._add_camera(cam)
         self._retry_failed(time.monotonic(), force=True)
         if change.scheduler:  # a new model or batching; readers and rings stay as they are
-            self.scheduler.replace(SCHEDULER_STOP_S)
+            self.scheduler.replace(SCHEDULER_STOP_S, self.stop_flag)  # SIGTERM meanwhile cuts it short
         if change.rules:
             if self.outbox is None and self._needs_outbox():
                 self._open_outbox_late()

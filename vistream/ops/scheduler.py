@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vistream.ops.process import Child
+from vistream.ops.process import Child, StopFlag, stop_all
 from vistream.ops.stats import SchedulerStats
 from vistream.ops.supervise import Limits, RestartBudget
 from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME, SchedulerSpec
@@ -149,11 +149,16 @@ class SchedulerRuntime:
         self._totals = (base, cur)
         child.start()
 
-    def replace(self, timeout: float = STOP_S) -> None:
-        """A new scheduler (a new model or batching); the one running is stopped first."""
+    def replace(self, timeout: float = STOP_S, stop: StopFlag | None = None) -> None:
+        """A new scheduler (a new model or batching); the one running is stopped first.
+
+        A `stop` set meanwhile (SIGTERM to the daemon) cuts the wait short: the old one is killed
+        at once and no successor is started (it would only be stopped again, mid-load)."""
         cur = self.current
-        if cur is not None:
-            cur.child.stop(timeout)
+        if cur is None:
+            return
+        stop_all([cur.child], timeout, stop)
+        if not stop:
             self._restart(cur)
 
     def stop(self, timeout: float = STOP_S) -> None:
