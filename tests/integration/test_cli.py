@@ -80,7 +80,9 @@ def test_model_that_cannot_load_exits_3(tmp_path: Path, samples_dir: Path) -> No
     """A model file that is not there: exit 3 (systemd: do not restart), one clear line, no traceback."""
     cfg = {
         "model": {"path": str(tmp_path / "missing.pt"), "device": "cpu"},
-        "mqtt": {"port": 1},  # nothing listens there; the daemon must not care before the model fails
+        # Nothing listens on port 1; the daemon must not care before the model fails. A client id of
+        # its own: another test's daemon (pytest-xdist) may hold the default's segments meanwhile.
+        "mqtt": {"port": 1, "client_id": "itestnomodel"},
         "metrics": {"enabled": False},
         "cameras": [{"name": "a", "url": str(samples_dir / "crowd-480p.mp4")}],
     }
@@ -88,7 +90,7 @@ def test_model_that_cannot_load_exits_3(tmp_path: Path, samples_dir: Path) -> No
     assert r.returncode == 3, r.stderr
     assert "model.path: cannot load" in r.stderr
     assert "Traceback" not in r.stderr
-    assert not list(Path("/dev/shm").glob("vistream.vistream.*"))
+    assert not list(Path("/dev/shm").glob("vistream.itestnomodel.*"))
 
 
 @pytest.mark.integration

@@ -122,6 +122,7 @@ def test_four_rtsp_cameras_to_mqtt(
         }
 
 
+@pytest.mark.serial
 def test_dead_camera_does_not_slow_the_others(
     tmp_path: Path, rtsp_server: RtspServer, mosquitto: Mosquitto, model_path: Path
 ) -> None:

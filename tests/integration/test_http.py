@@ -141,6 +141,7 @@ def test_api_and_latest_pictures_of_two_rtsp_cameras(
     assert "hunter2" not in daemon.log
 
 
+@pytest.mark.serial
 def test_healthz_turns_503_when_the_scheduler_hangs(
     tmp_path: Path, samples_dir: Path, mosquitto: Mosquitto, model_path: Path
 ) -> None:

@@ -25,7 +25,7 @@ from support.procs import free_port
 
 from vistream.ops.stats import DROP_REASONS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP_FRAMES = 409  # crowd-480p.mp4, 30 fps

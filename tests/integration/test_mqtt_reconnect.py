@@ -13,7 +13,7 @@ from support.waiting import wait_until
 from vistream.config.models import MqttConfig
 from vistream.outputs.mqtt import MqttPublisher
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 # Long enough for a doubling backoff to outgrow 5 s: from 1 s, the attempts come 1, 3, 7, 15, 31 s
 # after the loss, so with the former 30 s cap (or paho's default 120 s) a broker back at 16 s waits

@@ -18,6 +18,7 @@ DOWN_S = 30.0
 MAX_FULL_ATTEMPTS = 9
 
 
+@pytest.mark.serial
 def test_camera_whose_server_was_down_for_30s_is_back_within_seconds(
     tmp_path: Path, make_rtsp_server, samples_dir: Path, mosquitto: Mosquitto, model_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

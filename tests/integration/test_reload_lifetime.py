@@ -163,6 +163,7 @@ def test_a_camera_added_while_shared_memory_is_short(
         assert "Traceback" not in daemon.log
 
 
+@pytest.mark.serial
 def test_sigterm_during_a_reload_that_replaces_hung_readers(
     tmp_path: Path, mosquitto: Mosquitto, model_path: Path
 ) -> None:

@@ -44,6 +44,7 @@ def read_until_closed(container: av.container.InputContainer) -> None:
         pass
 
 
+@pytest.mark.serial
 def test_rtsp_clip_loops_as_an_endless_live_stream(rtsp_server):
     """A camera clip never ends: 15 s of a 13.6 s clip arrive as one continuous stream.
 

@@ -139,6 +139,7 @@ def healthz(port: int, path: str = "/healthz") -> tuple[int, str]:
         return exc.code, exc.read().decode().strip()
 
 
+@pytest.mark.serial
 def test_daemon_on_triton_survives_a_server_restart(
     tmp_path: Path,
     mosquitto: Mosquitto,
