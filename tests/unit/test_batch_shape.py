@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vistream.scheduler.shape import batch_shape, fitted_hw
+from vistream.scheduler.shape import ShapeFit, batch_shape, fitted_hw
 from vistream.sources.letterbox import letterbox
 
 
@@ -51,3 +51,64 @@ def test_fitted_shape_scales_every_frame_as_the_square_does(size: tuple[int, int
     square, fitted = letterbox(w, h, 640, 640), letterbox(w, h, fw, fh)
     assert (fitted.new_w, fitted.new_h, fitted.scale) == (square.new_w, square.new_h, square.scale)
     assert fh % 32 == 0 and fw % 32 == 0 and fh - fitted.new_h < 32 and fw - fitted.new_w < 32
+
+
+LAND, PORT = (1280, 720), (720, 1280)
+HOLD = 20.0
+
+
+def test_a_camera_flipping_portrait_and_landscape_never_refits() -> None:
+    """1. Cameras a (landscape) and b (landscape) start: 384x640 at once.
+    2. b flips to portrait and back every 2 s for a minute: the square would be the better fit for
+       2 s at a time, never for `hold_s`, so the shape stays (b is letterboxed into it meanwhile)."""
+    fit = ShapeFit(640, HOLD)
+    assert fit.decide(0.0, {"a": LAND, "b": LAND}) == (384, 640)
+    for step in range(30):
+        t = 2.0 + 2.0 * step
+        b = PORT if step % 2 == 0 else LAND
+        assert fit.decide(t, {"a": LAND, "b": b}) == (384, 640)
+        assert fit.decide(t + 1.9, {"a": LAND, "b": b}) == (384, 640)
+
+
+def test_a_new_shape_is_adopted_once_it_held() -> None:
+    """1. b turns portrait at t=10: the square is pending, not adopted, up to t=10+hold.
+    2. At t=10+hold it is adopted.
+    3. b back to landscape at t=100: 384x640 again only at t=100+hold.
+    4. A flip back before the hold ends starts the wait over."""
+    fit = ShapeFit(640, HOLD)
+    fit.decide(0.0, {"a": LAND, "b": LAND})
+    assert fit.decide(10.0, {"a": LAND, "b": PORT}) == (384, 640) and fit.pending == (640, 640)
+    assert fit.decide(10.0 + HOLD - 0.1, {"a": LAND, "b": PORT}) == (384, 640)
+    assert fit.decide(10.0 + HOLD, {"a": LAND, "b": PORT}) == (640, 640) and fit.pending is None
+    assert fit.decide(100.0, {"a": LAND, "b": LAND}) == (640, 640)
+    assert fit.decide(100.0 + HOLD, {"a": LAND, "b": LAND}) == (384, 640)
+    fit.decide(200.0, {"a": LAND, "b": PORT})
+    fit.decide(205.0, {"a": LAND, "b": LAND})  # back to the current fit: the wait is over
+    assert fit.decide(215.0, {"a": LAND, "b": PORT}) == (384, 640)
+    assert fit.decide(215.0 + HOLD - 1, {"a": LAND, "b": PORT}) == (384, 640)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "want"),
+    [
+        ({"a": LAND}, {"a": LAND, "b": PORT}, (640, 640)),  # a camera added
+        ({"a": LAND, "b": PORT}, {"a": LAND}, (384, 640)),  # a camera removed
+        ({"a": LAND, "b": (0, 0)}, {"a": LAND, "b": PORT}, (640, 640)),  # b's first frame
+        ({"a": (0, 0)}, {"a": (640, 480)}, (480, 640)),  # the square until the first frame
+    ],
+)
+def test_changes_of_the_cameras_refit_at_once(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], want: tuple[int, int]
+) -> None:
+    fit = ShapeFit(640, HOLD)
+    fit.decide(0.0, before)
+    assert fit.decide(0.1, after) == want
+
+
+def test_no_hold_refits_at_once_and_an_explicit_shape_never_moves() -> None:
+    fit = ShapeFit(640, 0.0)
+    fit.decide(0.0, {"a": LAND})
+    assert fit.decide(0.0, {"a": PORT}) == (640, 384)
+    explicit = ShapeFit((320, 640), HOLD)
+    assert explicit.decide(0.0, {"a": PORT}) == (320, 640)
+    assert explicit.decide(99.0, {"a": LAND}) == (320, 640)

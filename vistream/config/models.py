@@ -290,6 +290,16 @@ class BatchingConfig(Section):
         gt=0,
         description="Frames older than this at batch time are dropped (counted), never inferred.",
     )
+    reshape_after_s: float = Field(
+        default=20,
+        ge=0,
+        description="A camera whose resolution changed moves the fitted batch shape (`model.imgsz` as "
+        "one number) only once the new shape has been the better fit for this long; meanwhile its frames "
+        "are letterboxed into the current shape. A refit drains the batches, re-warms the model and drops "
+        "every camera's frames made for the old shape, so a stream that flips between portrait and "
+        "landscape would otherwise stall all cameras. 0 refits at once. Cameras added, removed or "
+        "reporting their first frame refit at once.",
+    )
 
     @model_validator(mode="after")
     def _wait_below_age(self) -> BatchingConfig:

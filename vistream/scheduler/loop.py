@@ -47,7 +47,7 @@ from vistream.scheduler.messages import (
     RemoveCamera,
 )
 from vistream.scheduler.policy import BatchPolicy, Candidate, MotionGate
-from vistream.scheduler.shape import batch_shape
+from vistream.scheduler.shape import ShapeFit, batch_shape
 from vistream.sources.letterbox import boxes_to_camera
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,8 @@ class Scheduler:
         self.stats = SchedulerStats()
         self._failures = 0
         self._next_stats = 0.0
-        self._sizes: tuple[tuple[str, int, int], ...] | None = None  # what the batch shape was fitted to
+        self.shapes = ShapeFit(spec.model.imgsz, b.reshape_after_s)
+        self._fitted: tuple[tuple[int, int], tuple[str, ...]] | None = None  # shape, rings told it
         self._inflight: deque[InFlight] = deque()  # oldest first: results go out in this order
         self.max_inflight = max(1, min(detector.max_inflight, spec.model.max_inflight))
         self.stats.batch_shape = detector.input_hw
@@ -268,13 +269,16 @@ class Scheduler:
     def fit_shape(self) -> None:
         """Keep the batch shape fitted to the cameras (vistream.scheduler.shape) as they are added,
         removed or change resolution: re-warm the model for a new shape and ask every reader for it.
-        Frames already letterboxed for the old one are dropped (`reshape`), never inferred."""
-        sizes = tuple((name, *feed.ring.stream_size) for name, feed in self.feeds.items())
-        if sizes == self._sizes:
-            return
-        self._sizes = sizes
+        Frames already letterboxed for the old one are dropped (`reshape`), never inferred. A camera
+        whose resolution changed moves the shape only once the new fit held `reshape_after_s`
+        (`ShapeFit`); until then its frames are letterboxed into the current shape."""
+        sizes = {name: feed.ring.stream_size for name, feed in self.feeds.items()}
         det = self.detector
-        want = det.fixed_input or batch_shape((s[1:] for s in sizes), self.spec.model.imgsz)
+        want = det.fixed_input or self.shapes.decide(self.clock(), sizes)
+        fitted = (want, tuple(feed.ring.name for feed in self.feeds.values()))
+        if fitted == self._fitted:
+            return
+        self._fitted = fitted
         if want != det.input_hw:
             self.drain()  # no batch in flight while the buffers change
             old = det.input_hw
@@ -288,7 +292,8 @@ class Scheduler:
             self.stats.reshapes += 1
             log.info(
                 "batch shape %dx%d -> %dx%d (height x width) for cameras %s; model warm again after %.2fs",
-                *old, *want, ", ".join(f"{n} {w}x{h}" for n, w, h in sizes if w), self.clock() - started,
+                *old, *want, ", ".join(f"{n} {w}x{h}" for n, (w, h) in sizes.items() if w),
+                self.clock() - started,
             )  # fmt: skip
         self.stats.batch_shape = want
         for feed in self.feeds.values():

@@ -50,3 +50,47 @@ def batch_shape(
 
 def _round_up(side: int, stride: int, limit: int) -> int:
     return min(limit, max(stride, -(-side // stride) * stride))
+
+
+class ShapeFit:
+    """Which batch shape to run now: `batch_shape` of the cameras, with hysteresis.
+
+    A refit costs every camera: the batches in flight are drained, the model is reshaped and warmed
+    up again (a second or more on a CPU), and the frames the readers letterboxed for the old shape
+    are dropped (`reshape`). A camera whose stream alternates portrait and landscape would make the
+    scheduler refit at every change and stall everyone's inference. So a new shape is adopted only
+    once it has been the better fit for `hold_s` without a break; meanwhile every camera's frames are
+    letterboxed into the current shape (which holds any frame, only smaller than it could be).
+
+    Changes of the set of cameras with a known size (a camera added or removed, a camera's first
+    frame) are applied at once: those are the operator's doing or start-up, not a stream's.
+    """
+
+    def __init__(self, imgsz: int | tuple[int, int], hold_s: float, stride: int = STRIDE) -> None:
+        self.imgsz, self.hold_s, self.stride = imgsz, hold_s, stride
+        self.current: tuple[int, int] | None = None
+        self.pending: tuple[int, int] | None = None  # the better fit, waiting out `hold_s`
+        self._since = 0.0  # since when `pending` has been the better fit
+        self._known: frozenset[str] = frozenset()
+        self._sizes: dict[str, tuple[int, int]] | None = None
+        self._want: tuple[int, int] = (0, 0)
+
+    def decide(self, now: float, sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+        """The (height, width) to run at `now`, for cameras of stream `sizes` (name -> (width, height),
+        (0, 0) for one that has not reported its size yet)."""
+        if sizes != self._sizes:
+            self._sizes = dict(sizes)
+            self._want = batch_shape(sizes.values(), self.imgsz, self.stride)
+        want = self._want
+        known = frozenset(name for name, (w, h) in sizes.items() if w > 0 and h > 0)
+        if self.current is None or known != self._known:
+            self._known = known
+            self.current, self.pending = want, None
+        elif want == self.current:
+            self.pending = None
+        else:
+            if want != self.pending:
+                self.pending, self._since = want, now
+            if now - self._since >= self.hold_s:
+                self.current, self.pending = want, None
+        return self.current
