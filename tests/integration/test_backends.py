@@ -196,7 +196,8 @@ def test_openvino_daemon_finds_a_person_and_reuses_its_export(
     tmp_path: Path, mosquitto: Mosquitto, model_path: Path, samples_dir: Path
 ) -> None:
     """1. `vistream run` with `backend: openvino`, the .pt model, an empty export cache and the street
-       clip as a file camera: the model is exported into the cache, the daemon says it runs OpenVINO.
+       clip as a file camera: the model is exported into the cache, the daemon says it runs OpenVINO
+       on the batch as the scheduler fills it (uint8 NHWC: scaling and reordering are in the model).
     2. A person is detected on the street clip with confidence > 0.5, at the 384x640 batch shape
        fitted to the 1920x1080 camera (/metrics says so).
     3. SIGTERM: exit 0. The cache holds one complete entry.
@@ -219,6 +220,7 @@ def test_openvino_daemon_finds_a_person_and_reuses_its_export(
             assert code == 0, daemon.log[-3000:]
         log = daemon.log
         assert "backend openvino" in log
+        assert "takes u8 [N,H,W,C]" in log, log[-3000:]
         assert ("export cache hit" in log) == (start == "cached"), log[-3000:]
         assert ("exported openvino" in log) == (start == "cold"), log[-3000:]
         entries = list(cache.iterdir())

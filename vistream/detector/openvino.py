@@ -6,6 +6,11 @@ as they are. The model is compiled with `INFERENCE_NUM_THREADS` from `model.thre
 inference pool leaves the readers the cores it is told to, and the LATENCY hint: one synchronous
 request uses every thread it has on one batch. (Splitting a batch over asynchronous requests in
 THROUGHPUT streams measured 6% faster at batch 4 on 2 cores, not enough for its risk: see `STREAMS`.)
+
+The model takes the batch as the scheduler fills it: uint8 RGB rows, NHWC. OpenVINO's
+`PrePostProcessor` compiles the conversion to float, the 1/255 scale and the reorder to NCHW into
+the model (`uint8_input`), where they run on the inference threads fused with the first layer, and
+the batch is read in place (`share_inputs`): no float copy of it is made in Python or torch.
 """
 
 from __future__ import annotations
@@ -96,6 +101,19 @@ def runs_at(compiled: Any, hint: str) -> str:
     return precision
 
 
+def uint8_input(ov: Any, model: Any) -> Any:
+    """`model` taking uint8 NHWC RGB batches: the float conversion, the 1/255 scale and NCHW are
+    compiled into it (what `YoloDetector._preprocess` does in torch for the other backends)."""
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    port = ppp.input()
+    port.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    port.model().set_layout(ov.Layout("NCHW"))  # the reorder follows from the two layouts
+    port.preprocess().convert_element_type(ov.Type.f32).scale(255.0)
+    return ppp.build()
+
+
 class OpenVinoDetector(YoloDetector):
     backend = "openvino"
 
@@ -124,6 +142,7 @@ class OpenVinoDetector(YoloDetector):
             names = onnx_names(xml) if xml.suffix == ".onnx" else None
         if names is None:
             raise ModelLoadError(f"model.path: {xml} carries no class names (export it with Ultralytics)")
+        model = uint8_input(ov, model)
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if cfg.threads is not None:
             config["INFERENCE_NUM_THREADS"] = cfg.threads
@@ -151,7 +170,10 @@ class OpenVinoDetector(YoloDetector):
             self._queue = ov.AsyncInferQueue(core.compile_model(model, device, config), streams)
             self._queue.set_callback(self._collect)
         mode = f", {streams} async streams for batches" if self._queue is not None else ""
-        self.describe(f"openvino {ov.get_version().split('-')[0]}, {self.threads} threads{mode}", str(xml))
+        port = self._compiled.input(0)  # what the compiled model takes, as it says: u8 [N,H,W,C]
+        takes = f"{port.get_element_type().get_type_name()} {ov.layout_helpers.get_layout(port)}"
+        version = ov.get_version().split("-")[0]
+        self.describe(f"openvino {version}, {self.threads} threads{mode}, takes {takes}", str(xml))
 
     def reshape(self, height: int, width: int) -> None:
         super().reshape(height, width)
@@ -161,15 +183,19 @@ class OpenVinoDetector(YoloDetector):
         assert self._out is not None
         self._out[row] = request.get_output_tensor(0).data[0]
 
-    def _forward(self, x: Any) -> np.ndarray:
-        arr = x.numpy()
-        if self._queue is not None and len(arr) > 1:
+    def _preprocess(self, n: int) -> np.ndarray:
+        """The first `n` rows of `input_buffer` as they are: the model converts them (`uint8_input`)."""
+        return self.input_buffer[:n]
+
+    def _forward(self, arr: np.ndarray) -> np.ndarray:
+        n = len(arr)
+        if self._queue is not None and n > 1:
             return self._forward_async(arr)
-        if self._static_batch is not None and len(arr) < self._static_batch:
-            arr = self._input.numpy()  # a fixed batch (= max_batch): rows past n are left over, dropped after
-        # share_inputs: OpenVINO reads the torch tensor's memory, no copy.
+        if self._static_batch is not None and n < self._static_batch:
+            arr = self.input_buffer  # a fixed batch (= max_batch): rows past n are left over, dropped after
+        # share_inputs: OpenVINO reads the batch where the scheduler wrote it, no copy.
         self._request.infer({0: arr}, share_inputs=True)
-        return self._request.get_output_tensor(0).data[: len(x)]
+        return self._request.get_output_tensor(0).data[:n]
 
     def _forward_async(self, arr: np.ndarray) -> np.ndarray:
         if self._out is None:  # the output's shape (classes + 4, anchors) from one image, once
