@@ -17,13 +17,14 @@ from typing import Any, ClassVar, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, ValidationInfo
 
 # Camera and daemon names end up as MQTT topic levels, metric label values and
-# shared-memory segment names, so they are restricted to a safe alphabet.
-NAME_RE = re.compile(r"^[a-z0-9_-]+$")
-CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+# shared-memory segment names, so they are restricted to a safe alphabet. Checked with `fullmatch`:
+# `match` with "$" accepts a trailing newline ("front\n").
+NAME_RE = re.compile(r"[a-z0-9_-]+")
+CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.-]+")
+DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
 SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # Ultralytics' COCO-trained release detection models and their exports.
-RELEASE_RE = re.compile(r"^yolo(v[358]|v?1[0-2])[nsmlx]u?(\.pt|\.onnx|\.engine|_openvino_model/?)$")
+RELEASE_RE = re.compile(r"yolo(v[358]|v?1[0-2])[nsmlx]u?(\.pt|\.onnx|\.engine|_openvino_model/?)")
 
 
 def not_yet(what: str) -> str:
@@ -107,7 +108,7 @@ Point = tuple[float, float]
 
 def checked_name(name: object) -> str:
     """A camera, rule, zone or line name: it becomes an MQTT topic level and a metric label value."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 64:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > 64:
         raise ValueError(f"must be 1-64 characters of a-z 0-9 _ - (got {name!r})")
     return name
 

@@ -197,7 +197,7 @@ class ModelConfig(Section):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not DEVICE_RE.match(v):
+        if not DEVICE_RE.fullmatch(v):
             raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps (got {v!r})")
         return v
 
@@ -236,7 +236,7 @@ class ModelConfig(Section):
         """
         if self.classes is not None and all(isinstance(c, str) for c in self.classes):
             return [str(c) for c in self.classes]
-        if self.classes is None and RELEASE_RE.match(Path(self.path).name):
+        if self.classes is None and RELEASE_RE.fullmatch(Path(self.path).name):
             return coco_names()
         return None
 
@@ -392,12 +392,15 @@ class MqttConfig(Section):
             raise ValueError(
                 f"must be an MQTT topic without wildcards, empty levels or leading $ (got {v!r})"
             )
+        # Legal in MQTT, but no subscriber types them: a trailing newline is a templating slip.
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError(f"must not hold control characters such as a newline (got {v!r})")
         return v
 
     @field_validator("client_id")
     @classmethod
     def _client_id(cls, v: str) -> str:
-        if not CLIENT_ID_RE.match(v) or len(v) > 64:
+        if not CLIENT_ID_RE.fullmatch(v) or len(v) > 64:
             raise ValueError(f"must be 1-64 characters of A-Z a-z 0-9 _ . - (got {v!r})")
         return v
 
@@ -479,8 +482,22 @@ class CameraConfig(Section):
 
     name: str = Field(description="Unique name, `[a-z0-9_-]+`; used in topics and metric labels.")
     url: str = Field(
-        description="`rtsp://` or `rtsps://` URL (credentials allowed, redacted in logs), or a video file "
-        "path (looped, paced at its native frame rate; relative to the config file's directory)."
+        description="`rtsp://` or `rtsps://` URL, or a video file path (looped, paced at its native frame "
+        "rate; relative to the config file's directory). Credentials in the URL (`rtsp://user:pass@...`, "
+        "`?token=...`) are redacted wherever the URL is logged or shown, but keep the password out of the "
+        "config with `username` and `password_file`."
+    )
+    username: str | None = Field(
+        default=None,
+        min_length=1,
+        description="RTSP user name, spliced into the URL (percent-encoded) for the reader only; the URL "
+        "must then hold no credentials of its own.",
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description="File holding the camera's password (one trailing newline is ignored; relative to the "
+        "config file's directory), like `mqtt.password_file`; needs `username`. Read each time the "
+        "camera's reader starts (and so on reload), and handed to the reader in its process arguments.",
     )
     detect_fps: float = Field(default=5, gt=0, le=120, description="Frames per second sent to the detector.")
     enabled: bool = Field(default=True, description="A disabled camera is not opened.")
@@ -544,6 +561,26 @@ class CameraConfig(Section):
         except ValueError:
             raise ValueError(f"{scheme} URL has an invalid port") from None
         return v
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else _existing_file(v, info)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> CameraConfig:
+        if self.username is None and self.password_file is None:
+            return self
+        key = "password_file" if self.password_file is not None else "username"
+        if self.is_file:
+            raise KeyProblems([((key,), "only for an rtsp:// or rtsps:// URL, not a file")])
+        parts = urlsplit(self.url)
+        if parts.username is not None or parts.password is not None:
+            in_url = "the URL already holds credentials: give them in one place"
+            raise KeyProblems([((key,), f"set while {in_url} (remove them from url)")])
+        if self.username is None:
+            raise KeyProblems([(("password_file",), "set without username (the password needs its user)")])
+        return self
 
     @property
     def is_file(self) -> bool:

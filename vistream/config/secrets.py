@@ -2,17 +2,24 @@
 
 The MQTT password comes from, in order: `mqtt.password_file`, the environment
 variable `VISTREAM_MQTT_PASSWORD`, the systemd credential `mqtt_password`
-(`LoadCredential=` puts it in `$CREDENTIALS_DIRECTORY`).
+(`LoadCredential=` puts it in `$CREDENTIALS_DIRECTORY`). A camera's password comes from its
+`password_file`, read by the daemon each time it starts the camera's reader and handed to the
+reader in its process arguments (`camera_url`), never through the environment.
+
+Redaction (`redact_text`, `RedactFilter`) covers what is printed or served: URL userinfo and
+secret query parameters, in log messages, tracebacks and the HTTP API's strings.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
-from vistream.config.models import ConfigError, MqttConfig
+from vistream.config.models import CameraConfig, ConfigError, MqttConfig
 
 PASSWORD_ENV = "VISTREAM_MQTT_PASSWORD"
 CREDENTIAL_NAME = "mqtt_password"
@@ -20,13 +27,22 @@ CREDENTIAL_NAME = "mqtt_password"
 # userinfo ends at the last "@" before the path, as in ffmpeg's av_url_split and urllib,
 # so a password holding an unencoded "@" is redacted whole.
 _USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
-# The same inside free text (an ffmpeg/PyAV error message quoting the URL): userinfo cannot
-# contain white space or quotes there, which is where such a URL ends.
-_TEXT_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#'\"<>]*@")
-# Some cameras take credentials in the query string instead (…?user=admin&password=x).
+# The same inside free text (an ffmpeg/PyAV error message quoting the URL, a traceback): there a
+# URL ends at white space. Quotes may be part of a password (`pa'ss`), so they do not end it: a
+# quote before the URL is not in the match, and a quoted URL's closing quote comes after "@".
+_TEXT_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
+# Credentials in a query string (cameras that take `?user=admin&password=x`, tokens of cloud
+# relays): the value runs to the next parameter or white space, quotes included for the same reason.
+# Matched outside a URL too (`token=abc`, `--password=x`, `client_secret=y` in a message): a word
+# ending in one of these names, then "=".
+SECRET_PARAMS = (
+    "user", "username", "pass", "passwd", "password", "pwd", "token", "auth", "authorization",
+    "apikey", "api_key", "key", "secret", "signature", "sig",
+)  # fmt: skip
 _QUERY_SECRET_RE = re.compile(
-    r"([?&;](?:user|username|password|passwd|pwd|pass)=)[^&;#\s'\"<>]*", re.IGNORECASE
+    rf"((?<![\w-])[\w-]*?(?:{'|'.join(re.escape(p) for p in SECRET_PARAMS)})=)[^&;#\s<>]*", re.IGNORECASE
 )
+REDACTED = "***"
 
 
 def mqtt_password(cfg: MqttConfig, environ: Mapping[str, str] | None = None) -> str | None:
@@ -42,6 +58,23 @@ def mqtt_password(cfg: MqttConfig, environ: Mapping[str, str] | None = None) -> 
     return None
 
 
+def camera_url(cam: CameraConfig) -> str:
+    """The URL a reader opens: `cam.url` with `username` and the password from `password_file`
+    (read now, so a changed file counts from the next start) spliced in, percent-encoded.
+
+    Only for the reader's open call: never log it or show it (`redact_url` what is shown).
+    Raises ConfigError when the file cannot be read.
+    """
+    if cam.username is None:
+        return cam.url
+    userinfo = quote(cam.username, safe="")
+    if cam.password_file is not None:
+        secret = _read_secret(cam.password_file, f"camera {cam.name}: password_file")
+        userinfo += ":" + quote(secret, safe="")
+    scheme, rest = cam.url.split("://", 1)
+    return f"{scheme}://{userinfo}@{rest}"
+
+
 def redact_url(url: str) -> str:
     """`rtsp://user:pass@host/s` -> `rtsp://***@host/s`; file paths and redacted URLs are left as they are."""
     if "://" not in url:
@@ -50,10 +83,40 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Every URL's credentials in `text` (a log line, an exception message) replaced by `***`."""
-    if "://" not in text:
+    """Every URL's credentials and every secret parameter (`token=...`) in `text` (a log line, an
+    exception message, a traceback) replaced by `***`. The one redaction of everything the daemon
+    prints or serves: `RedactFilter` on log records, the HTTP API on its strings."""
+    if "://" in text:
+        text = _TEXT_USERINFO_RE.sub(r"\1***@", text)
+    if "=" not in text:
         return text
-    return _QUERY_SECRET_RE.sub(r"\1***", _TEXT_USERINFO_RE.sub(r"\1***@", text))
+    return _QUERY_SECRET_RE.sub(r"\1***", text)
+
+
+class RedactFilter(logging.Filter):
+    """Redacts a record in place (message with its args, traceback, stack) and lets it pass.
+
+    On every handler that writes or forwards records: the parent's (`vistream.ops.logs` formatters)
+    and each child's pipe to the parent (`PipeHandler`), so a reader's traceback quoting its URL is
+    redacted before it leaves the reader, and again where it is written.
+    """
+
+    _format = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: the handler reports it, with the raw msg
+            message = None
+        if message is not None:
+            record.msg, record.args = redact_text(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._format.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True
 
 
 def _read_secret(path: Path, what: str) -> str:

@@ -37,7 +37,7 @@ from vistream.detector.ultralytics import cached_export, import_runtime
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")  # fullmatch: "$" would let a trailing newline through
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "engine": ("tensorrt_plan", "model.plan")}
 QUEUE_DELAY_US = 2000  # how long Triton may hold a request to batch it with others
 INPUTS = ("float32", "uint8")  # what a request carries: float32 NCHW (Ultralytics' client), uint8 NHWC
@@ -194,7 +194,7 @@ def export_triton(
             "--input uint8 needs --format onnx (a TensorRT plan keeps Ultralytics' float input)"
         )
     name = name or Path(model).stem
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name) or name in (".", ".."):
         raise ExportError(f"--name: {name!r}: letters, digits, '_', '.', '-' only")
     if max_batch < 1 or max_batch > 256:
         raise ExportError(f"--max-batch: {max_batch} is not between 1 and 256")

@@ -42,7 +42,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vistream.config.models import CameraConfig
-from vistream.config.secrets import redact_url
+from vistream.config.secrets import redact_text, redact_url
 from vistream.ops.stats import DROP_REASONS
 from vistream.ops.status import StatusSource, health
 from vistream.outputs.results import LatestFrame
@@ -112,7 +112,8 @@ def camera_list(d: StatusSource, rates: Rates, now: float) -> list[dict[str, Any
                 "name": name,
                 "url": redact_url(cam.cfg.url),
                 "state": cam.state,
-                "error": cam.failed,  # why it could not be started (state `failed`), else null
+                # why it could not be started (state `failed`), else null; redacted like every string served
+                "error": redact_text(cam.failed) if cam.failed is not None else None,
                 "online": cam.online,
                 "fps_in": fps_in,
                 "fps_inferred": fps_inferred,
@@ -145,7 +146,7 @@ def status(d: StatusSource, now: float) -> dict[str, Any]:
     cameras = d.camera_status()
     return {
         "healthy": reason is None,
-        "reason": reason,
+        "reason": redact_text(reason) if reason is not None else None,
         "ready": ready is not None,
         "device": ready.device if ready else None,
         "half": ready.half if ready else None,
@@ -265,7 +266,7 @@ def build_app(
         reason = health(d, clock())
         if reason is None:
             return PlainTextResponse("ok\n")
-        return PlainTextResponse(f"{reason}\n", status_code=503)
+        return PlainTextResponse(f"{redact_text(reason)}\n", status_code=503)
 
     async def livez(request: Request) -> Response:
         # /healthz without the remote model: what an orchestrator's liveness probe asks, since
@@ -273,7 +274,7 @@ def build_app(
         reason = health(d, clock(), remote=False)
         if reason is None:
             return PlainTextResponse("ok\n")
-        return PlainTextResponse(f"{reason}\n", status_code=503)
+        return PlainTextResponse(f"{redact_text(reason)}\n", status_code=503)
 
     async def api_status(request: Request) -> Response:
         return JSONResponse(status(d, clock()))

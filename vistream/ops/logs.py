@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection, wait
 from typing import IO, Any
 
+from vistream.config.secrets import RedactFilter
 from vistream.ops.process import SPAWN
 
 # Fields a record may carry beyond the standard ones (`extra=`), shown by both formatters.
@@ -41,6 +42,9 @@ JOURNAL_FORMAT = "%(levelname)-7s [%(processName)s] %(name)s: %(message)s"
 # sd-daemon(3) priority prefixes: journald strips them and files the line at that priority.
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 _PLAIN = logging.Formatter()
+# Every record is redacted (URL credentials, secret parameters; message, traceback, stack) where it
+# leaves a child (PipeHandler) and where it is written (both formatters): one filter for all.
+REDACT = RedactFilter()
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -73,6 +77,7 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
+        REDACT.filter(record)
         text = super().format(record)
         if not self.journal:
             return text
@@ -88,6 +93,7 @@ class JsonFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
+        REDACT.filter(record)
         message = record.getMessage()
         prefix = _camera_prefix(record)
         if prefix and message.startswith(prefix):
@@ -147,6 +153,7 @@ class PipeHandler(logging.handlers.QueueHandler):
         self.records: queue.Queue[logging.LogRecord | None] = queue.Queue(capacity)
         super().__init__(self.records)
         self.conn = conn
+        self.addFilter(REDACT)  # before prepare(): the traceback is formatted and redacted here
         self.context = dict(context or {})
         self.dropped = 0
         self._sender = threading.Thread(target=self._send, name="log-pipe", daemon=True)

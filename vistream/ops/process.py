@@ -5,12 +5,13 @@ whose locks a forked child would inherit mid-flight, and the scheduler child
 holds torch, which must not be forked. Every child runs `_bootstrap`, which
 sets the process title, routes logging to the parent's single QueueListener,
 enables faulthandler, ignores SIGINT (the parent decides when children stop),
-records SIGTERM in a `StopFlag` and drops the systemd notify socket so only
-the main process talks to systemd.
+records SIGTERM in a `StopFlag` and drops the systemd notify socket (so only
+the main process talks to systemd) and the secrets' environment variables.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import faulthandler
 import logging
@@ -18,8 +19,9 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,25 @@ log = logging.getLogger(__name__)
 
 SPAWN = mp.get_context("spawn")
 PR_SET_PDEATHSIG = 1
+# Not for children: only the main process talks to systemd, and the readers parse untrusted input
+# (a camera's stream), so they hold no secret they do not need. A reader's own camera password
+# comes in its arguments (vistream.sources.reader.ReaderSpec).
+SECRET_ENV = ("VISTREAM_MQTT_PASSWORD", "CREDENTIALS_DIRECTORY")
+CHILD_ENV_REMOVED = ("NOTIFY_SOCKET", *SECRET_ENV)
+_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _secrets_out_of_environ() -> Iterator[None]:
+    """Unset SECRET_ENV while a child is spawned, so its exec'd environment never holds them
+    (unsetting them in the child is too late for /proc/PID/environ). Only the main thread reads
+    these two variables (mqtt_password, at start and reload), and it is the one spawning here."""
+    with _ENV_LOCK:
+        saved = {name: os.environ.pop(name) for name in SECRET_ENV if name in os.environ}
+        try:
+            yield
+        finally:
+            os.environ.update(saved)
 
 
 class StopFlag:
@@ -90,7 +111,8 @@ def _bootstrap(setup: ProcessSetup, target: Callable[..., int | None], args: tup
     except ImportError:  # optional nicety; the name in `ps` is all it buys
         pass
     faulthandler.enable()
-    os.environ.pop("NOTIFY_SOCKET", None)
+    for name in CHILD_ENV_REMOVED:
+        os.environ.pop(name, None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = StopFlag()
     signal.signal(signal.SIGTERM, stop.set)
@@ -138,7 +160,8 @@ class Child:
         self._proc = SPAWN.Process(
             target=_bootstrap, args=(setup, self._target, self._args), name=self.title, daemon=True
         )
-        self._proc.start()
+        with _secrets_out_of_environ():
+            self._proc.start()
         conn.close()  # the child has its own copy; ours would keep the pipe from reaching EOF
         self.started_at = time.monotonic()
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ipaddress
 import logging
 import ssl
 import sys
@@ -38,9 +39,23 @@ from vistream.config.models import MqttConfig
 
 log = logging.getLogger(__name__)
 
+
 ONLINE, OFFLINE = "online", "offline"
 RECONNECT_MAX_S = 4  # paho's default 120 s (and our former 30 s) left a returned broker unused that long
 MAX_BACKLOG = 200  # QoS 0 detections handed to paho and not written to the socket yet
+
+
+def sends_password_in_clear(cfg: MqttConfig, password: str | None) -> bool:
+    """A password sent without TLS to a broker on another machine (loopback is fine)."""
+    if password is None or cfg.username is None or cfg.tls.active:
+        return False
+    host = cfg.host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name other than localhost: assume it is elsewhere
+        return True
 
 
 class ConnectionListener(Protocol):
@@ -97,6 +112,11 @@ class MqttPublisher:
         c.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
         if cfg.username is not None:
             c.username_pw_set(cfg.username, password)
+            if sends_password_in_clear(cfg, password):
+                log.warning(
+                    "mqtt: the password goes to %s:%d without TLS, readable on the network: set mqtt.tls "
+                    "(docs/security.md)", cfg.host, cfg.port,
+                )  # fmt: skip
         if cfg.tls.active:
             c.tls_set(
                 ca_certs=_str(cfg.tls.ca_file),

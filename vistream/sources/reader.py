@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -20,8 +20,8 @@ import numpy as np
 from av.video.plane import VideoPlane
 from av.video.reformatter import VideoReformatter
 
-from vistream.config.models import CameraConfig
-from vistream.config.secrets import redact_text, redact_url
+from vistream.config.models import CameraConfig, ConfigError
+from vistream.config.secrets import camera_url, redact_text, redact_url
 from vistream.ops.process import StopFlag
 from vistream.ring.shm import FrameRing, State
 from vistream.sources.letterbox import letterbox
@@ -39,14 +39,32 @@ HEALTHY_SESSION_S = 10.0
 
 @dataclass(frozen=True)
 class ReaderSpec:
-    """Everything a reader process needs, picklable for `spawn`."""
+    """Everything a reader process needs, picklable for `spawn`.
+
+    Built in the daemon at each start of the reader: `url` is the URL to open with the camera's
+    `password_file` read now and spliced in (`camera_url`). It reaches the reader through spawn's
+    pipe, with the other arguments, never the environment, and is never shown (`repr=False`).
+    """
 
     camera: CameraConfig
     ring_name: str
     wake: Any  # multiprocessing.Semaphore the scheduler sleeps on; released after each frame
+    url: str = field(default="", repr=False)
+    url_problem: str | None = None  # why `url` could not be built (an unreadable password_file)
+
+    def __post_init__(self) -> None:
+        if self.url:
+            return
+        try:
+            object.__setattr__(self, "url", camera_url(self.camera))
+        except ConfigError as exc:
+            object.__setattr__(self, "url_problem", str(exc))
 
 
 def run_reader(spec: ReaderSpec, *, stop: StopFlag) -> int:
+    if spec.url_problem is not None:  # exits; the supervisor restarts it with backoff, reading it again
+        log.error("%s", spec.url_problem)
+        return 2
     ring = FrameRing.attach(spec.ring_name)
     try:
         CameraReader(spec, ring, stop).run()
@@ -58,7 +76,9 @@ def run_reader(spec: ReaderSpec, *, stop: StopFlag) -> int:
 
 class CameraReader:
     def __init__(self, spec: ReaderSpec, ring: FrameRing, stop: StopFlag) -> None:
-        self.cam = spec.camera
+        # The reader opens the URL with the credentials spliced in; everything it prints is `self.url`.
+        cam = spec.camera
+        self.cam = cam if spec.url == cam.url else cam.model_copy(update={"url": spec.url})
         self.ring = ring
         self.wake = spec.wake
         self.stop = stop
