@@ -35,6 +35,7 @@ from vistream.ops.status import CameraStatus, StatusSource
 from vistream.ops.summary import Summary
 from vistream.ops.supervise import Limits, Threads
 from vistream.ops.systemd import Notifier
+from vistream.ops.webconfig import WebConfigError
 from vistream.outputs.alerts import Alerts
 from vistream.outputs.delivery import Delivery
 from vistream.outputs.homeassistant import DiscoveryPublisher
@@ -108,6 +109,7 @@ class Daemon:
         self._stack = ExitStack()
         self._announced: set[str] = set()  # cameras whose status MQTT has been told
         self._hup = False
+        self.http: Any = None  # the HTTP server, once started (vistream.ops.http.HttpServer)
         self.outbox: Outbox | None = None  # with rules, lines or Home Assistant (maybe from a reload)
         self.delivery: Delivery | None = None
         self.discovery: DiscoveryPublisher | None = None  # with mqtt.home_assistant
@@ -288,6 +290,8 @@ class Daemon:
             )
         try:
             server = serve_metrics(self, host, port)
+        except WebConfigError as exc:
+            raise BootError(2, f"metrics.web_config_file: {exc}") from None
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise BootError(2, f"metrics.port: {host}:{port} is in use") from None
@@ -296,6 +300,7 @@ class Daemon:
         self.metrics_port = server.port
         log.info("HTTP on http://%s:%d/ (status page, /metrics, /healthz, /api)", host, self.metrics_port)
         self._stack.callback(server.stop)
+        self.http = server  # SIGHUP reads its web config again
 
     def _on_control(self, msg: Any) -> None:
         """The result thread read a scheduler's Ready or Fatal: it binds what is its own (the event
@@ -393,6 +398,8 @@ class Daemon:
         Unchanged cameras keep their reader, ring and sequence numbers; model or batching changes
         restart the scheduler only; zones, lines and rules apply without restarting anything.
         """
+        if self.http is not None:
+            self.http.reload()  # metrics.web_config_file: certificates and users
         if self.config_path is None:
             log.warning("SIGHUP: no config file to read again (the daemon was given a config object)")
             return

@@ -410,6 +410,18 @@ class MqttConfig(Section):
         return None if v is None else _existing_file(v, info)
 
 
+def is_loopback(host: str) -> bool:
+    """Is `host` (an address or `localhost`) reachable from this machine only?"""
+    import ipaddress
+
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class MetricsConfig(Section):
     """The daemon's HTTP server: `/metrics` for Prometheus, `/healthz`, the status page `/` and its API."""
 
@@ -420,11 +432,46 @@ class MetricsConfig(Section):
         default="127.0.0.1",
         min_length=1,
         description="Address the HTTP server listens on; keep it local unless a scraper or browser "
-        "elsewhere needs it (the status page has no login).",
+        "elsewhere needs it, and then set `web_config_file` (docs/security.md).",
     )
     port: int = Field(
         default=9108, ge=0, le=65535, description="Port of the HTTP server (0: any free port, logged)."
     )
+    web_config_file: Path | None = Field(
+        default=None,
+        description="TLS and basic auth, in the web-config format of Prometheus' exporter-toolkit "
+        "(`tls_server_config`, `basic_auth_users`); read at start and on SIGHUP (docs/security.md).",
+    )
+    pictures: bool | None = Field(
+        default=None,
+        description="Serve camera pictures (`latest.jpg`, the status page's images). Unset: true when "
+        "`host` is a loopback address or `web_config_file` is set, else false.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Names besides the daemon's own addresses, `localhost` and the machine's host name "
+        "that requests may carry in `Host` (others get 421: DNS rebinding).",
+    )
+    max_connections: int = Field(
+        default=64, ge=1, le=10000,
+        description="Open HTTP connections at most; one more is closed at once.",
+    )
+    idle_timeout_s: float = Field(
+        default=10, gt=0, le=3600,
+        description="A connection that sends no request for this long is closed (keep-alive included).",
+    )
+
+    @field_validator("web_config_file")
+    @classmethod
+    def _web_config_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else _existing_file(v, info)
+
+    @property
+    def show_pictures(self) -> bool:
+        """`pictures`, or its default: on loopback or behind a web config only."""
+        if self.pictures is not None:
+            return self.pictures
+        return self.web_config_file is not None or is_loopback(self.host)
 
 
 class MotionConfig(Section):

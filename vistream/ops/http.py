@@ -11,6 +11,14 @@
 | `/api/events` | the most recent events, newest first |
 | `/` | the status page (static/: plain HTML, CSS and JS, nothing from outside) |
 
+Before any of them (`Guard`): a `Host` that is not an address of the daemon or an allowed name gets
+421 (DNS rebinding), then basic auth when `metrics.web_config_file` names users (401 without it).
+TLS, when the web config has it, is the listening socket's; SIGHUP reads the web config again
+(`HttpServer.reload`). `metrics.pictures: false` makes latest.jpg 404 and the page imageless.
+Connections are bounded (`metrics.max_connections`: one more is closed at once) and so is idle
+time (`metrics.idle_timeout_s`: also a connection that never sends a request), so idle sockets
+cannot take the daemon's file descriptors (docs/security.md).
+
 Starlette on uvicorn, with an event loop on a thread of its own. Everything is read from what
 the daemon keeps anyway (ring headers, the scheduler's figures, the result pump's latest frame of
 each camera), taking no lock longer than a copy; pictures are drawn and encoded on worker threads
@@ -20,8 +28,10 @@ each camera), taking no lock longer than a copy; pictures are drawn and encoded 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections import Counter, deque
@@ -40,11 +50,13 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from vistream.config.models import CameraConfig
+from vistream.config.models import CameraConfig, MetricsConfig
 from vistream.config.secrets import redact_text, redact_url
 from vistream.ops.stats import DROP_REASONS
 from vistream.ops.status import StatusSource, health
+from vistream.ops.webconfig import BasicAuth, WebConfig, WebConfigError, load_web_config
 from vistream.outputs.results import LatestFrame
 from vistream.outputs.snapshot import box_label, read_snapshot, render_snapshot
 from vistream.ring.shm import FrameRing
@@ -242,7 +254,11 @@ class _AsgiEndpoint:
 
 
 def build_app(
-    d: StatusSource, metrics_app: ASGIApp, clock: Callable[[], float] = time.monotonic
+    d: StatusSource,
+    metrics_app: ASGIApp,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    show_pictures: bool = True,
 ) -> Starlette:
     rates, pictures = Rates(), Pictures(d)
 
@@ -277,7 +293,7 @@ def build_app(
         return PlainTextResponse(f"{redact_text(reason)}\n", status_code=503)
 
     async def api_status(request: Request) -> Response:
-        return JSONResponse(status(d, clock()))
+        return JSONResponse({**status(d, clock()), "pictures": show_pictures})
 
     async def api_cameras(request: Request) -> Response:
         return JSONResponse(camera_list(d, rates, clock()))
@@ -288,6 +304,8 @@ def build_app(
 
     async def latest_jpg(request: Request) -> Response:
         name = request.path_params["name"]
+        if not show_pictures:
+            return PlainTextResponse("pictures are off (metrics.pictures)\n", status_code=404)
         if d.camera_config(name) is None:
             return PlainTextResponse(f"no camera named {name!r}\n", status_code=404)
         got = await pictures.get(name)
@@ -316,28 +334,193 @@ def build_app(
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-class HttpServer:
-    """uvicorn serving the app on an already bound socket, on a thread of its own."""
+class HostCheck:
+    """Is a request's `Host` one of the daemon's own? (DNS rebinding: a page from evil.example, its
+    name re-pointed at 127.0.0.1, would otherwise read this server as its own origin.)
 
-    def __init__(self, app: ASGIApp, sock: socket.socket) -> None:
+    Allowed: an address literal that is the listen address, a loopback address, or the address
+    the connection came in on (with `0.0.0.0`, every address of the machine); `localhost`, the
+    machine's host name, and `allowed_hosts`. No `Host` at all (HTTP/1.0) is allowed: nothing
+    to rebind."""
+
+    def __init__(self, listen: str, allowed: list[str], hostname: str | None = None) -> None:
+        self.listen = _address(listen)
+        hostname = socket.gethostname() if hostname is None else hostname
+        self.names = {_norm(n) for n in (*allowed, "localhost", hostname) if n}
+
+    def allows(self, host: str | None, local: str | None) -> bool:
+        if host is None:
+            return True
+        name = _norm(_strip_port(host))
+        ip = _address(name)
+        if ip is None:
+            return name in self.names
+        return ip.is_loopback or ip == self.listen or (local is not None and ip == _address(local))
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().rstrip(".")
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):  # [v6]:port
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return mapped or ip
+
+
+class Guard:
+    """The checks before the app: Host (421), then basic auth (401) when the web config has users.
+
+    `web()` is the web config in force (swapped whole by a reload); bcrypt runs on a thread of
+    its own, never on the event loop."""
+
+    def __init__(
+        self, app: ASGIApp, hosts: HostCheck, web: Callable[[], tuple[WebConfig, BasicAuth]]
+    ) -> None:
+        self.app, self.hosts, self.web = app, hosts, web
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        host, local = headers.get(b"host"), scope.get("server")
+        if not self.hosts.allows(host.decode("latin-1") if host else None, local[0] if local else None):
+            response: Response = PlainTextResponse("misdirected request: unknown Host\n", status_code=421)
+            await response(scope, receive, send)
+            return
+        _, auth = self.web()
+        if auth.users and not await self._authorised(auth, headers.get(b"authorization")):
+            response = PlainTextResponse(
+                "401 Unauthorized\n", status_code=401,
+                headers={"WWW-Authenticate": 'Basic realm="vistream", charset="UTF-8"'},
+            )  # fmt: skip
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _authorised(self, auth: BasicAuth, header: bytes | None) -> bool:
+        creds = BasicAuth.credentials(header.decode("latin-1") if header is not None else None)
+        if creds is None:
+            return False
+        if auth.cached(*creds):
+            return True
+        return await asyncio.get_running_loop().run_in_executor(None, auth.check, *creds)
+
+
+class BoundedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with the two bounds it lacks: a connection over
+    `limit_concurrency` is closed at once (uvicorn would keep it, and its descriptor, answering
+    503), and one that sends no request within `timeout_keep_alive` is closed too (uvicorn times
+    out only the wait between requests, so a socket opened and left silent stayed forever)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        limit = self.limit_concurrency
+        if limit is not None and len(self.connections) > limit:
+            transport.abort()
+            return
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._first_request_due)
+
+    def _first_request_due(self) -> None:
+        if self.cycle is None:  # not a single request began
+            self.timeout_keep_alive_handler()
+
+
+class HttpServer:
+    """uvicorn serving the app on an already bound socket, on a thread of its own.
+
+    `web_config_file`: read now (WebConfigError when it cannot be used) and again at `reload()`."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        sock: socket.socket,
+        cfg: MetricsConfig | None = None,
+        web_config_file: Path | None = None,
+    ) -> None:
+        cfg = cfg or MetricsConfig()
         self._sock = sock
         self.port: int = sock.getsockname()[1]
+        self._web_file = web_config_file
+        web = load_web_config(web_config_file) if web_config_file else WebConfig()
+        self._web = (web, BasicAuth(web.users))
+        self.tls: ssl.SSLContext | None = web.tls.context() if web.tls else None
+        hosts = HostCheck(cfg.host, cfg.allowed_hosts)
         config = uvicorn.Config(
-            app,
+            Guard(app, hosts, lambda: self._web),
             loop="asyncio",
+            http=BoundedH11,
             lifespan="on",
             log_config=None,  # the daemon's logging, as it is
             log_level=logging.WARNING,
             access_log=False,  # a browser polling the status page is not worth a journal line a second
             timeout_graceful_shutdown=1,
+            limit_concurrency=cfg.max_connections,
+            timeout_keep_alive=cfg.idle_timeout_s,  # type: ignore[arg-type]
         )
+        config.load()
+        # Our context, not one uvicorn would build from file names: `reload` loads new certificates
+        # into it in place, and connections accepted from then on use them.
+        config.ssl = self.tls
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
-        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._server.serve(sockets=[self._sock])
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     def start(self) -> None:
         self._thread.start()
+
+    def reload(self) -> bool:
+        """Read the web config file again (SIGHUP). A bad one is logged and the old one stays;
+        False then. TLS cannot be switched on or off in place: that one change waits for a restart."""
+        if self._web_file is None:
+            return True
+        try:
+            web = load_web_config(self._web_file)
+        except WebConfigError as exc:
+            log.error("reload: metrics.web_config_file: %s; the previous web config stays in force", exc)
+            return False
+        if (web.tls is None) != (self.tls is None):
+            log.warning("reload: %s turns TLS %s: a restart of the service applies that", self._web_file,
+                        "on" if web.tls else "off")  # fmt: skip
+        elif web.tls is not None and self.tls is not None:
+            self._on_loop(web.tls.apply, self.tls)
+        self._web = (web, BasicAuth(web.users))
+        log.info("reload: web config %s read (TLS %s, %d basic auth user(s))", self._web_file,
+                 "on" if self.tls else "off", len(web.users))  # fmt: skip
+        return True
+
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn` on the server's event loop (where the context is used), and wait for it."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            fn(*args)
+            return
+
+        async def call() -> None:
+            fn(*args)
+
+        asyncio.run_coroutine_threadsafe(call(), loop).result(5.0)
 
     def stop(self, timeout: float = STOP_S) -> None:
         self._server.should_exit = True
@@ -363,7 +546,16 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(d: StatusSource, host: str, port: int, metrics_app: ASGIApp) -> HttpServer:
-    """Bind, then serve in a thread; returns the server (`.port`, `.stop()`)."""
-    server = HttpServer(build_app(d, metrics_app), bind(host, port))
+    """Bind, then serve in a thread; returns the server (`.port`, `.stop()`, `.reload()`).
+
+    OSError when it cannot listen; WebConfigError when `metrics.web_config_file` cannot be used."""
+    cfg = d.cfg.metrics
+    app = build_app(d, metrics_app, show_pictures=cfg.show_pictures)
+    sock = bind(host, port)
+    try:
+        server = HttpServer(app, sock, cfg, cfg.web_config_file)
+    except BaseException:
+        sock.close()
+        raise
     server.start()
     return server

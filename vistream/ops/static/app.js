@@ -4,6 +4,7 @@
 
 const REFRESH_MS = 2000;
 const DROP_REASONS = ["stale", "overwritten", "failed", "unattached", "reshape", "backend"];
+let pictures = true; // false: the daemon serves no pictures (metrics.pictures), so no <img> at all
 const tiles = new Map(); // camera name -> {root, fields, img, seq, loading}
 
 function el(tag, attrs = {}, ...children) {
@@ -35,12 +36,14 @@ function makeTile(name) {
   };
   fields.state = el("span", { class: "pill state" }, "…");
   fields.size = el("span", { class: "size muted" });
-  const img = el("img", { alt: `latest frame of ${name}` });
+  const img = pictures ? el("img", { alt: `latest frame of ${name}` }) : null;
   const root = el(
     "article",
     { class: "tile", "data-camera": name },
     el("div", { class: "tile-head" }, el("h2", { class: "name" }, name), fields.state, fields.size),
-    el("div", { class: "frame" }, img, el("div", { class: "placeholder" }, "no frame inferred yet")),
+    pictures
+      ? el("div", { class: "frame" }, img, el("div", { class: "placeholder" }, "no frame inferred yet"))
+      : el("div", { class: "muted" }, "pictures are off (metrics.pictures)"),
     el(
       "div",
       { class: "stats" },
@@ -69,7 +72,7 @@ function updateTile(tile, cam) {
   f.objects.textContent = cam.frame
     ? objects.length ? objects.map(([label, n]) => `${n} ${label}`).join(", ") : "nothing detected"
     : "–";
-  if (cam.frame && cam.frame.seq !== tile.seq && !tile.loading) loadPicture(tile, cam.name, cam.frame.seq);
+  if (tile.img && cam.frame && cam.frame.seq !== tile.seq && !tile.loading) loadPicture(tile, cam.name, cam.frame.seq);
 }
 
 // Load the next picture off-screen and swap it in once decoded, so the tile never flickers.
@@ -110,6 +113,7 @@ function updateCameras(cameras) {
 }
 
 function updateStatus(status) {
+  pictures = status.pictures !== false;
   const health = document.getElementById("health");
   health.textContent = status.healthy ? "healthy" : status.reason;
   health.className = `pill ${status.healthy ? "ok" : "bad"}`;
