@@ -13,9 +13,9 @@ import errno
 import logging
 import queue
 import signal
-import sqlite3
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
@@ -24,29 +24,29 @@ from typing import Any
 from vistream.config.loader import load_config
 from vistream.config.models import CameraConfig, Config, ConfigError
 from vistream.config.secrets import mqtt_password
-from vistream.ops.cameras import CameraRuntime, Cameras
+from vistream.ops.boot import BootError
+from vistream.ops.cameras import Cameras
 from vistream.ops.logs import LogHub, camera
 from vistream.ops.process import SPAWN, Child, StopFlag
-from vistream.ops.reload import diff as reload_diff
-from vistream.ops.scheduler import SchedulerRuntime
+from vistream.ops.reload import Reloader
+from vistream.ops.scheduler import SchedulerRuntime, scheduler_child
 from vistream.ops.shard import Shard
-from vistream.ops.stats import SchedulerStats
-from vistream.ops.status import CameraStatus, StatusSource
+from vistream.ops.stats import Buckets, SchedulerStats
+from vistream.ops.status import CameraStatus, EventFigures, Figures, StatusSource, Vitals, vitals
 from vistream.ops.summary import Summary
-from vistream.ops.supervise import Limits, Threads
+from vistream.ops.supervise import Limits, Threads, Turning, Watchdog
 from vistream.ops.systemd import Notifier
 from vistream.ops.webconfig import WebConfigError
 from vistream.outputs.alerts import Alerts
-from vistream.outputs.delivery import Delivery
 from vistream.outputs.homeassistant import DiscoveryPublisher
 from vistream.outputs.mqtt import MqttPublisher
 from vistream.outputs.outbox import FILENAME as OUTBOX_FILE
-from vistream.outputs.outbox import Outbox
-from vistream.outputs.results import ResultPump
+from vistream.outputs.outbox_runtime import OutboxRuntime
+from vistream.outputs.results import LatestFrame, ResultPump
 from vistream.ring.naming import instance_id, remove_leftovers, shm_shortage
 from vistream.ring.shm import FrameRing, RingLayout
-from vistream.scheduler.loop import SchedulerSpec, run_scheduler
-from vistream.scheduler.messages import AddCamera, Fatal, Ready, RemoveCamera
+from vistream.scheduler.loop import SchedulerSpec
+from vistream.scheduler.messages import Fatal, Ready
 from vistream.sources.reader import ReaderSpec, run_reader
 
 log = logging.getLogger(__name__)
@@ -58,23 +58,10 @@ TICK_S = 0.2
 READER_STOP_S = 2.0
 SCHEDULER_STOP_S = 3.0
 PUMP_DRAIN_S = 1.0
-DELIVERY_STOP_S = 1.0
-OUTBOX_OPEN_S = 30.0  # at boot: retry a locked, read-only or full outbox this long, then exit 2
-OUTBOX_RETRY_S = 5.0  # after a reload: try again to open the outbox its rules need, every so often
 MQTT_GOODBYE_S = 1.5
 STATUS_EVERY_S = 5.0
 
-
-class BootError(Exception):
-    """The daemon cannot boot: one line naming the key, and the exit code (2 config, 3 model).
-
-    Raised by a start step; `run()` logs the line (no traceback) and exits with the code,
-    which the unit's RestartPreventExitStatus keeps systemd from restarting.
-    """
-
-    def __init__(self, exit_code: int, message: str) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+__all__ = ["BootError", "Daemon"]  # BootError lives in ops/boot.py: the start steps' parts raise it too
 
 
 class Daemon:
@@ -107,20 +94,18 @@ class Daemon:
         self._control: queue.SimpleQueue[tuple[Any, list[str], int]] = queue.SimpleQueue()  # pump -> main
         self._on_tick = on_tick
         self._stack = ExitStack()
-        self._announced: set[str] = set()  # cameras whose status MQTT has been told
         self._hup = False
         self.http: Any = None  # the HTTP server, once started (vistream.ops.http.HttpServer)
-        self.outbox: Outbox | None = None  # with rules, lines or Home Assistant (maybe from a reload)
-        self.delivery: Delivery | None = None
+        # With rules, lines or Home Assistant (maybe from a reload); one per shard.
+        self.outbox = OutboxRuntime(self.cfg.state_dir / self.shard.state_file(OUTBOX_FILE), self.cfg.outbox)
         self.discovery: DiscoveryPublisher | None = None  # with mqtt.home_assistant
-        self._outbox_late: str | None = None  # why the outbox a reload asked for is not open yet
-        self._outbox_retry_at = 0.0
+        self.reloader: Reloader | None = None  # once the parts a reload changes are up
         self.notifier = Notifier()
         # Stall limits and watchdog pings derived from systemd's WatchdogSec, so that a hang is
         # recovered from inside before systemd gives up on the service (docs/operations.md).
         self.limits = Limits.for_watchdog(self.notifier.watchdog_timeout)
+        self.watchdog = Watchdog(self.notifier, self.limits.ping_s, STATUS_EVERY_S)
         self._summary = Summary()
-        self._last_ping = self._last_status = 0.0
         self._log_level = logging.getLogger().getEffectiveLevel()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -148,6 +133,7 @@ class Daemon:
         self._init_metrics()
         self._init_scheduler()
         self._start_readers()
+        self._init_reload()
         self._wait_ready()
 
     def stop(self) -> None:
@@ -168,11 +154,9 @@ class Daemon:
         self.logs = LogHub()
         self.logs.start()
         self._stack.callback(self.logs.stop)
-        if self.shard.active:
-            mine = [c.name for c in self.cfg.enabled_cameras]
-            log.log(logging.INFO if mine else logging.WARNING, "shard %s (%s): %d of %d camera(s)%s",
-                    self.shard, self.cfg.mqtt.client_id, len(mine), len(self.full_cfg.cameras),
-                    f": {', '.join(mine)}" if mine else "; idle until a reload gives it one")  # fmt: skip
+        shard = self.shard.describe(self.cfg, self.full_cfg)
+        if shard:
+            log.log(shard[0], "%s", shard[1])
 
     def _init_rings(self) -> None:
         remove_leftovers(self.instance)
@@ -184,19 +168,10 @@ class Daemon:
         for cam in self.cfg.enabled_cameras:
             self.cameras.make_ring(cam)
 
-    def ring(self, name: str) -> AbstractContextManager[FrameRing | None]:
-        """The camera's ring under a lease, for one copy, from any thread (vistream.ring.lifetime)."""
-        return self.cameras.ring(name)
-
-    def camera_config(self, name: str) -> CameraConfig | None:
-        return self.cameras.config(name)
-
-    def camera_status(self) -> list[CameraStatus]:
-        return self.cameras.status()
-
     def _init_mqtt(self) -> None:
         try:
-            self.mqtt = MqttPublisher(self.cfg.mqtt, mqtt_password(self.cfg.mqtt), self._availability_topic())
+            will = self.shard.will_topic(self.cfg.mqtt.topic_prefix, self.full_cfg.mqtt.client_id)
+            self.mqtt = MqttPublisher(self.cfg.mqtt, mqtt_password(self.cfg.mqtt), will)
         except ConfigError as exc:  # an unreadable password file or credential
             raise BootError(2, str(exc)) from None
         except (ssl.SSLError, OSError, ValueError) as exc:  # files that exist but are no TLS material
@@ -209,74 +184,27 @@ class Daemon:
         # Listeners first: they must hear of the very first connection.
         if self.cfg.mqtt.home_assistant:
             self._init_discovery()
-        if self.outbox:
-            announce = [self.discovery.announce] if self.discovery is not None else []
-            self.delivery = Delivery(self.outbox, self.mqtt, on_connect=announce)
-            self.delivery.start()
+        self.outbox.deliver(self.mqtt, [self.discovery.announce] if self.discovery is not None else [])
         self.mqtt.start()
         self._stack.callback(self.mqtt.stop, MQTT_GOODBYE_S)
-        # Stops before MQTT: what is in flight gets its PUBACK, the rest stays for next time.
-        self._stack.callback(self._stop_delivery)
-
-    def _availability_topic(self) -> str | None:
-        """A shard's Last Will is its own topic: on `{prefix}/status` one dead shard would say the
-        others are offline too."""
-        if not self.shard.active:
-            return None
-        return self.shard.daemon_topic(self.cfg.mqtt.topic_prefix, self.full_cfg.mqtt.client_id)
-
-    def _stop_delivery(self) -> None:
-        if self.delivery:
-            self.delivery.stop(DELIVERY_STOP_S)
-
-    def _close_outbox(self) -> None:
-        if self.outbox:
-            self.outbox.close()
-
-    def _needs_outbox(self) -> bool:
-        cfg = self.cfg
-        return bool(cfg.alerts or cfg.mqtt.home_assistant or any(c.lines for c in cfg.enabled_cameras))
+        # Stops before MQTT (a late outbox's delivery too): in flight gets its PUBACK, the rest stays.
+        self._stack.callback(self.outbox.stop_delivery)
 
     def _init_outbox(self) -> None:
-        """The durable outbox of events and counters, when the config has anything to deliver."""
-        # Closed here in the stop order (after the result pump) also when a reload opens it later.
-        self._stack.callback(self._close_outbox)
-        if self._needs_outbox():
-            # Never start empty beside an outbox that is only locked or full: wait, then exit 2.
-            self._open_outbox(OUTBOX_OPEN_S)
-
-    def _open_outbox(self, open_timeout_s: float = 0.0) -> None:
-        cfg = self.cfg
-        path = cfg.state_dir / self.shard.state_file(OUTBOX_FILE)  # one outbox per shard
-        try:
-            bounds = cfg.outbox
-            self.outbox = Outbox(
-                path, max_rows=bounds.max_rows, max_age_s=bounds.max_age_s, open_timeout_s=open_timeout_s
-            )
-        except (OSError, sqlite3.Error) as exc:
-            reason = getattr(exc, "strerror", None) or exc
-            raise BootError(2, f"state_dir: cannot keep the event outbox in {path}: {reason}") from None
+        """The durable outbox of events and counters, when the config has anything to deliver; its
+        close keeps its place in the stop order (after the result pump) also when a reload opens it."""
+        self.outbox.start(self._stack, self.cfg)
 
     def _init_discovery(self) -> None:
-        assert self.outbox is not None  # home_assistant: true always opens it
-        self.discovery = DiscoveryPublisher(self.full_cfg, self.outbox, self.shard)
+        assert self.outbox.outbox is not None  # home_assistant: true always opens it
+        self.discovery = DiscoveryPublisher(self.full_cfg, self.outbox.outbox, self.shard)
 
     def _init_pump(self) -> None:
-        self.alerts = Alerts(self.cfg, self.outbox, self.ring)
-        self.pump = ResultPump(
-            self.mqtt,
-            self.scheduler.results,
-            self._on_control,
-            alerts=self.alerts,
-            release=self._release_frame,
-        )
+        self.alerts = Alerts(self.cfg, self.outbox.outbox, self.ring)
+        results, release = self.scheduler.results, self.cameras.release
+        self.pump = ResultPump(self.mqtt, results, self._on_control, alerts=self.alerts, release=release)
         self.pump.start()
         self._stack.callback(self.pump.stop, PUMP_DRAIN_S)
-
-    def _release_frame(self, camera: str, seq: int) -> None:
-        with self.ring(camera) as ring:
-            if ring is not None:
-                ring.release(seq)
 
     def _init_metrics(self) -> None:
         if not self.cfg.metrics.enabled:
@@ -336,20 +264,8 @@ class Daemon:
         self.scheduler.start()
 
     def _launch_scheduler(self, base: SchedulerStats) -> tuple[Child, SchedulerSpec]:
-        """The next scheduler child, counting frames from where `base` left off; fresh queues."""
-        spec = SchedulerSpec(
-            model=self.cfg.model,
-            batching=self.cfg.batching,
-            rings=self.cameras.ring_names(),
-            wake=self._wake,
-            results=SPAWN.Queue(self.cfg.mqtt.queue_size),
-            stats=SPAWN.Queue(4),
-            control=SPAWN.Queue(),
-            beat=SPAWN.Array("d", 3, lock=False),
-            start_seqs={name: base.positions.get(name, 0) for name in self.cameras.ring_names()},
-            detect_fps={c.name: c.detect_fps for c in self.cfg.enabled_cameras},
-        )
-        return Child("scheduler", run_scheduler, (spec,), self.logs, self._log_level), spec
+        rings = self.cameras.ring_names()
+        return scheduler_child(self.cfg, rings, self._wake, base, self.logs, self._log_level)
 
     def _start_readers(self) -> None:
         self._stack.callback(self.cameras.stop_all, READER_STOP_S)
@@ -359,6 +275,14 @@ class Daemon:
     def _spawn_reader(self, cam: CameraConfig, ring_name: str) -> Child:
         return Child(f"reader {cam.name}", run_reader, (ReaderSpec(cam, ring_name, self._wake),), self.logs,
                      self._log_level, log_context=camera(cam.name))  # fmt: skip
+
+    def _init_reload(self) -> None:
+        """What applies a reload: each change by the part that owns it (vistream.ops.reload)."""
+        self.reloader = Reloader(
+            self.shard, self.cameras, self.scheduler, self.mqtt, self.stop_flag, rules=self.alerts,
+            outbox=self.outbox, link=self.mqtt, discovery=self.discovery, reader_stop_s=READER_STOP_S,
+            scheduler_stop_s=SCHEDULER_STOP_S,
+        )  # fmt: skip
 
     def _wait_ready(self) -> None:
         while not self.stop_flag:
@@ -381,13 +305,9 @@ class Daemon:
             model = f"model on {r.device} ({r.backend}, {r.precision})"
             status = f"{len(self.cameras.running)} camera(s), {model}"
             log.info("ready: %s, warm in %.1fs", status, self.ready.load_s)
-            lim, timeout = self.limits, self.notifier.watchdog_timeout
-            if lim.ping_s and timeout:
-                log.info(
-                    "systemd watchdog %.0fs: WATCHDOG=1 every %.0fs while results flow; a scheduler stuck "
-                    "for %.0fs is restarted and has %.0fs to make progress before systemd steps in",
-                    timeout, lim.ping_s, lim.stall_s, lim.reload_budget_s(timeout),
-                )  # fmt: skip
+            timeout = self.notifier.watchdog_timeout
+            if self.limits.ping_s and timeout:
+                log.info("%s", self.limits.describe(timeout))
             self.notifier.ready(status)
 
     # -- reload (SIGHUP) ----------------------------------------------------------
@@ -405,108 +325,15 @@ class Daemon:
             return
         self.notifier.reloading()
         try:
-            self._apply(load_config(self.config_path))
+            full = load_config(self.config_path)
+            assert self.reloader is not None  # ready: every part is up
+            self.cfg, self.full_cfg = self.reloader.apply(full, self.cfg, self.full_cfg)
         except ConfigError as exc:
             for line in exc.problems:
                 log.error("reload: %s", line)
             log.error("reload: %s is invalid; still running the previous config, unchanged", self.config_path)
         finally:
             self.notifier.ready()
-
-    def _apply(self, full: Config) -> None:
-        new = self.shard.view(full)
-        change = reload_diff(self.cfg, new)
-        if change.needs_restart:
-            log.warning(
-                "reload: %s changed; a restart of the service applies that", ", ".join(change.needs_restart)
-            )
-        log.info("reload: %s", change.describe())
-        # Sections only a restart applies stay as they run, so self.cfg keeps describing the daemon.
-        kept = {key.split(".")[0] for key in change.needs_restart}
-        self.cfg = new.model_copy(update={k: getattr(self.cfg, k) for k in kept})
-        self.full_cfg = full.model_copy(update={k: getattr(self.full_cfg, k) for k in kept})
-        # Every reader that goes or is replaced stops at once, together: one deadline, not one each.
-        self.cameras.stop([*change.removed, *change.restarted], READER_STOP_S, self.stop_flag)
-        if self.stop_flag:  # SIGTERM during the reload: stop now, the rest of it would be undone anyway
-            return
-        for name in change.removed:
-            self._remove_camera(name)
-        cams = {c.name: c for c in self.cfg.enabled_cameras}
-        rings = self.cameras.ring_names()
-        for name, keys in change.restarted.items():
-            self.cameras.start(cams[name])  # one that failed to start takes the new config for its retry
-            if "detect_fps" in keys and name in rings:  # its tracker steps at the new rate
-                self.scheduler.send(AddCamera(name, rings[name], cams[name].detect_fps))
-        for cam in change.added:
-            self._add_camera(cam)
-        self._retry_failed(time.monotonic(), force=True)
-        if change.scheduler:  # a new model or batching; readers and rings stay as they are
-            self.scheduler.replace(SCHEDULER_STOP_S, self.stop_flag)  # SIGTERM meanwhile cuts it short
-        if change.rules:
-            if self.outbox is None and self._needs_outbox():
-                self._open_outbox_late()
-            self.alerts.reconfigure(self.cfg)
-            if self.discovery is not None:
-                self.discovery.update(self.full_cfg)  # into the outbox: Delivery sends it
-
-    def _open_outbox_late(self) -> None:
-        """The first rules or lines arrived with a reload: open the outbox and deliver from it.
-
-        One attempt (the main loop must keep turning); `tick` tries again every OUTBOX_RETRY_S.
-        """
-        try:
-            self._open_outbox()
-        except BootError as exc:
-            if self._outbox_late is None:  # once, not at every retry
-                log.error("reload: %s; events of the new rules are not delivered, retrying", exc)
-            self._outbox_late = str(exc)
-            self._outbox_retry_at = time.monotonic() + OUTBOX_RETRY_S
-            return
-        if self._outbox_late is not None:
-            log.warning("reload: the event outbox is open now")
-            self._outbox_late = None
-        assert self.outbox is not None
-        self.alerts.reconfigure(self.cfg, self.outbox)
-        self.delivery = Delivery(self.outbox, self.mqtt)
-        self.delivery.start()  # stopped and closed where a delivery from the start would be
-
-    def _retry_outbox(self, now: float) -> None:
-        """The outbox a reload asked for could not be opened (locked, full): try again, while needed."""
-        if self._outbox_late is None or now < self._outbox_retry_at:
-            return
-        if self._needs_outbox():
-            self._open_outbox_late()
-        else:  # a later reload took the rules away again
-            self._outbox_late = None
-
-    def _add_camera(self, cam: CameraConfig) -> bool:
-        """Make the camera's ring and start its reader; a ring that does not fit marks it failed."""
-        before = self.cameras.failed.get(cam.name)
-        shortage = self.cameras.add(cam)
-        if shortage is None:
-            if before is not None:
-                log.warning("camera %s: started, its ring fits now", cam.name, extra=camera(cam.name))
-            self.scheduler.send(AddCamera(cam.name, self.cameras.ring_names()[cam.name], cam.detect_fps))
-        elif shortage != before:  # once per cause, not at every retry
-            log.error("camera %s not started, retrying every %.0fs and at reloads: %s", cam.name,
-                      self.cameras.retry_s, shortage, extra=camera(cam.name))  # fmt: skip
-            self.mqtt.camera_status(cam.name, False)
-        return shortage is None
-
-    def _retry_failed(self, now: float, *, force: bool = False) -> None:
-        """Start the cameras whose ring did not fit once there is room: at a reload, or now and then."""
-        for cam in self.cameras.retry_due(now, force=force):
-            if not self._add_camera(cam):
-                return  # no room for this one: none for the next either
-
-    def _remove_camera(self, name: str) -> None:
-        """Its reader is stopped already; tell the scheduler and MQTT, retire its ring."""
-        self.scheduler.send(RemoveCamera(name))
-        log.info("camera %s: removed, offline", name, extra=camera(name))
-        self.mqtt.camera_status(name, False)
-        self.mqtt.forget_camera(name)
-        self._announced.discard(name)
-        self.cameras.remove(name)
 
     # -- supervision ----------------------------------------------------------------
 
@@ -522,8 +349,9 @@ class Daemon:
         if self._hup:
             self._hup = False
             self.reload()
-        self._retry_outbox(now)
-        self._retry_failed(now)
+        self.outbox.retry(now, self.cfg, self.alerts, self.mqtt)
+        if self.reloader is not None:
+            self.reloader.retry_failed(now)
         if self.discovery is not None:
             self.discovery.flush()  # what an unwritable outbox refused at the last update
         self.scheduler.drain()
@@ -533,25 +361,19 @@ class Daemon:
             self.exit_code = self.fatal.exit_code
             self.stop_flag.set()
             return
-        self._supervise_threads(now)
-        for rt in self.cameras.running:
-            rt.supervise(now)
-            self._set_online(rt, rt.streaming(now), now)
-        self._notify_systemd(now)
+        stuck = self.threads.supervise(now, self.limits.stall_s)
+        if stuck:  # a thread cannot be killed: stop with exit 1 (the watchdog is starved by then too)
+            log.error("%s", stuck)
+            self.exit_code = 1
+            self.stop_flag.set()
+        for name, online in self.cameras.supervise(now):
+            self.mqtt.camera_status(name, online)
+        self.watchdog.tick(now, self.flowing, self.status_line)
         if self.ready:
             sampled = sum(int(rt.ring.header["head"]) for rt in self.cameras.running)
             self._summary.tick(now, sampled, self.scheduler_stats())
         if self._on_tick and self._on_tick(self):  # the demo's view: True when its time is up
             self.stop_flag.set()
-
-    def progressing(self, now: float) -> bool:
-        """Is the scheduler looping (batching, or idle for want of frames) and not stuck?"""
-        live = self.scheduler.liveness
-        return bool(self.scheduler.alive and live and live.progressing(now, self.limits.window_s))
-
-    def outbox_problem(self) -> str | None:
-        """Why events cannot be written to the outbox now (for /healthz and /metrics), or None."""
-        return self.outbox.problem if self.outbox else self._outbox_late
 
     def flowing(self, now: float) -> bool:
         """Do results flow end to end: the scheduler looping, the result pump and the log hub turning?
@@ -559,34 +381,13 @@ class Daemon:
         Idle is fine (no camera streams: nothing is due, and every stage still turns); a stage
         that is dead or stuck is not, whichever it is.
         """
-        return self.progressing(now) and self.threads.turning(now, self.limits.window_s)
+        return self.vitals(now).flowing
 
-    @property
-    def thread_restarts(self) -> dict[str, int]:
-        return self.threads.restarts
-
-    def _supervise_threads(self, now: float) -> None:
-        """A stuck thread stops the daemon with exit 1 (the watchdog is starved by then as well)."""
-        stuck = self.threads.supervise(now, self.limits.stall_s)
-        if stuck:
-            log.error("%s", stuck)
-            self.exit_code = 1
-            self.stop_flag.set()
-
-    def _notify_systemd(self, now: float) -> None:
-        n = self.notifier
-        if not n.enabled:
-            return
-        ping = self.limits.ping_s
-        if ping and now - self._last_ping >= ping and self.flowing(now):
-            n.watchdog()
-            self._last_ping = now
-        if now - self._last_status >= STATUS_EVERY_S:
-            self._last_status = now
-            running = self.cameras.running
-            online = sum(rt.online for rt in running)
-            inferred = sum(c.inferred for c in self.scheduler_stats().cameras.values())
-            n.status(f"{online}/{len(running)} cameras online, {inferred} frames inferred")
+    def status_line(self) -> str:
+        """systemd's STATUS=, every STATUS_EVERY_S."""
+        running = self.cameras.running
+        inferred = sum(c.inferred for c in self.scheduler_stats().cameras.values())
+        return f"{sum(rt.online for rt in running)}/{len(running)} cameras online, {inferred} frames inferred"
 
     def _supervise_scheduler(self, now: float) -> None:
         code = self.scheduler.supervise(now, self.limits)
@@ -596,11 +397,46 @@ class Daemon:
                 self._drain_control()
             self.fatal = self.fatal or Fatal(code, f"the scheduler exited with code {code} loading the model")
 
-    def _set_online(self, rt: CameraRuntime, online: bool, now: float) -> None:
-        if rt.observe(online, now, announced=rt.name in self._announced):
-            self._announced.add(rt.name)
-            self.mqtt.camera_status(rt.name, online)
+    # -- StatusSource: plain data for the HTTP app, the metrics collector, the demo --------------------
+
+    def vitals(self, now: float) -> Vitals:
+        threads: dict[str, Turning] = {"result pump": self.pump, "log hub": self.logs}
+        sched = self.scheduler
+        return vitals(
+            now, self.limits.window_s, stopping=bool(self.stop_flag), ready=self.ready is not None,
+            running=sched.alive, liveness=sched.liveness, threads=threads,
+            backend_down=self.scheduler_stats().backend_down, outbox_problem=self.outbox.problem,
+        )  # fmt: skip
+
+    def figures(self) -> Figures:
+        unwritten, dropped = self.alerts.unwritten()
+        return Figures(
+            mqtt_connected=bool(self.mqtt.connected), mqtt_dropped=dict(self.mqtt.dropped_by_reason),
+            scheduler_restarts=self.scheduler.restarts, results_abandoned=self.scheduler.results_abandoned,
+            thread_restarts=dict(self.threads.restarts), outbox=self.outbox.figures(), unwritten=unwritten,
+            unwritten_dropped=dropped, event_errors=self.pump.alert_errors, snapshots=self.alerts.snapshots,
+            snapshots_lost=self.alerts.snapshots_lost,
+        )  # fmt: skip
 
     def scheduler_stats(self) -> SchedulerStats:
         """Totals over every scheduler this daemon ran."""
         return self.scheduler.totals()
+
+    def pipeline(self) -> tuple[Buckets, dict[str, int], dict[str, Counter[str]]]:
+        return self.pump.snapshot()
+
+    def events(self) -> EventFigures:
+        return self.alerts.figures()
+
+    def latest(self, name: str) -> LatestFrame | None:
+        return self.pump.latest(name)
+
+    def ring(self, name: str) -> AbstractContextManager[FrameRing | None]:
+        """The camera's ring under a lease, for one copy, from any thread (vistream.ring.lifetime)."""
+        return self.cameras.ring(name)
+
+    def camera_config(self, name: str) -> CameraConfig | None:
+        return self.cameras.config(name)
+
+    def camera_status(self) -> list[CameraStatus]:
+        return self.cameras.status()

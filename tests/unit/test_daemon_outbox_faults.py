@@ -6,24 +6,26 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from unit.test_daemon_outbox import FakeAlerts, config
-from vistream import daemon as daemon_module
-from vistream.daemon import BootError, Daemon
+from unit.test_daemon_outbox import FakeAlerts, config, link, runtime
+from vistream.daemon import BootError
+from vistream.ops.status import Figures, Vitals, health
 from vistream.outputs import outbox as ob
+from vistream.outputs import outbox_runtime
 from vistream.outputs.outbox import FILENAME, Outbox
+
+BOOT_OPEN_S = 0.3  # the boot deadline (outbox_runtime.OPEN_S, 30 s), in tenths of a second
 
 
 @pytest.fixture
 def fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    """SQLite's lock wait, the outbox's retries and the daemon's boot deadline, in tenths of a second."""
+    """SQLite's lock wait and the outbox's retries in tenths of a second."""
     monkeypatch.setattr(ob, "BUSY_TIMEOUT_S", 0.05, raising=False)
     monkeypatch.setattr(ob, "OPEN_RETRY_S", 0.05, raising=False)
-    monkeypatch.setattr(daemon_module, "OUTBOX_OPEN_S", 0.3, raising=False)
 
 
 @pytest.fixture
@@ -56,15 +58,12 @@ def test_boot_with_a_locked_outbox_exits_2_and_leaves_it_as_it_is(
     2. Booting retries until its deadline, then stops with exit code 2 and a line naming the file
        and SQLite's reason; it does not start an empty outbox (the counter would restart at 0).
     3. The file, its counter and its pending row are as they were."""
-    d = Daemon(config(tmp_path, [{"name": "r", "line": "mid"}]))
-    try:
-        with pytest.raises(BootError) as info:
-            d._init_outbox()
-    finally:
-        d._stack.close()
+    rt = runtime(tmp_path)
+    with ExitStack() as stack, pytest.raises(BootError) as info:
+        rt.start(stack, config(tmp_path, [{"name": "r", "line": "mid"}]), BOOT_OPEN_S)
     assert info.value.exit_code == 2
     assert str(tmp_path / FILENAME) in str(info.value) and "SQLITE_BUSY" in str(info.value)
-    assert d.outbox is None
+    assert rt.outbox is None
     locked.execute("ROLLBACK")
     assert_kept(tmp_path)
 
@@ -73,33 +72,29 @@ def test_a_reload_keeps_trying_to_open_a_locked_outbox(
     tmp_path: Path, locked: sqlite3.Connection, fast: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     """1. The daemon runs without rules (no outbox); a reload brings a line rule, the outbox is locked.
-    2. It is not opened, `outbox_problem()` (/healthz, /metrics) says why, one error is logged.
-    3. The main loop tries again every OUTBOX_RETRY_S, logging nothing new while it fails.
+    2. It is not opened, `problem` (/healthz, /metrics) says why, one error is logged.
+    3. The main loop tries again every RETRY_S, logging nothing new while it fails.
     4. Once the lock is gone the next try opens it, with its rows, and the problem is cleared."""
-    d = Daemon(config(tmp_path, []))
-    d._init_outbox()
-    d.cfg = config(tmp_path, [{"name": "r", "line": "mid"}])
-    d.alerts = FakeAlerts()  # type: ignore[assignment]
-    d.mqtt = SimpleNamespace(  # type: ignore[assignment]
-        client=SimpleNamespace(is_connected=lambda: False), add_listener=lambda listener: None
-    )
+    rt, stack, alerts = runtime(tmp_path), ExitStack(), FakeAlerts()
+    rt.start(stack, config(tmp_path, []))
+    cfg, mqtt, later = config(tmp_path, [{"name": "r", "line": "mid"}]), link(), outbox_runtime.RETRY_S + 1
     try:
-        d._open_outbox_late()
-        problem = d.outbox_problem()
-        assert d.outbox is None and problem is not None and "SQLITE_BUSY" in problem
-        d._retry_outbox(time.monotonic() + daemon_module.OUTBOX_RETRY_S + 1)
-        assert d.outbox is None
+        rt.reload(cfg, alerts, mqtt)  # type: ignore[arg-type]
+        problem = rt.problem
+        assert rt.outbox is None and problem is not None and "SQLITE_BUSY" in problem
+        rt.retry(time.monotonic() + later, cfg, alerts, mqtt)  # type: ignore[arg-type]
+        assert rt.outbox is None
         assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
 
         locked.execute("ROLLBACK")
-        d._retry_outbox(time.monotonic())  # not due yet
-        assert d.outbox is None
-        d._retry_outbox(time.monotonic() + daemon_module.OUTBOX_RETRY_S + 1)
-        assert d.outbox is not None and d.alerts.outbox is d.outbox
-        assert d.outbox_problem() is None and d.outbox.pending == 1
+        rt.retry(time.monotonic(), cfg, alerts, mqtt)  # type: ignore[arg-type]  # not due yet
+        assert rt.outbox is None
+        rt.retry(time.monotonic() + later, cfg, alerts, mqtt)  # type: ignore[arg-type]
+        assert rt.outbox is not None and alerts.outbox is rt.outbox
+        assert rt.problem is None and rt.outbox.pending == 1
     finally:
-        d._stack.close()
-        d._stop_delivery()
+        stack.close()
+        rt.stop_delivery()
     assert not list(tmp_path.glob("*.corrupt-*"))
 
 
@@ -109,26 +104,18 @@ def test_a_refused_write_shows_in_metrics_and_health(tmp_path: Path) -> None:
        names SQLite's reason, /livez does not (a restart frees no disk).
     3. A write succeeds again: unavailable 0, the failure stays counted, /healthz is ok."""
     from vistream.ops.metrics import _alert_metrics
-    from vistream.ops.status import health
 
-    box = Outbox(tmp_path / FILENAME)
-    d = SimpleNamespace(
-        outbox=box,
-        _outbox_late=None,
-        alerts=SimpleNamespace(
-            figures=lambda: ({}, {}, []), snapshots=0, snapshots_lost=0, unwritten=lambda: (0, {})
-        ),
-        pump=SimpleNamespace(alert_errors=0),
-        cameras={},
-        stop_flag=False,
-        ready=object(),
-        flowing=lambda now: True,
-        scheduler_stats=lambda: SimpleNamespace(backend_down=""),
-    )
-    d.outbox_problem = lambda: Daemon.outbox_problem(d)  # type: ignore[arg-type]
+    rt, stack = runtime(tmp_path), ExitStack()
+    rt.start(stack, config(tmp_path, [{"name": "r", "line": "mid"}]))
+    box = rt.outbox
+    assert box is not None
 
     def figures() -> dict[str, float]:
-        return {s.name: s.value for family in _alert_metrics(d, []) for s in family.samples}  # type: ignore[arg-type]
+        fig = Figures(outbox=rt.figures())
+        return {s.name: s.value for family in _alert_metrics(fig, {}, []) for s in family.samples}
+
+    def verdict(remote: bool = True) -> str | None:
+        return health(Vitals(2.0, ready=True, flowing=True, outbox_problem=rt.problem), remote=remote)
 
     try:
         pages = box._db.execute("PRAGMA page_count").fetchone()[0]
@@ -137,13 +124,13 @@ def test_a_refused_write_shows_in_metrics_and_health(tmp_path: Path) -> None:
             box.add("a", "p/a/events", b"x" * 100_000)
         assert figures()["vistream_outbox_unavailable"] == 1
         assert figures()["vistream_outbox_write_failures_total"] == 1
-        assert health(d, 0.0) == "the event outbox cannot be written: SQLITE_FULL: database or disk is full"  # type: ignore[arg-type]
-        assert health(d, 0.0, remote=False) is None  # type: ignore[arg-type]
+        assert verdict() == "the event outbox cannot be written: SQLITE_FULL: database or disk is full"
+        assert verdict(remote=False) is None
 
         box._db.execute("PRAGMA max_page_count = 1073741823")
         box.add("a", "p/a/events", b"x")
         assert figures()["vistream_outbox_unavailable"] == 0
         assert figures()["vistream_outbox_write_failures_total"] == 1
-        assert health(d, 0.0) is None  # type: ignore[arg-type]
+        assert verdict() is None
     finally:
-        box.close()
+        stack.close()

@@ -20,7 +20,8 @@ from vistream.ops import logs as logs_mod
 from vistream.ops.logs import LogHub, PipeHandler
 from vistream.ops.process import SPAWN
 from vistream.ops.scheduler import Liveness
-from vistream.ops.supervise import Limits
+from vistream.ops.stats import SchedulerStats
+from vistream.ops.supervise import Limits, Watchdog
 from vistream.ops.systemd import Notifier
 from vistream.outputs.results import ResultPump
 from vistream.scheduler.loop import _flush
@@ -66,6 +67,9 @@ class FakeScheduler:
         self.alive = True
         self.liveness = Liveness([time.monotonic(), 0.0, 1.0])
 
+    def totals(self) -> SchedulerStats:
+        return SchedulerStats()
+
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Any:
@@ -99,7 +103,8 @@ def test_dead_result_pump_is_restarted_and_starves_the_watchdog_meanwhile(daemon
     while daemon.pump.alive and time.monotonic() < deadline:
         time.sleep(0.01)
     now = time.monotonic()
-    assert daemon.progressing(now) and not daemon.flowing(now)
+    vitals = daemon.vitals(now)
+    assert vitals.scheduler is None and not vitals.flowing  # the scheduler loops; the pump does not
     assert daemon.threads.supervise(now, daemon.limits.stall_s) is None
     assert daemon.pump.alive and daemon.threads.restarts["results"] == 1
     time.sleep(0.3)
@@ -114,16 +119,24 @@ def test_stuck_result_pump_starves_the_watchdog(tmp_path: Path, daemon: Any) -> 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
     sock.settimeout(0.2)
-    daemon.notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"})
+
+    def received() -> list[bytes]:
+        got = []
+        try:
+            while True:
+                got.append(sock.recv(100))
+        except TimeoutError:
+            return got
+
     daemon.limits = Limits.for_watchdog(2.0)
+    notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"})
+    watchdog = Watchdog(notifier, daemon.limits.ping_s)
     daemon.pump = SimpleNamespace(alive=True, beat=time.monotonic() - daemon.limits.window_s - 1)
-    daemon._last_status = time.monotonic()  # no STATUS= line in the way
-    daemon._notify_systemd(time.monotonic())
-    with pytest.raises(TimeoutError):
-        sock.recv(100)
+    watchdog.tick(time.monotonic(), daemon.flowing, daemon.status_line)
+    assert b"WATCHDOG=1" not in received()
     daemon.pump.beat = time.monotonic()
-    daemon._notify_systemd(time.monotonic())
-    assert sock.recv(100) == b"WATCHDOG=1"
+    watchdog.tick(time.monotonic(), daemon.flowing, daemon.status_line)
+    assert b"WATCHDOG=1" in received()
     sock.close()
     daemon.pump = SimpleNamespace(stop=lambda t: None)
 
@@ -141,7 +154,7 @@ def test_dead_log_hub_is_restarted(daemon: Any, monkeypatch: pytest.MonkeyPatch,
         return real_wait(*args, **kwargs)
 
     monkeypatch.setattr(logs_mod, "wait", failing_wait)
-    daemon.logs._wake()  # make it turn now
+    daemon.logs.channel().close()  # a new pipe wakes it: it turns now
     deadline = time.monotonic() + 5
     while daemon.logs.alive and time.monotonic() < deadline:
         time.sleep(0.01)

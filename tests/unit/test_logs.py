@@ -18,15 +18,14 @@ from typing import Any
 import pytest
 
 from vistream.config.models import Config
-from vistream.daemon import Daemon
 from vistream.events.engine import FrameOutcome
 from vistream.events.rules import Event
-from vistream.ops.cameras import OFFLINE_WARN_S, CameraRuntime
+from vistream.ops.cameras import OFFLINE_WARN_S, CameraRuntime, Cameras
 from vistream.ops.logs import JsonFormatter, LogHub, PipeHandler, TextFormatter, make_formatter, on_journal
 from vistream.ops.process import SPAWN, Child, StopFlag
 from vistream.outputs.alerts import Alerts, describe
 from vistream.ring.lifetime import fixed
-from vistream.ring.shm import State
+from vistream.ring.shm import RingLayout, State
 
 
 def record(
@@ -215,15 +214,15 @@ def test_a_camera_offline_for_a_minute_gets_one_warning_and_its_return_says_how_
     cfg = Config.model_validate(
         {"mqtt": {"client_id": f"t{uuid.uuid4().hex[:6]}"}, "cameras": [{"name": "door", "url": "/dev/null"}]}
     )
-    d = Daemon(cfg)
-    d.mqtt = FakeMqtt()  # type: ignore[assignment]
+    cameras, mqtt = Cameras("t", RingLayout(2, 32, 32), lambda cam, ring: None), FakeMqtt()  # type: ignore[arg-type, return-value]
     header = {"state": State.BACKOFF, "reconnects": 4}
     rt = CameraRuntime(cfg.cameras[0], SimpleNamespace(header=header), None)  # type: ignore[arg-type]
     timeline = [(0, False), (59, False), (OFFLINE_WARN_S, False), *((t, False) for t in range(61, 200))]
     timeline += [(200, True), (250, True), (300, False), (305, False), (310, True)]
     with caplog.at_level(logging.INFO, logger="vistream.ops.cameras"):
         for t, online in timeline:
-            d._set_online(rt, online, 1000.0 + t)
+            if cameras.observe(rt, online, 1000.0 + t):  # news: the daemon's tick announces it
+                mqtt.camera_status(rt.name, online)
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert lines == [
         ("INFO", "camera door: offline"),
@@ -233,7 +232,7 @@ def test_a_camera_offline_for_a_minute_gets_one_warning_and_its_return_says_how_
         ("INFO", "camera door: online, after 10s offline"),
     ]
     assert all(getattr(r, "camera", None) == "door" for r in caplog.records)
-    assert d.mqtt.status == [("door", False), ("door", True), ("door", False), ("door", True)]  # type: ignore[attr-defined]
+    assert mqtt.status == [("door", False), ("door", True), ("door", False), ("door", True)]
 
 
 def event(**fields: Any) -> Event:

@@ -36,7 +36,9 @@ def test_sigterm_during_a_scheduler_replacement_cuts_its_wait_short() -> None:
     def launch(base: SchedulerStats) -> tuple[Child, Any]:
         child = Child("scheduler", finishing_a_long_batch, (), hub, logging.INFO)
         launched.append(child)
-        spec = SimpleNamespace(results=queue.Queue(), stats=queue.Queue(), control=queue.Queue(), beat=[0.0] * 3)
+        spec = SimpleNamespace(
+            results=queue.Queue(), stats=queue.Queue(), control=queue.Queue(), beat=[0.0] * 3
+        )
         return child, spec
 
     flag = StopFlag()

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -279,7 +280,36 @@ def test_run_auto_without_a_numbered_host_name_exits_2(
     assert "the host name 'workstation' does not end in -K" in caplog.text
 
 
-def test_a_reload_keeps_applying_the_shard_filter() -> None:
+class FakeCameras:
+    """The cameras as a reload changes them: what it starts and removes, no rings or readers."""
+
+    retry_s = 10.0
+
+    def __init__(self) -> None:
+        self.failed: dict[str, str] = {}
+        self.started: list[str] = []
+        self.removed: list[str] = []
+
+    def add(self, cam: Any) -> None:
+        self.started.append(cam.name)
+
+    def remove(self, name: str) -> None:
+        self.removed.append(name)
+
+    def stop(self, names: list[str], timeout: float, stop: Any = None) -> None:
+        pass
+
+    def start(self, cam: Any) -> None:
+        pass
+
+    def ring_names(self) -> dict[str, str]:
+        return {name: f"ring-{name}" for name in self.started}
+
+    def retry_due(self, now: float, *, force: bool = False) -> list[Any]:
+        return []
+
+
+def test_a_reload_keeps_applying_the_shard_filter(tmp_path: Path) -> None:
     """1. Shard 0 of 2 starts with 8 cameras: it runs only its own.
     2. A reload (SIGHUP) adds 8 cameras and removes one camera of each shard: shard 0 starts only the
     new cameras the hash gives it and stops only its own removed camera; its client id stays `vs-0`
@@ -287,6 +317,9 @@ def test_a_reload_keeps_applying_the_shard_filter() -> None:
     from types import SimpleNamespace
 
     from vistream.daemon import Daemon
+    from vistream.ops.process import StopFlag
+    from vistream.ops.reload import Reloader
+    from vistream.outputs.outbox_runtime import OutboxRuntime
 
     before = [f"c{i}" for i in range(8)]
     gone = [next(n for n in before if owner(n, 2) == k) for k in (0, 1)]
@@ -298,16 +331,17 @@ def test_a_reload_keeps_applying_the_shard_filter() -> None:
 
     d = Daemon(plain(before), shard=Shard(0, 2))
     assert [c.name for c in d.cfg.enabled_cameras] == [n for n in before if owner(n, 2) == 0]
-    started: list[str] = []
-    stopped: list[str] = []
-    d._add_camera = lambda cam: started.append(cam.name)  # type: ignore[method-assign]
-    d._remove_camera = stopped.append  # type: ignore[method-assign]
-    d.alerts = SimpleNamespace(reconfigure=lambda cfg: None)  # type: ignore[assignment]
-    d.discovery = SimpleNamespace(update=lambda cfg: None, publish_all=lambda: None)  # type: ignore[assignment]
-    d.mqtt = SimpleNamespace(connected=False)  # type: ignore[assignment]
-    d._apply(plain(after))
-    assert started == [n for n in after if n.startswith("n") and owner(n, 2) == 0]
-    assert stopped == [gone[0]]
-    assert [c.name for c in d.cfg.enabled_cameras] == [n for n in after if owner(n, 2) == 0]
-    assert d.cfg.mqtt.client_id == "vs-0"
-    assert [c.name for c in d.full_cfg.enabled_cameras] == after
+    cameras, told = FakeCameras(), []
+    mqtt = SimpleNamespace(camera_status=lambda name, online: None, forget_camera=told.append)
+    reloader = Reloader(
+        d.shard, cameras, SimpleNamespace(send=lambda msg: None), mqtt, StopFlag(),  # type: ignore[arg-type]
+        rules=SimpleNamespace(reconfigure=lambda cfg, outbox=None: None),
+        outbox=OutboxRuntime(tmp_path / "outbox.sqlite3", d.cfg.outbox), link=mqtt,  # type: ignore[arg-type]
+        discovery=SimpleNamespace(update=lambda cfg: None),
+    )  # fmt: skip
+    cfg, full_cfg = reloader.apply(plain(after), d.cfg, d.full_cfg)
+    assert cameras.started == [n for n in after if n.startswith("n") and owner(n, 2) == 0]
+    assert cameras.removed == told == [gone[0]]
+    assert [c.name for c in cfg.enabled_cameras] == [n for n in after if owner(n, 2) == 0]
+    assert cfg.mqtt.client_id == "vs-0"
+    assert [c.name for c in full_cfg.enabled_cameras] == after

@@ -21,7 +21,7 @@ from vistream.config.models import CameraConfig
 from vistream.ops.http import HttpServer, Rates, bind, build_app, draw_shapes
 from vistream.ops.scheduler import Liveness
 from vistream.ops.stats import SchedulerStats
-from vistream.ops.status import CameraStatus, health
+from vistream.ops.status import CameraStatus, Figures, Vitals, health, vitals
 from vistream.ops.supervise import Limits
 from vistream.outputs.results import KEEP_S, ResultPump
 from vistream.outputs.snapshot import COLOURS
@@ -122,7 +122,7 @@ BEATS = {"beat_time": BEAT_TIME, "beat_batch": BEAT_BATCH_START, "beat_ready": B
 
 
 def fake_daemon(now: float, **changes: Any) -> Any:
-    """What `health` reads of a daemon: a looping scheduler, turning threads, a 2 s window."""
+    """What the daemon's vitals are made of: a looping scheduler, turning threads, a 2 s window."""
     beat = [0.0, 0.0, 0.0]
     beat[BEAT_TIME], beat[BEAT_READY] = now - 0.1, 1.0
     d = SimpleNamespace(
@@ -135,24 +135,21 @@ def fake_daemon(now: float, **changes: Any) -> Any:
         backend_down="",
         outbox_down="",
     )
-    d.scheduler_stats = lambda: SimpleNamespace(backend_down=d.backend_down)
-    d.outbox_problem = lambda: d.outbox_down or None
     for key, value in changes.items():
         if key.startswith("beat_"):
-            beat[{"beat_time": BEAT_TIME, "beat_batch": BEAT_BATCH_START, "beat_ready": BEAT_READY}[key]] = (
-                value
-            )
+            beat[BEATS[key]] = value
         else:
             setattr(d, key, value)
 
-    def flowing(t: float) -> bool:
-        sched = d.scheduler
-        return bool(
-            sched.alive and beat[BEAT_READY] and t - beat[BEAT_TIME] < 2.0
-            and all(p.alive and t - p.beat < 2.0 for p in (d.pump, d.logs))
+    def vitals_at(t: float) -> Vitals:  # as the daemon reads its parts
+        return vitals(
+            t, d.limits.window_s, stopping=bool(d.stop_flag), ready=d.ready is not None,
+            running=d.scheduler.alive, liveness=d.scheduler.liveness,
+            threads={"result pump": d.pump, "log hub": d.logs},
+            backend_down=d.backend_down, outbox_problem=d.outbox_down or None,
         )  # fmt: skip
 
-    d.flowing = flowing
+    d.vitals = vitals_at
     return d
 
 
@@ -182,18 +179,18 @@ NOW = 1000.0
 def test_health_says_why_in_one_line(changes: dict[str, Any], reason: str | None) -> None:
     """/healthz: ok only while the model is loaded and results flow within the window; otherwise the
     first thing that is wrong, in one line."""
-    assert health(fake_daemon(NOW, **changes), NOW) == reason
+    assert health(fake_daemon(NOW, **changes).vitals(NOW)) == reason
 
 
 def test_liveness_does_not_hang_on_a_remote_model() -> None:
     """/livez: the same verdict as /healthz, except that Triton being down is no reason for 503
     (restarting the daemon would not bring it back); anything wrong in the daemon still is."""
     down = {"backend_down": "Triton model 'm' at grpc://t:8001: connection refused"}
-    assert health(fake_daemon(NOW, **down), NOW, remote=False) is None
+    assert health(fake_daemon(NOW, **down).vitals(NOW), remote=False) is None
     both = down | {"pump": Part(alive=False, beat=NOW)}
-    assert health(fake_daemon(NOW, **both), NOW, remote=False) == "the result pump thread is dead"
+    assert health(fake_daemon(NOW, **both).vitals(NOW), remote=False) == "the result pump thread is dead"
     full = {"outbox_down": "SQLITE_FULL: database or disk is full"}  # a restart frees no disk either
-    assert health(fake_daemon(NOW, **full), NOW, remote=False) is None
+    assert health(fake_daemon(NOW, **full).vitals(NOW), remote=False) is None
 
 
 def test_rates_over_the_last_seconds() -> None:
@@ -252,21 +249,22 @@ class Client:
 def app_daemon(ring: FrameRing) -> Any:
     """A daemon as the app sees it: one camera with a password in its URL, a zone, a real ring and
     result pump; the model loaded and results flowing."""
-    now = time.monotonic()
     cam = CameraConfig(
         name="cam", url="rtsp://viewer:hunter2@cam.local/live", detect_fps=5,
         zones={"door": [[0.6, 0.6], [0.9, 0.6], [0.9, 0.9], [0.6, 0.9]]},
     )  # fmt: skip
-    d = fake_daemon(now)
+    d = SimpleNamespace(ready=SimpleNamespace(device="cpu", half=False, backend="openvino", precision="fp32"))
     released: list[int] = []
-    d.pump = pump_for(ring, released)
-    d.flowing = lambda t: True  # the pump here is not running: it is fed by hand
+    d.pump = pump = pump_for(ring, released)  # fed by hand below, not running
+    d.vitals = lambda t: Vitals(2.0, ready=True, flowing=True)
+    d.latest = pump.latest
+    d.pipeline = pump.snapshot
     d.camera_status = lambda: [CameraStatus(cam, online=True, header=ring.header.copy())]
     d.camera_config = {"cam": cam}.get
     d.ring = fixed({"cam": ring})
     d.scheduler_stats = SchedulerStats
-    d.alerts = SimpleNamespace(figures=lambda: ({}, {}, [{"type": "start", "rule": "r"}, {"type": "end"}]))
-    d.mqtt = SimpleNamespace(connected=True)
+    d.events = lambda: ({}, {}, [{"type": "start", "rule": "r"}, {"type": "end"}])
+    d.figures = lambda: Figures(mqtt_connected=True)
     return d
 
 

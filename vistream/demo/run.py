@@ -113,8 +113,8 @@ class DemoView:
         elapsed = now - self.started
         last = self.seconds is not None and elapsed >= self.seconds
         stats = daemon.scheduler_stats()
-        latency, _, objects = daemon.pump.snapshot()
-        events, counters, recent = daemon.alerts.figures()
+        latency, _, objects = daemon.pipeline()
+        events, counters, recent = daemon.events()
         has_lines = {cam.name for cam in daemon.cfg.enabled_cameras if cam.lines}
         rows = []
         for cam in daemon.camera_status():

@@ -1,8 +1,8 @@
 """The daemon's cameras: each one's reader process, ring and online state, and the set of them.
 
-The daemon's tick calls `supervise` (a hung reader is killed, a dead one started again within
-its restart budget) and `observe` (online or not, from the ring header the reader writes) for
-every camera; what `observe` says is news, the daemon announces on MQTT.
+The daemon's tick calls `Cameras.supervise`: for every camera `CameraRuntime.supervise` (a hung
+reader is killed, a dead one started again within its restart budget) and `observe` (online or
+not, from the ring header the reader writes); what is news, the daemon announces on MQTT.
 """
 
 from __future__ import annotations
@@ -127,6 +127,7 @@ class Cameras:
         self.instance, self.layout, self._spawn, self.retry_s = instance, layout, spawn, retry_s
         self._entries: dict[str, Entry] = {}
         self._retry_at = 0.0
+        self._announced: set[str] = set()  # cameras whose online state MQTT has been told
 
     # -- readers (any thread) --------------------------------------------------------
 
@@ -134,6 +135,12 @@ class Cameras:
         """The camera's ring under a lease, for one copy; None when it has none (any more)."""
         entry = self._entries.get(name)
         return entry.ring.use() if entry and entry.ring else nullcontext(None)
+
+    def release(self, name: str, seq: int) -> None:
+        """Let the reader overwrite frame `seq` of the camera (its result is handled), if it has a ring."""
+        with self.ring(name) as ring:
+            if ring is not None:
+                ring.release(seq)
 
     def config(self, name: str) -> CameraConfig | None:
         """The config of a camera whose reader runs; None for no such camera."""
@@ -217,6 +224,25 @@ class Cameras:
             if e.runtime:
                 e.runtime.child.close()
 
+    def supervise(self, now: float) -> list[tuple[str, bool]]:
+        """Supervise every reader (`CameraRuntime.supervise`) and see whether it streams; returns
+        the cameras whose online state is news to announce (a change, or the first word on one)."""
+        news = []
+        for rt in self.running:
+            rt.supervise(now)
+            online = rt.streaming(now)
+            if self.observe(rt, online, now):
+                news.append((rt.name, online))
+        return news
+
+    def observe(self, rt: CameraRuntime, online: bool, now: float) -> bool:
+        """Record whether the camera is online; True when that is news to announce. A camera whose
+        reader a reload replaced stays announced: its new runtime says nothing until it changes."""
+        news = rt.observe(online, now, announced=rt.name in self._announced)
+        if news:
+            self._announced.add(rt.name)
+        return news
+
     def stop_all(self, timeout: float) -> None:
         stop_all([rt.child for rt in self.running], timeout)
 
@@ -225,6 +251,7 @@ class Cameras:
         unmapped once no thread reads it (never during a copy)."""
         entry = self._entries.get(name)
         self._set(name, None)
+        self._announced.discard(name)
         if entry is not None and entry.ring is not None:
             entry.ring.retire()
 

@@ -118,7 +118,7 @@ def camera_list(d: StatusSource, rates: Rates, now: float) -> list[dict[str, Any
         c = stats.cameras.get(name)
         fps_in, fps_inferred = rates.get(name)
         last = cam.seconds("last_frame")
-        latest = d.pump.latest(name)
+        latest = d.latest(name)
         out.append(
             {
                 "name": name,
@@ -153,7 +153,7 @@ def _frame(latest: LatestFrame | None) -> dict[str, Any] | None:
 
 
 def status(d: StatusSource, now: float) -> dict[str, Any]:
-    reason = health(d, now)
+    reason = health(d.vitals(now))
     ready = d.ready
     cameras = d.camera_status()
     return {
@@ -164,7 +164,7 @@ def status(d: StatusSource, now: float) -> dict[str, Any]:
         "half": ready.half if ready else None,
         "backend": ready.backend if ready else None,
         "precision": ready.precision if ready else None,
-        "mqtt_connected": bool(d.mqtt.connected),
+        "mqtt_connected": d.figures().mqtt_connected,
         "cameras": len(cameras),
         "cameras_online": sum(cam.online for cam in cameras),
         "cameras_failed": sum(cam.failed is not None for cam in cameras),
@@ -233,7 +233,7 @@ class Pictures:
             self._jpegs.pop(name, None)
             return None
         async with self._locks.setdefault(name, asyncio.Lock()):
-            latest = self.d.pump.latest(name)
+            latest = self.d.latest(name)
             kept = self._jpegs.get(name)
             if latest is None or (kept and kept[0] == latest.seq):
                 return kept
@@ -279,7 +279,7 @@ def build_app(
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def healthz(request: Request) -> Response:
-        reason = health(d, clock())
+        reason = health(d.vitals(clock()))
         if reason is None:
             return PlainTextResponse("ok\n")
         return PlainTextResponse(f"{redact_text(reason)}\n", status_code=503)
@@ -287,7 +287,7 @@ def build_app(
     async def livez(request: Request) -> Response:
         # /healthz without the remote model: what an orchestrator's liveness probe asks, since
         # restarting this daemon would not bring a Triton server back.
-        reason = health(d, clock(), remote=False)
+        reason = health(d.vitals(clock()), remote=False)
         if reason is None:
             return PlainTextResponse("ok\n")
         return PlainTextResponse(f"{redact_text(reason)}\n", status_code=503)
@@ -299,7 +299,7 @@ def build_app(
         return JSONResponse(camera_list(d, rates, clock()))
 
     async def api_events(request: Request) -> Response:
-        _, _, recent = d.alerts.figures()
+        _, _, recent = d.events()
         return JSONResponse(recent[::-1][:RECENT_EVENTS])
 
     async def latest_jpg(request: Request) -> Response:

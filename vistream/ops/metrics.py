@@ -1,8 +1,8 @@
-"""Prometheus metrics, computed at scrape time from the daemon's live state.
+"""Prometheus metrics, computed at scrape time from what the daemon shows (`StatusSource`).
 
 A custom collector on a registry of our own (nothing registered at import):
-reader counters come from the rings' shared-memory headers, scheduler
-figures from its latest cumulative snapshot, the rest from the main process.
+reader counters come from copies of the rings' headers, scheduler figures
+from its latest cumulative snapshot, the rest from the main process's `Figures`.
 Label `camera` is always the camera's name, never its URL.
 """
 
@@ -20,7 +20,7 @@ from vistream.outputs.writer import DROP_REASONS as DROP_REASONS_WRITER
 
 if TYPE_CHECKING:
     from vistream.ops.http import HttpServer
-    from vistream.ops.status import CameraStatus, StatusSource
+    from vistream.ops.status import CameraStatus, Figures, StatusSource
 
 
 def _histogram(name: str, doc: str, b: Buckets) -> HistogramMetricFamily:
@@ -34,7 +34,8 @@ class DaemonCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         d = self.daemon
         stats = d.scheduler_stats()
-        latency, _, _ = d.pump.snapshot()
+        latency, _, _ = d.pipeline()
+        fig = d.figures()
 
         decoded = CounterMetricFamily(
             "vistream_frames_decoded", "Frames decoded by the camera's reader.", labels=["camera"]
@@ -125,7 +126,7 @@ class DaemonCollector(Collector):
         yield _histogram("vistream_e2e_latency_seconds", "Capture to MQTT publish.", latency)
 
         connected = GaugeMetricFamily("vistream_mqtt_connected", "1 while connected to the MQTT broker.")
-        connected.add_metric([], 1.0 if d.mqtt.connected else 0.0)
+        connected.add_metric([], 1.0 if fig.mqtt_connected else 0.0)
         yield connected
         mqtt_dropped = CounterMetricFamily(
             "vistream_mqtt_dropped",
@@ -133,7 +134,7 @@ class DaemonCollector(Collector):
             "many waiting unwritten in the client's buffer), refused.",
             labels=["kind", "reason"],
         )
-        by_reason = {("detections", "disconnected"): 0, **d.mqtt.dropped_by_reason}
+        by_reason = {("detections", "disconnected"): 0, **fig.mqtt_dropped}
         for (kind, reason), n in sorted(by_reason.items()):
             mqtt_dropped.add_metric([kind, reason], n)
         yield mqtt_dropped
@@ -146,7 +147,7 @@ class DaemonCollector(Collector):
             "vistream_results_abandoned",
             "Frame results left unread in the queue of a scheduler that was replaced.",
         )
-        abandoned.add_metric([], d.scheduler.results_abandoned)
+        abandoned.add_metric([], fig.results_abandoned)
         yield abandoned
         errors = CounterMetricFamily("vistream_inference_errors", "Inference calls that raised.")
         errors.add_metric([], stats.inference_errors)
@@ -157,10 +158,10 @@ class DaemonCollector(Collector):
             "Child processes restarted after dying or hanging, and threads of the daemon found dead.",
             labels=["process"],
         )
-        restarts.add_metric(["scheduler"], d.scheduler.restarts)
+        restarts.add_metric(["scheduler"], fig.scheduler_restarts)
         for cam in cameras:
             restarts.add_metric([f"reader/{cam.name}"], cam.restarts)
-        for name, n in d.thread_restarts.items():
+        for name, n in fig.thread_restarts.items():
             restarts.add_metric([f"thread/{name}"], n)
         yield restarts
         ready = GaugeMetricFamily("vistream_ready", "1 once the model is warm and the readers are started.")
@@ -174,12 +175,15 @@ class DaemonCollector(Collector):
             )
             model.add_metric([d.ready.backend, d.ready.device, d.ready.precision], 1.0)
             yield model
-        yield from _alert_metrics(d, cameras)
+        started, _, _ = d.events()
+        yield from _alert_metrics(fig, started, cameras)
 
 
-def _alert_metrics(d: StatusSource, cameras: list[CameraStatus]) -> Iterator[Metric]:
+def _alert_metrics(
+    fig: Figures, started: dict[tuple[str, str], int], cameras: list[CameraStatus]
+) -> Iterator[Metric]:
     """Events, the outbox, snapshots and frame holds."""
-    started, _, _ = d.alerts.figures()
+    box = fig.outbox
     events = CounterMetricFamily(
         "vistream_events", "Events started, per camera and rule.", labels=["camera", "rule"]
     )
@@ -189,27 +193,27 @@ def _alert_metrics(d: StatusSource, cameras: list[CameraStatus]) -> Iterator[Met
     pending = GaugeMetricFamily(
         "vistream_outbox_pending", "Event, counter and snapshot messages not yet acknowledged by the broker."
     )
-    pending.add_metric([], d.outbox.pending if d.outbox else 0)
+    pending.add_metric([], box.pending)
     yield pending
     evicted = CounterMetricFamily(
         "vistream_outbox_evicted",
         "Messages dropped undelivered because the outbox was full (outbox.max_rows) or they were too old "
         "(outbox.max_age_s).",
     )
-    evicted.add_metric([], d.outbox.evicted if d.outbox else 0)
+    evicted.add_metric([], box.evicted)
     yield evicted
     failures = CounterMetricFamily(
         "vistream_outbox_write_failures",
         "Outbox opens and writes that failed for an operational reason: locked, read-only, disk full, I/O.",
     )
-    failures.add_metric([], d.outbox.write_failures if d.outbox else 0)
+    failures.add_metric([], box.write_failures)
     yield failures
     unavailable = GaugeMetricFamily(
         "vistream_outbox_unavailable", "1 while events cannot be written to the outbox (/healthz says why)."
     )
-    unavailable.add_metric([], 1.0 if d.outbox_problem() else 0.0)
+    unavailable.add_metric([], 1.0 if box.problem else 0.0)
     yield unavailable
-    unwritten, dropped = d.alerts.unwritten()
+    unwritten, dropped = fig.unwritten, fig.unwritten_dropped
     queued = GaugeMetricFamily(
         "vistream_alert_messages_unwritten",
         "Event, counter and snapshot messages handed to the outbox's writer thread and not written yet "
@@ -230,15 +234,15 @@ def _alert_metrics(d: StatusSource, cameras: list[CameraStatus]) -> Iterator[Met
     errors = CounterMetricFamily(
         "vistream_event_errors", "Frames whose event processing raised (their detections still went out)."
     )
-    errors.add_metric([], d.pump.alert_errors)
+    errors.add_metric([], fig.event_errors)
     yield errors
     snapshots = CounterMetricFamily(
         "vistream_snapshots",
         "Event snapshots rendered (ok) or lost (the frame left the ring first).",
         labels=["result"],
     )
-    snapshots.add_metric(["ok"], d.alerts.snapshots)
-    snapshots.add_metric(["lost"], d.alerts.snapshots_lost)
+    snapshots.add_metric(["ok"], fig.snapshots)
+    snapshots.add_metric(["lost"], fig.snapshots_lost)
     yield snapshots
     holds = CounterMetricFamily(
         "vistream_ring_holds_broken",

@@ -12,12 +12,16 @@ import logging
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vistream.ops.process import Child, StopFlag, stop_all
+from vistream.ops.process import SPAWN, Child, StopFlag, stop_all
 from vistream.ops.stats import SchedulerStats
 from vistream.ops.supervise import Limits, RestartBudget
-from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME, SchedulerSpec
+from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME, SchedulerSpec, run_scheduler
+
+if TYPE_CHECKING:
+    from vistream.config.models import Config
+    from vistream.ops.logs import LogHub
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +220,23 @@ class SchedulerRuntime:
         base = self._totals[0]
         sent = sum(c.inferred for c in base.cameras.values()) - base.results_overflow
         self.results_abandoned = max(self.results_abandoned, sent - read)
+
+
+def scheduler_child(
+    cfg: Config, rings: dict[str, str], wake: Any, base: SchedulerStats, logs: LogHub, log_level: int
+) -> tuple[Child, SchedulerSpec]:
+    """The next scheduler child for `rings` (camera -> segment), counting frames from where `base`
+    left off; fresh queues and heartbeat (see `Incarnation`)."""
+    spec = SchedulerSpec(
+        model=cfg.model,
+        batching=cfg.batching,
+        rings=rings,
+        wake=wake,
+        results=SPAWN.Queue(cfg.mqtt.queue_size),
+        stats=SPAWN.Queue(4),
+        control=SPAWN.Queue(),
+        beat=SPAWN.Array("d", 3, lock=False),
+        start_seqs={name: base.positions.get(name, 0) for name in rings},
+        detect_fps={c.name: c.detect_fps for c in cfg.enabled_cameras},
+    )
+    return Child("scheduler", run_scheduler, (spec,), logs, log_level), spec

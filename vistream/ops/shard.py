@@ -13,6 +13,7 @@ Pure: no I/O beyond the host name `auto/N` reads, so the decisions are unit-test
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import socket
 from collections.abc import Iterable, Mapping
@@ -78,6 +79,20 @@ class Shard:
     def daemon_topic(self, prefix: str, base_client_id: str) -> str:
         """The shard's own availability topic (online/offline, its Last Will)."""
         return daemon_topic(prefix, self.client_id(base_client_id))
+
+    def will_topic(self, prefix: str, base_client_id: str) -> str | None:
+        """The topic of the daemon's Last Will: None (`{prefix}/status`) unsharded; a shard's own,
+        since on `{prefix}/status` one dead shard would say the others are offline too."""
+        return self.daemon_topic(prefix, base_client_id) if self.active else None
+
+    def describe(self, cfg: Config, full: Config) -> tuple[int, str] | None:
+        """The boot log's line on this shard (`cfg`: its view of `full`), with its level; None unsharded."""
+        if not self.active:
+            return None
+        mine = [c.name for c in cfg.enabled_cameras]
+        which = f": {', '.join(mine)}" if mine else "; idle until a reload gives it one"
+        line = f"shard {self} ({cfg.mqtt.client_id}): {len(mine)} of {len(full.cameras)} camera(s){which}"
+        return (logging.INFO if mine else logging.WARNING), line
 
     def metrics_port(self, port: int) -> int:
         """`metrics.port + K`, so shards on one host do not collide; 0 (any free port) stays 0.

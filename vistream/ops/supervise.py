@@ -7,7 +7,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from vistream.ops.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,15 @@ class Limits:
             return cls()
         stall = min(STALL_S, timeout_s / 4)
         return cls(stall_s=stall, window_s=min(PROGRESS_WINDOW_S, stall / 2), ping_s=timeout_s / 4)
+
+    def describe(self, timeout_s: float) -> str:
+        """One line for the log at ready: what the daemon does under a watchdog of `timeout_s`."""
+        ping, budget = self.ping_s or 0.0, self.reload_budget_s(timeout_s)
+        return (
+            f"systemd watchdog {timeout_s:.0f}s: WATCHDOG=1 every {ping:.0f}s while results flow; "
+            f"a scheduler stuck for {self.stall_s:.0f}s is restarted and has {budget:.0f}s to make "
+            "progress before systemd steps in"
+        )
 
     def reload_budget_s(self, timeout_s: float) -> float:
         """Seconds a restarted scheduler has to make progress before systemd's watchdog fires."""
@@ -109,3 +121,23 @@ class Threads:
                 self.restarts[name] += 1
                 part.start()
         return None
+
+
+class Watchdog:
+    """What the daemon tells systemd as it runs: WATCHDOG=1 every `ping_s` while results flow (a
+    hang starves it), and a STATUS= line every `status_s`. Nothing without a notify socket."""
+
+    def __init__(self, notifier: Notifier, ping_s: float | None, status_s: float = 5.0) -> None:
+        self.notifier, self.ping_s, self.status_s = notifier, ping_s, status_s
+        self._last_ping = self._last_status = float("-inf")
+
+    def tick(self, now: float, flowing: Callable[[float], bool], status: Callable[[], str]) -> None:
+        n = self.notifier
+        if not n.enabled:
+            return
+        if self.ping_s and now - self._last_ping >= self.ping_s and flowing(now):
+            n.watchdog()
+            self._last_ping = now
+        if now - self._last_status >= self.status_s:
+            self._last_status = now
+            n.status(status())
