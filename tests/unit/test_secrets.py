@@ -34,7 +34,8 @@ def leaked(text: str) -> list[str]:
 
 REDACT_TEXT = [
     (URL, "rtsp://***@10.0.0.5:554/s?token=***"),
-    (f"Connection refused: '{URL}'", "Connection refused: 'rtsp://***@10.0.0.5:554/s?token=***"),
+    (f"Connection refused: '{URL}'", "Connection refused: 'rtsp://***@10.0.0.5:554/s?token=***'"),
+    ("rtsp://h/s?password=pa'ss: refused", "rtsp://h/s?password=***: refused"),
     ('open "rtsp://a:b\'c"d@h/s" failed', 'open "rtsp://***@h/s" failed'),
     ("rtsp://h/s?auth=q1&apikey=q2&api_key=q3&access_token=q4", "rtsp://h/s?auth=***&apikey=***&api_key=***&access_token=***"),
     ("rtsp://h/s?password=q1&passwd=q2&pwd=q3&channel=1", "rtsp://h/s?password=***&passwd=***&pwd=***&channel=1"),

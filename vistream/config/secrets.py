@@ -32,16 +32,18 @@ _USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 # quote before the URL is not in the match, and a quoted URL's closing quote comes after "@".
 _TEXT_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
 # Credentials in a query string (cameras that take `?user=admin&password=x`, tokens of cloud
-# relays): the value runs to the next parameter or white space, quotes included for the same reason.
+# relays): the value runs to the next parameter or white space.
 # Matched outside a URL too (`token=abc`, `--password=x`, `client_secret=y` in a message): a word
 # ending in one of these names, then "=".
 SECRET_PARAMS = (
     "user", "username", "pass", "passwd", "password", "pwd", "token", "auth", "authorization",
     "apikey", "api_key", "key", "secret", "signature", "sig",
 )  # fmt: skip
-_QUERY_SECRET_RE = re.compile(
-    rf"((?<![\w-])[\w-]*?(?:{'|'.join(re.escape(p) for p in SECRET_PARAMS)})=)[^&;#\s<>]*", re.IGNORECASE
-)
+_SECRET_NAME = rf"(?<![\w-])[\w-]*?(?:{'|'.join(re.escape(p) for p in SECRET_PARAMS)})="
+# A quote or colon ends the value only where the text goes on after it (`...token=abc': refused`);
+# inside the value (`password=pa'ss`) it is part of the secret.
+_SECRET_VALUE = r"""(?:[^&;#\s<>'":]|['":](?![\s,)'":]|$))*"""
+_QUERY_SECRET_RE = re.compile(f"({_SECRET_NAME}){_SECRET_VALUE}", re.IGNORECASE)
 REDACTED = "***"
 
 

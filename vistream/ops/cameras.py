@@ -51,7 +51,13 @@ class CameraRuntime:
         if self.child.alive and silent > self.cfg.open_timeout_s + self.cfg.read_timeout_s + READER_GRACE_S:
             log.error("camera %s: reader silent for %.0fs: killing it", self.name, silent, extra=extra)
             self.child.stop(1.0)
-        if self.child.alive or not self.budget.take():
+        if self.child.alive:
+            return
+        if self.child.retry_at is not None:  # its last start made no process: no restart to budget
+            if self.child.retry_due(now):
+                self.child.start()
+            return
+        if not self.budget.take():
             return
         log.error("camera %s: reader exited (code %s): restarting it", self.name, self.child.exitcode,
                   extra=extra)  # fmt: skip
@@ -158,7 +164,8 @@ class Cameras:
             with self.ring(entry.cfg.name) as ring:
                 header = ring.header.copy() if ring is not None else None
             if rt is not None and header is not None:  # else it is being replaced or removed
-                out.append(CameraStatus(rt.cfg, rt.online, rt.restarts, header))
+                out.append(CameraStatus(rt.cfg, rt.online, rt.restarts, header,
+                                        spawn_failures=rt.child.spawn_failures))  # fmt: skip
         return out
 
     @property

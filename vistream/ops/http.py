@@ -418,18 +418,31 @@ class Guard:
 
 
 class BoundedH11(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with the two bounds it lacks: a connection over
-    `limit_concurrency` is closed at once (uvicorn would keep it, and its descriptor, answering
-    503), and one that sends no request within `timeout_keep_alive` is closed too (uvicorn times
-    out only the wait between requests, so a socket opened and left silent stayed forever)."""
+    """uvicorn's HTTP/1.1 protocol with the two bounds it lacks:
+
+    * one that sends no request within `timeout_keep_alive` is closed (uvicorn times out only the
+      wait between requests, so a socket opened and left silent stayed forever);
+    * over `limit_concurrency` connections, the one idle longest (waiting for a request) is closed
+      to make room, or the new one when none is idle (uvicorn would keep it, and its descriptor,
+      answering 503). Idle sockets then cannot lock out a scraper or a health probe either."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        limit = self.limit_concurrency
-        if limit is not None and len(self.connections) > limit:
-            transport.abort()
-            return
+        self.opened_at = self.loop.time()
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._first_request_due)
+        # uvicorn answers 503 from `limit_concurrency` connections on: one fewer stay open, so that
+        # it never does for want of a connection (HttpServer sets it to max_connections + 1).
+        limit = self.limit_concurrency
+        live = [c for c in self.connections if not getattr(c, "transport", transport).is_closing()]
+        if limit is None or len(live) < limit:
+            return
+        idle = [c for c in live if c is not self and getattr(c, "timeout_keep_alive_task", None)]
+        if idle:
+            oldest = min(idle, key=lambda c: getattr(c, "opened_at", 0.0))
+            oldest.timeout_keep_alive_handler()  # type: ignore[attr-defined]
+        else:
+            self._unset_keepalive_if_required()
+            transport.abort()
 
     def _first_request_due(self) -> None:
         if self.cycle is None:  # not a single request began
@@ -465,7 +478,7 @@ class HttpServer:
             log_level=logging.WARNING,
             access_log=False,  # a browser polling the status page is not worth a journal line a second
             timeout_graceful_shutdown=1,
-            limit_concurrency=cfg.max_connections,
+            limit_concurrency=cfg.max_connections + 1,  # see BoundedH11
             timeout_keep_alive=cfg.idle_timeout_s,  # type: ignore[arg-type]
         )
         config.load()

@@ -175,6 +175,16 @@ class DaemonCollector(Collector):
             )
             model.add_metric([d.ready.backend, d.ready.device, d.ready.precision], 1.0)
             yield model
+        spawn = CounterMetricFamily(
+            "vistream_spawn_failures",
+            "Child processes that could not be made (out of file descriptors, memory or processes); "
+            "each is tried again with a backoff, the daemon runs on.",
+            labels=["process"],
+        )
+        spawn.add_metric(["scheduler"], d.scheduler.spawn_failures)
+        for cam in cameras:
+            spawn.add_metric([f"reader/{cam.name}"], cam.spawn_failures)
+        yield spawn
         started, _, _ = d.events()
         yield from _alert_metrics(fig, started, cameras)
 

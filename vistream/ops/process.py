@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import faulthandler
 import logging
 import multiprocessing as mp
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 SPAWN = mp.get_context("spawn")
 PR_SET_PDEATHSIG = 1
+# A child that cannot be made for want of a resource is tried again, with this backoff (first, most).
+SPAWN_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+SPAWN_BACKOFF_S = (1.0, 30.0)
 # Not for children: only the main process talks to systemd, and the readers parse untrusted input
 # (a camera's stream), so they hold no secret they do not need. A reader's own camera password
 # comes in its arguments (vistream.sources.reader.ReaderSpec).
@@ -153,17 +157,48 @@ class Child:
         self._logs, self._log_level, self._nice = logs, log_level, nice
         self._proc: Any = None
         self.started_at = 0.0
+        self.spawn_failures = 0  # starts that made no process (vistream_spawn_failures_total)
+        self.retry_at: float | None = None  # when the last start failed: when to try again
+        self._backoff = SPAWN_BACKOFF_S[0]
 
-    def start(self) -> None:
-        conn = self._logs.channel()  # a fresh pipe per start: a killed child takes only its own
+    def start(self) -> bool:
+        """Start the process; False when it could not be made (no descriptor, memory or process
+        left: EMFILE from the log pipe, EAGAIN from fork): logged, counted (`spawn_failures`),
+        and `retry_due()` says when to try again (backoff 1 s doubling to 30 s). Never raised:
+        a daemon out of descriptors for a moment must not exit for it."""
+        try:
+            conn = self._logs.channel()  # a fresh pipe per start: a killed child takes only its own
+        except OSError as exc:
+            return self._spawn_failed(exc)
         setup = ProcessSetup(self.title, conn, self._log_level, self._nice, os.getpid(), self._log_context)
         self._proc = SPAWN.Process(
             target=_bootstrap, args=(setup, self._target, self._args), name=self.title, daemon=True
         )
-        with _secrets_out_of_environ():
-            self._proc.start()
-        conn.close()  # the child has its own copy; ours would keep the pipe from reaching EOF
+        try:
+            with _secrets_out_of_environ():
+                self._proc.start()
+        except OSError as exc:
+            self._proc = None
+            return self._spawn_failed(exc)
+        finally:
+            conn.close()  # the child has its own copy; ours would keep the pipe from reaching EOF
         self.started_at = time.monotonic()
+        self.retry_at, self._backoff = None, SPAWN_BACKOFF_S[0]
+        return True
+
+    def _spawn_failed(self, exc: OSError) -> bool:
+        if exc.errno not in SPAWN_ERRNOS:
+            raise exc
+        self.spawn_failures += 1
+        self.retry_at = time.monotonic() + self._backoff
+        log.error("%s: cannot start a process (%s): trying again in %.0fs", self.title,
+                  os.strerror(exc.errno), self._backoff)  # fmt: skip
+        self._backoff = min(self._backoff * 2, SPAWN_BACKOFF_S[1])
+        return False
+
+    def retry_due(self, now: float) -> bool:
+        """Did the last start fail, and is it time to try again?"""
+        return self.retry_at is not None and now >= self.retry_at
 
     @property
     def pid(self) -> int | None:

@@ -104,6 +104,7 @@ class SchedulerRuntime:
         self._release_holds = release_holds
         self.budget = budget or RestartBudget()
         self.restarts = 0  # started again after dying or hanging
+        self.spawn_failures_before = 0  # of the schedulers before the current one
         self.results_abandoned = 0  # results left unread in the queues of replaced schedulers
         # (totals of the schedulers that were replaced, the current one): one attribute, so that
         # a scrape never sees a replaced scheduler's totals twice (in both) or not at all.
@@ -139,6 +140,12 @@ class SchedulerRuntime:
         if cur is not None:
             cur.control.put(msg)
 
+    @property
+    def spawn_failures(self) -> int:
+        """Starts that made no process (out of descriptors, memory), over every scheduler."""
+        cur = self.current
+        return self.spawn_failures_before + (cur.child.spawn_failures if cur else 0)
+
     def totals(self) -> SchedulerStats:
         """Totals over every scheduler this daemon ran (from any thread)."""
         base, cur = self._totals
@@ -149,6 +156,7 @@ class SchedulerRuntime:
         schedulers before it; default: those so far) left off."""
         base = self._totals[0] if base is None else base
         child, spec = self._launch(base)
+        self.spawn_failures_before = self.spawn_failures
         cur = Incarnation(child, spec.results, spec.stats, spec.control, Liveness(spec.beat))
         self._totals = (base, cur)
         child.start()
@@ -192,6 +200,10 @@ class SchedulerRuntime:
             log.error("scheduler made no progress for %.0fs: killing it", limits.stall_s)
             cur.child.stop(1.0)
         if cur.child.alive:
+            return None
+        if cur.child.retry_at is not None:  # its start made no process (out of descriptors): again
+            if cur.child.retry_due(now):
+                cur.child.start()
             return None
         code = cur.child.exitcode
         if code in CANNOT_BOOT:

@@ -45,6 +45,7 @@ class CameraStatus:
     restarts: int = 0
     header: np.ndarray | None = None  # a copy: reading it never touches shared memory
     failed: str | None = None
+    spawn_failures: int = 0  # starts of its reader that made no process (out of descriptors)
 
     @property
     def name(self) -> str:

@@ -87,7 +87,7 @@ class CameraReader:
         self.clock = CaptureClock()
         self.backoff = Backoff(cap=self.cam.reconnect_max_s)
         self.watch = PortWatch.for_camera(self.cam)  # None for a file: nothing to probe
-        self.url = redact_url(self.cam.url)
+        self.url = redact_url(cam.url)  # as configured: the same as the API shows
         self.scaler = FrameScaler()
         self.motion = FrameMotion(self.cam.motion) if self.cam.motion.enabled else None
         # Motion gating scores every sampled frame, and its skips take no holds: nothing to defer there.
