@@ -327,7 +327,8 @@ class Daemon:
         try:
             full = load_config(self.config_path)
             assert self.reloader is not None  # ready: every part is up
-            self.cfg, self.full_cfg = self.reloader.apply(full, self.cfg, self.full_cfg)
+            change, self.cfg, self.full_cfg = self.reloader.plan(full, self.cfg, self.full_cfg)
+            self.reloader.apply(change, self.cfg, self.full_cfg)  # a new scheduler is made from self.cfg
         except ConfigError as exc:
             for line in exc.problems:
                 log.error("reload: %s", line)

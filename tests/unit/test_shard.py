@@ -339,7 +339,8 @@ def test_a_reload_keeps_applying_the_shard_filter(tmp_path: Path) -> None:
         outbox=OutboxRuntime(tmp_path / "outbox.sqlite3", d.cfg.outbox), link=mqtt,  # type: ignore[arg-type]
         discovery=SimpleNamespace(update=lambda cfg: None),
     )  # fmt: skip
-    cfg, full_cfg = reloader.apply(plain(after), d.cfg, d.full_cfg)
+    change, cfg, full_cfg = reloader.plan(plain(after), d.cfg, d.full_cfg)
+    reloader.apply(change, cfg, full_cfg)
     assert cameras.started == [n for n in after if n.startswith("n") and owner(n, 2) == 0]
     assert cameras.removed == told == [gone[0]]
     assert [c.name for c in cfg.enabled_cameras] == [n for n in after if owner(n, 2) == 0]

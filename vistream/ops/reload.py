@@ -145,10 +145,11 @@ class Reloader:
         self.rules, self.outbox, self.link, self.discovery = rules, outbox, link, discovery
         self.reader_stop_s, self.scheduler_stop_s = reader_stop_s, scheduler_stop_s
 
-    def apply(self, full: Config, cfg: Config, full_cfg: Config) -> tuple[Config, Config]:
-        """Apply `full` (the whole new config) over the running `cfg` (this shard's) and `full_cfg`;
-        returns the two as they run now. Sections only a restart applies stay as they run, so the
-        running config keeps describing the daemon."""
+    def plan(self, full: Config, cfg: Config, full_cfg: Config) -> tuple[ConfigDiff, Config, Config]:
+        """What `full` (the whole new config) changes in the running `cfg` (this shard's) and
+        `full_cfg`, and the two configs to run from now on: the daemon takes them before `apply`
+        (a new scheduler is made from them). Sections only a restart applies stay as they run, so
+        the running config keeps describing the daemon."""
         new = self.shard.view(full)
         change = diff(cfg, new)
         if change.needs_restart:
@@ -159,10 +160,14 @@ class Reloader:
         kept = {key.split(".")[0] for key in change.needs_restart}
         cfg = new.model_copy(update={k: getattr(cfg, k) for k in kept})
         full_cfg = full.model_copy(update={k: getattr(full_cfg, k) for k in kept})
+        return change, cfg, full_cfg
+
+    def apply(self, change: ConfigDiff, cfg: Config, full_cfg: Config) -> None:
+        """Apply `change`; `cfg` and `full_cfg` are the configs `plan` returned, running already."""
         # Every reader that goes or is replaced stops at once, together: one deadline, not one each.
         self.cameras.stop([*change.removed, *change.restarted], self.reader_stop_s, self.stop)
         if self.stop:  # SIGTERM during the reload: stop now
-            return cfg, full_cfg
+            return
         for name in change.removed:
             self.remove(name)
         cams = {c.name: c for c in cfg.enabled_cameras}
@@ -181,7 +186,6 @@ class Reloader:
             self.rules.reconfigure(cfg)
             if self.discovery is not None:
                 self.discovery.update(full_cfg)  # into the outbox: Delivery sends it
-        return cfg, full_cfg
 
     def add(self, cam: CameraConfig) -> bool:
         """Make the camera's ring and start its reader; a ring that does not fit marks it failed."""
