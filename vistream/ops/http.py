@@ -436,10 +436,9 @@ class BoundedH11(H11Protocol):
         live = [c for c in self.connections if not getattr(c, "transport", transport).is_closing()]
         if limit is None or len(live) < limit:
             return
-        idle = [c for c in live if c is not self and getattr(c, "timeout_keep_alive_task", None)]
+        idle = [c for c in live if isinstance(c, BoundedH11) and c is not self and c.timeout_keep_alive_task]
         if idle:
-            oldest = min(idle, key=lambda c: getattr(c, "opened_at", 0.0))
-            oldest.timeout_keep_alive_handler()  # type: ignore[attr-defined]
+            min(idle, key=lambda c: c.opened_at).timeout_keep_alive_handler()
         else:
             self._unset_keepalive_if_required()
             transport.abort()
