@@ -255,3 +255,25 @@ def test_the_publisher_warns_once_about_a_password_in_clear(caplog: pytest.LogCa
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "without TLS" in lines[0] and "broker.lan" in lines[0]
     assert "s3cret" not in lines[0]
+
+
+def test_a_reload_restarts_the_camera_whose_password_file_changed(tmp_path: Path) -> None:
+    """1. A config with two cameras using password files is loaded (as at start).
+    2. One file's content changes, the config does not; the config is loaded again (as at SIGHUP).
+    3. The reload's diff restarts that camera's reader (which reads the file again), not the other;
+       the digest that tells it is in no repr."""
+    from vistream.ops.reload import diff
+
+    write(tmp_path / "a.pw", "old\n")
+    write(tmp_path / "b.pw", "same\n")
+    path = write(tmp_path / "c.yaml", """
+        cameras:
+          - {name: a, url: "rtsp://h:554/a", username: u, password_file: a.pw}
+          - {name: b, url: "rtsp://h:554/b", username: u, password_file: b.pw}
+    """)  # fmt: skip
+    before = load_config(path)
+    assert diff(before, load_config(path)).restarted == {}
+    write(tmp_path / "a.pw", "new\n")
+    after = load_config(path)
+    assert diff(before, after).restarted == {"a": ["password_file (its content)"]}
+    assert before.cameras[0].password_digest not in repr(before)

@@ -9,12 +9,13 @@ checks and the validation context) is in base.py; alert rules are in alerts.py.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from vistream.config.alerts import AlertRule, OutboxConfig, rule_applies, rule_problems, unknown_label
 from vistream.config.base import (
@@ -543,8 +544,9 @@ class CameraConfig(Section):
     password_file: Path | None = Field(
         default=None,
         description="File holding the camera's password (one trailing newline is ignored; relative to the "
-        "config file's directory), like `mqtt.password_file`; needs `username`. Read each time the "
-        "camera's reader starts (and so on reload), and handed to the reader in its process arguments.",
+        "config file's directory), like `mqtt.password_file`; needs `username`. Read at start, at each "
+        "reload (a changed password restarts the camera's reader) and at each start of the reader, and "
+        "handed to the reader in its process arguments, never in its environment.",
     )
     detect_fps: float = Field(default=5, gt=0, le=120, description="Frames per second sent to the detector.")
     enabled: bool = Field(default=True, description="A disabled camera is not opened.")
@@ -609,6 +611,8 @@ class CameraConfig(Section):
             raise ValueError(f"{scheme} URL has an invalid port") from None
         return v
 
+    _password_digest: str | None = PrivateAttr(default=None)
+
     @field_validator("password_file")
     @classmethod
     def _password_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
@@ -627,7 +631,17 @@ class CameraConfig(Section):
             raise KeyProblems([((key,), f"set while {in_url} (remove them from url)")])
         if self.username is None:
             raise KeyProblems([(("password_file",), "set without username (the password needs its user)")])
+        if self.password_file is not None and self.password_file.is_absolute():
+            try:  # so that a reload sees a changed password (vistream.ops.reload); never shown
+                self._password_digest = hashlib.sha256(self.password_file.read_bytes()).hexdigest()
+            except OSError:
+                pass  # the reader's start says why (vistream.config.secrets.camera_url)
         return self
+
+    @property
+    def password_digest(self) -> str | None:
+        """A digest of the password file's content when the config was loaded (None without one)."""
+        return self._password_digest
 
     @property
     def is_file(self) -> bool:

@@ -76,6 +76,8 @@ def diff(old: Config, new: Config) -> ConfigDiff:
     for name, cam in after.items():
         if name in before:
             keys = _changed(before[name], cam, exclude=EVENT_KEYS)
+            if before[name].password_digest != cam.password_digest and "password_file" not in keys:
+                keys.append("password_file (its content)")  # read again at the reader's start
             if keys:
                 out.restarted[name] = keys
     out.scheduler = [f"model.{k}" for k in _changed(old.model, new.model)]
