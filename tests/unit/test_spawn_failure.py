@@ -4,12 +4,19 @@ event, never an exception out of the daemon's tick."""
 from __future__ import annotations
 
 import errno
+import logging
+import queue
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from vistream.ops.logs import LogHub
 from vistream.ops.process import Child
+from vistream.ops.scheduler import SchedulerRuntime
+from vistream.ops.stats import SchedulerStats
+from vistream.ops.supervise import Limits
 
 
 class FullHub:
@@ -42,3 +49,46 @@ def test_a_child_that_cannot_be_spawned_is_counted_and_retried_with_backoff() ->
 
     with pytest.raises(OSError, match="Bad file descriptor"):
         Child("reader cam", print, (), Broken()).start()  # type: ignore[arg-type]
+
+
+def exits_at_once(stop: Any) -> int:
+    return 0
+
+
+def test_a_scheduler_whose_queues_cannot_be_made_is_tried_again() -> None:
+    """1. A scheduler runs and exits; its restart's launch (queues, semaphores: descriptors) fails
+       with EMFILE: no exception out of `supervise`, one spawn failure counted, nothing started.
+    2. Not retried before the backoff (1 s), and not charged to the restart budget.
+    3. After it the launch works: a new scheduler starts, counting on from the old totals."""
+    hub = LogHub()
+    hub.start()
+    launched: list[Child] = []
+    full = [False]
+
+    def launch(base: SchedulerStats) -> tuple[Child, Any]:
+        if full[0]:
+            raise OSError(errno.EMFILE, "Too many open files")
+        child = Child("scheduler", exits_at_once, (), hub, logging.INFO)  # type: ignore[arg-type]
+        launched.append(child)
+        spec = SimpleNamespace(
+            results=queue.Queue(), stats=queue.Queue(), control=queue.Queue(), beat=[0.0] * 3
+        )
+        return child, spec
+
+    runtime = SchedulerRuntime(launch)
+    try:
+        runtime.start()
+        assert launched[0].join(20)  # it exited
+        full[0] = True
+        now = time.monotonic()
+        assert runtime.supervise(now, Limits()) is None
+        assert runtime.spawn_failures == 1 and runtime.restarts == 1 and len(launched) == 1
+        assert runtime.supervise(now + 0.5, Limits()) is None and len(launched) == 1
+        full[0] = False
+        assert runtime.supervise(now + 1.6, Limits()) is None
+        assert len(launched) == 2 and runtime.restarts == 1 and runtime.spawn_failures == 1
+    finally:
+        for child in launched:
+            child.stop(0.5)
+            child.close()
+        hub.stop()

@@ -9,12 +9,14 @@ these. `Liveness` is the only reader of the heartbeat slots the scheduler writes
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vistream.ops.process import SPAWN, Child, StopFlag, stop_all
+from vistream.ops.process import SPAWN, SPAWN_BACKOFF_S, SPAWN_ERRNOS, Child, StopFlag, stop_all
 from vistream.ops.stats import SchedulerStats
 from vistream.ops.supervise import Limits, RestartBudget
 from vistream.scheduler.loop import BEAT_BATCH_START, BEAT_READY, BEAT_TIME, SchedulerSpec, run_scheduler
@@ -105,6 +107,9 @@ class SchedulerRuntime:
         self.budget = budget or RestartBudget()
         self.restarts = 0  # started again after dying or hanging
         self.spawn_failures_before = 0  # of the schedulers before the current one
+        # A launch that failed for want of descriptors: (its base, when to try again).
+        self._relaunch: tuple[SchedulerStats, float] | None = None
+        self._relaunch_backoff = SPAWN_BACKOFF_S[0]
         self.results_abandoned = 0  # results left unread in the queues of replaced schedulers
         # (totals of the schedulers that were replaced, the current one): one attribute, so that
         # a scrape never sees a replaced scheduler's totals twice (in both) or not at all.
@@ -155,7 +160,18 @@ class SchedulerRuntime:
         """Start a scheduler that accounts for frames from where `base` (the totals of the
         schedulers before it; default: those so far) left off."""
         base = self._totals[0] if base is None else base
-        child, spec = self._launch(base)
+        try:
+            child, spec = self._launch(base)  # its queues and semaphores: pipes, descriptors
+        except OSError as exc:
+            if exc.errno not in SPAWN_ERRNOS:
+                raise
+            self.spawn_failures_before += 1
+            self._relaunch = (base, time.monotonic() + self._relaunch_backoff)
+            log.error("scheduler: cannot make its queues (%s): trying again in %.0fs",
+                      os.strerror(exc.errno), self._relaunch_backoff)  # fmt: skip
+            self._relaunch_backoff = min(self._relaunch_backoff * 2, SPAWN_BACKOFF_S[1])
+            return
+        self._relaunch, self._relaunch_backoff = None, SPAWN_BACKOFF_S[0]
         self.spawn_failures_before = self.spawn_failures
         cur = Incarnation(child, spec.results, spec.stats, spec.control, Liveness(spec.beat))
         self._totals = (base, cur)
@@ -193,6 +209,11 @@ class SchedulerRuntime:
     def supervise(self, now: float, limits: Limits) -> int | None:
         """Kill a hung scheduler; start a dead one again (within the budget). Returns the exit code
         of one that cannot boot (CANNOT_BOOT: the model cannot be loaded), which is final."""
+        if self._relaunch is not None:  # no new scheduler could be made: not a restart to budget
+            base, due = self._relaunch
+            if now >= due:
+                self.start(base)
+            return None
         cur = self.current
         if cur is None:
             return None
