@@ -226,7 +226,8 @@ class Daemon:
             reason = exc.strerror or exc
             raise BootError(2, f"metrics.host: cannot listen on {host}:{port}: {reason}") from None
         self.metrics_port = server.port
-        log.info("HTTP on http://%s:%d/ (status page, /metrics, /healthz, /api)", host, self.metrics_port)
+        log.info("HTTP on %s://%s:%d/ (status page, /metrics, /healthz, /api)", server.scheme, host,
+                 self.metrics_port)  # fmt: skip
         self._stack.callback(server.stop)
         self.http = server  # SIGHUP reads its web config again
 
