@@ -277,3 +277,11 @@ def test_a_reload_restarts_the_camera_whose_password_file_changed(tmp_path: Path
     after = load_config(path)
     assert diff(before, after).restarted == {"a": ["password_file (its content)"]}
     assert before.cameras[0].password_digest not in repr(before)
+
+
+def test_a_host_name_with_a_trailing_newline_gives_no_shard_index() -> None:
+    from vistream.ops.shard import ShardError, parse
+
+    assert parse("auto/2", hostname="vistream-1").index == 1
+    with pytest.raises(ShardError, match="does not end in -K"):
+        parse("auto/2", hostname="vistream-1\n")

@@ -23,7 +23,7 @@ from vistream.config.models import Config
 
 MAX_SHARDS = 1024
 _SPEC = re.compile(r"(\d+|auto)/(\d+)")
-_HOST_INDEX = re.compile(r".-(\d+)$")  # a StatefulSet pod: NAME-ORDINAL
+_HOST_INDEX = re.compile(r".-(\d+)\Z")  # a StatefulSet pod: NAME-ORDINAL ("$" would pass "-1\n")
 
 
 class ShardError(ValueError):
