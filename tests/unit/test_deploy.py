@@ -185,9 +185,8 @@ def test_kustomize_renders_no_secret() -> None:
     assert "Secret" not in {d["kind"] for d in docs} and "CHANGE-ME" not in proc.stdout
     pod = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]
     names = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
-    assert names == ["vistream-secrets"] and "kubectl create secret generic vistream-secrets" in (
-        DEPLOY / "README.md"
-    ).read_text()
+    readme = (DEPLOY / "README.md").read_text()
+    assert names == ["vistream-secrets"] and "kubectl create secret generic vistream-secrets" in readme
 
 
 def test_yaml_lint() -> None:
@@ -339,7 +338,11 @@ def test_security_context_matches_the_image() -> None:
     assert container(pod, "vistream")["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-WRITABLE_IN_TRITON = {"triton": {"/tmp", "/dev/shm"}, "export-model": {"/repo", "/tmp", "/var/cache/vistream"}}
+# What Triton's containers write: all of it emptyDirs or the repository's PVC.
+WRITABLE_IN_TRITON = {
+    "triton": {"/tmp", "/dev/shm"},
+    "export-model": {"/repo", "/tmp", "/var/cache/vistream"},
+}
 
 
 @pytest.mark.parametrize(("workload", "name"), [("StatefulSet", "vistream"), ("Deployment", "triton")])

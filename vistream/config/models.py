@@ -9,6 +9,7 @@ checks and the validation context) is in base.py; alert rules are in alerts.py.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -632,10 +633,10 @@ class CameraConfig(Section):
         if self.username is None:
             raise KeyProblems([(("password_file",), "set without username (the password needs its user)")])
         if self.password_file is not None and self.password_file.is_absolute():
-            try:  # so that a reload sees a changed password (vistream.ops.reload); never shown
+            # So that a reload sees a changed password (vistream.ops.reload); never shown. An unreadable
+            # file: the reader's start says why (vistream.config.secrets.camera_url).
+            with contextlib.suppress(OSError):
                 self._password_digest = hashlib.sha256(self.password_file.read_bytes()).hexdigest()
-            except OSError:
-                pass  # the reader's start says why (vistream.config.secrets.camera_url)
         return self
 
     @property
