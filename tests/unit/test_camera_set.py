@@ -18,6 +18,7 @@ MIB = 1 << 20
 
 class FakeChild:
     alive, exitcode, started_at = True, None, 0.0
+    retry_at, spawn_failures = None, 0  # every start makes a process
 
     def __init__(self) -> None:
         self.started = False

@@ -15,6 +15,7 @@ from vistream.ops.supervise import Limits
 class FakeChild:
     def __init__(self, alive: bool, on_start: Any = None) -> None:
         self.alive, self.exitcode, self.started_at = alive, None if alive else -9, 0.0
+        self.retry_at, self.spawn_failures = None, 0  # every start makes a process
         self._on_start = on_start
 
     def start(self) -> None:
