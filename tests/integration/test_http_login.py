@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -65,7 +66,8 @@ def test_chromium_logs_in_and_sighup_changes_the_password(
     chrome: Any,  # noqa: F811
 ) -> None:
     """1. A daemon with one camera, a web config with one user, `pictures: false`.
-    2. Without credentials every path is 401, /healthz included; with them 200; latest.jpg 404.
+    2. Without credentials every path is 401, /healthz included; with them 200; latest.jpg 404;
+       a foreign Host (DNS rebinding) 421.
     3. Chromium sends the credentials (an Authorization header set through CDP): the status page
        loads, its API calls pass (the tile says online, the health pill healthy), and it has no
        <img> at all.
@@ -82,6 +84,9 @@ def test_chromium_logs_in_and_sighup_changes_the_password(
             assert status(port, path) == 401, path
             assert status(port, path, "wrong") == 401, path
         assert status(port, "/api/cameras/a/latest.jpg", "first") == 404
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:  # DNS rebinding
+            sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: evil.example:{port}\r\n\r\n".encode())
+            assert sock.recv(100).startswith(b"HTTP/1.1 421 ")
 
         auth = base64.b64encode(b"viewer:first").decode()
         chrome.execute_cdp_cmd("Network.enable", {})
