@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import av
 import numpy as np
 import pytest
 
@@ -40,3 +41,31 @@ def test_boxes_map_back_to_camera_pixels_and_are_clipped() -> None:
     cam = boxes_to_camera(model_boxes, g.scale, g.left, g.top, 1920, 1080)
     np.testing.assert_allclose(cam[0], [300, 90, 600, 270], atol=0.01)
     assert cam[1, 0] == pytest.approx(1800) and cam[1, 2] == 1920 and cam[1, 1] == 0 and cam[1, 3] == 1080
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [
+        ((8000, 2), (640, 640)),  # 640 x 0.16
+        ((16, 4000), (640, 32)),  # a portrait sliver in the flattest batch shape: 0.128 x 32
+        ((4000, 2), (640, 384)),
+        ((2, 8000), (384, 640)),
+        ((4000, 16), (640, 384)),
+    ],
+)
+def test_an_extreme_aspect_ratio_never_gives_an_empty_letterbox(src, dst) -> None:  # type: ignore[no-untyped-def]
+    """The resized frame keeps at least 1 px a side (swscale refuses 0) and stays inside the input;
+    the reader's scaler then fills it."""
+    from vistream.sources.reader import FrameScaler, _rgb_view
+
+    g = letterbox(*src, *dst)
+    assert 1 <= g.new_w <= dst[0] and 1 <= g.new_h <= dst[1]
+    img = np.zeros((dst[1], dst[0], 3), np.uint8)
+    frame = av.VideoFrame(*src, "yuv420p")
+    g.inner(img)[...] = _rgb_view(FrameScaler().model(frame, g.new_w, g.new_h))
+    g.fill_padding(img)
+
+
+def test_an_empty_frame_or_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot letterbox"):
+        letterbox(0, 10, 640, 640)

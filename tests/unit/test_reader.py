@@ -118,3 +118,62 @@ def test_missing_file_backs_off_and_counts_reconnects(tmp_path: Path, cleanup: l
     assert int(ring.header["errors"]) >= 3
     # Every failed attempt is an error; every attempt after the first is a reconnect.
     assert int(ring.header["reconnects"]) == int(ring.header["errors"]) - 1
+
+
+def test_a_stream_over_max_pixels_is_refused_before_a_frame_is_decoded(
+    tmp_path: Path, cleanup: list[FrameRing], caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A 640x360 clip read by a camera whose max_pixels is 320x240.
+    2. Each attempt is refused from the codec parameters: no frame is decoded or written, the
+       state is `refused` while it backs off, every refusal is counted, and one warning is logged
+       for all of them (not one per attempt)."""
+    clip = tmp_path / "big.h264"
+    encode_raw_h264(clip, [(640, 360)], frames_each=5)
+    cam = CameraConfig(name="big", url=str(clip), max_pixels=320 * 240, reconnect_max_s=0.2)
+    with caplog.at_level("DEBUG"):
+        seen, ring = run_reader_for(
+            cam, 60.0, RingLayout(4, 64, 64), until=lambda r: r.header["refused_too_large"] >= 3
+        )
+    cleanup.append(ring)
+    assert seen == [] and int(ring.header["frames_decoded"]) == 0
+    assert int(ring.header["refused_too_large"]) >= 3 and int(ring.header["state"]) == State.REFUSED
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "refused" in r.getMessage()]
+    assert len(warnings) == 1 and "640x360" in warnings[0].getMessage(), caplog.text
+
+
+def test_a_stream_that_grows_past_max_pixels_mid_stream_is_refused(
+    tmp_path: Path, cleanup: list[FrameRing]
+) -> None:
+    """1. A file at 160x120 switches to 640x360 mid-stream; max_pixels allows 320x240.
+    2. The small frames reach the ring, the first large one ends the session (refused, counted),
+       and none of them is written."""
+    clip = tmp_path / "grows.h264"
+    encode_raw_h264(clip, [(160, 120), (640, 360)], frames_each=10)
+    cam = CameraConfig(name="grows", url=str(clip), detect_fps=25, max_pixels=320 * 240, reconnect_max_s=5)
+    seen, ring = run_reader_for(
+        cam, 30.0, RingLayout(4, 64, 64), until=lambda r: r.header["refused_too_large"] >= 1
+    )
+    cleanup.append(ring)
+    assert seen and {(m.width, m.height) for m, _ in seen} == {(160, 120)}
+    assert int(ring.header["refused_too_large"]) == 1
+
+
+def test_limit_memory_caps_the_reader_process(tmp_path: Path) -> None:
+    """In a child process (a reader's own setup), memory_limit_mb caps RLIMIT_DATA: an allocation over
+    it fails with MemoryError in that process instead of taking the machine's memory."""
+    import subprocess
+    import sys
+
+    code = (
+        "from vistream.sources.guard import limit_memory\n"
+        "import resource, numpy as np\n"
+        "limit_memory(512)\n"
+        "print(resource.getrlimit(resource.RLIMIT_DATA)[0] >> 20)\n"
+        "try:\n"
+        "    np.ones(1 << 30, np.uint8)\n"
+        "    print('allocated')\n"
+        "except MemoryError:\n"
+        "    print('MemoryError')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["512", "MemoryError"], out.stderr

@@ -573,6 +573,23 @@ class CameraConfig(Section):
     motion: MotionConfig = Field(
         default_factory=MotionConfig, description="Motion gating of this camera's frames."
     )
+    max_pixels: int = Field(
+        default=7680 * 4320,
+        gt=0,
+        description="Largest frame (width x height) the reader decodes; default 8K UHD, 7680x4320. A stream "
+        "whose codec parameters say more is closed before its first frame is decoded, and so is one whose "
+        "frames grow past it: counted in `vistream_streams_refused_total{reason=\"too_large\"}`, logged once, "
+        "camera state `refused`, retried with the reconnect backoff.",
+    )
+    memory_limit_mb: int | None = Field(
+        default=2048,
+        ge=256,
+        description="The reader process's memory limit (RLIMIT_DATA: heap and private mappings, MiB), so a "
+        "hostile stream cannot make the kernel's OOM killer pick another process. Measured: a 1080p reader's "
+        "data segment peaks at about 300 MiB (most of it Python and its libraries), an 8K one's at about 450 "
+        "MiB. An allocation over it fails in the reader and ends its session, as a decode error or "
+        "`vistream_streams_refused_total{reason=\"memory\"}`. null: no limit.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -105,6 +105,17 @@ class DaemonCollector(Collector):
             late.add_metric([name], c.late if c else 0)
         yield from (decoded, sampled, deferred, inferred, dropped, skipped, up, failed, reconnects)
         yield from (torn, late)
+        refused = CounterMetricFamily(
+            "vistream_streams_refused",
+            "Sessions the reader ended because the stream was unsafe to decode: too_large (frames over the "
+            "camera's max_pixels, known from the codec parameters before decoding or from a frame), memory "
+            "(the reader's memory_limit_mb reached). Logged once per run of refusals.",
+            labels=["camera", "reason"],
+        )
+        for cam in cameras:
+            for reason in ("too_large", "memory"):
+                refused.add_metric([cam.name, reason], cam.field(f"refused_{reason}"))
+        yield refused
 
         yield _histogram("vistream_batch_size", "Frames per inference call.", stats.batch_size)
         yield _histogram(

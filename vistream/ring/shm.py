@@ -95,6 +95,10 @@ HEADER = np.dtype(
         # the scheduler; 0 x 0: the layout's full height x width.
         ("input_height", "<u4"),
         ("input_width", "<u4"),
+        # Sessions the reader ended because the stream was unsafe to decode (vistream.sources.guard):
+        # frames over the camera's max_pixels, and the reader's memory limit reached.
+        ("refused_too_large", "<u8"),
+        ("refused_memory", "<u8"),
     ],
     align=True,
 )
@@ -129,6 +133,7 @@ class State:
     STREAMING = 2
     BACKOFF = 3
     STOPPED = 4
+    REFUSED = 5  # backing off after refusing the stream (too large, out of memory): see `refused_*`
 
     NAMES: ClassVar[dict[int, str]] = {
         0: "starting",
@@ -136,6 +141,7 @@ class State:
         2: "streaming",
         3: "backoff",
         4: "stopped",
+        5: "refused",
     }
 
 

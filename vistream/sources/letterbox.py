@@ -45,8 +45,13 @@ class Letterbox:
 
 @lru_cache(maxsize=64)
 def letterbox(src_w: int, src_h: int, dst_w: int, dst_h: int) -> Letterbox:
+    """The geometry of a src_w x src_h frame in a dst_w x dst_h input. The resized frame is at least
+    1 px on each side: an extreme aspect ratio (8000x2, or 16x4000 in a landscape batch shape)
+    rounds a side to 0, which swscale refuses, and a camera would never get a frame through."""
+    if src_w <= 0 or src_h <= 0 or dst_w <= 0 or dst_h <= 0:
+        raise ValueError(f"cannot letterbox {src_w}x{src_h} into {dst_w}x{dst_h}")
     scale = min(dst_w / src_w, dst_h / src_h)
-    new_w, new_h = round(src_w * scale), round(src_h * scale)
+    new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
     dw, dh = (dst_w - new_w) / 2, (dst_h - new_h) / 2
     return Letterbox(src_w, src_h, dst_w, dst_h, new_w, new_h, round(dw - 0.1), round(dh - 0.1), scale)
 

@@ -24,6 +24,7 @@ from vistream.config.models import CameraConfig, ConfigError
 from vistream.config.secrets import camera_url, redact_text, redact_url
 from vistream.ops.process import StopFlag
 from vistream.ring.shm import FrameRing, State
+from vistream.sources.guard import RefusalLog, StreamRefused, check_size, limit_memory
 from vistream.sources.letterbox import letterbox
 from vistream.sources.motion import NOT_COMPUTED, FrameMotion
 from vistream.sources.probe import PortWatch
@@ -62,6 +63,7 @@ class ReaderSpec:
 
 
 def run_reader(spec: ReaderSpec, *, stop: StopFlag) -> int:
+    limit_memory(spec.camera.memory_limit_mb)  # before anything is decoded (vistream.sources.guard)
     if spec.url_problem is not None:  # exits; the supervisor restarts it with backoff, reading it again
         log.error("%s", spec.url_problem)
         return 2
@@ -94,6 +96,7 @@ class CameraReader:
         self.deferral = None if self.motion else Deferral(self.throttle.interval)
         self.hdr["motion_min_area"] = self.cam.motion.min_area
         self.hdr["motion_keepalive_s"] = self.cam.motion.keepalive_s
+        self.refusals = RefusalLog(self.cam.name)
 
     def _state(self, state: int) -> None:
         self.hdr["state"] = state
@@ -111,8 +114,12 @@ class CameraReader:
                 attempts += 1
                 self._state(State.CONNECTING)
             started = time.monotonic()
+            refused = False
             try:
                 frames = self._session(quiet=looping)
+            except (StreamRefused, MemoryError) as exc:
+                frames, refused = -1, True
+                self._refused(exc)
             except STREAM_ERRORS as exc:
                 frames = -1
                 self.hdr["errors"] += 1
@@ -130,12 +137,20 @@ class CameraReader:
             if time.monotonic() - started > HEALTHY_SESSION_S and frames > 0:
                 self.backoff.reset()
             delay = self.backoff.next()
-            self._state(State.BACKOFF)
+            self._state(State.REFUSED if refused else State.BACKOFF)
             log.info("camera %s: reconnecting in %.1fs", self.cam.name, delay)
             if self._sleep(delay):
                 # Back after a long outage is like new: a camera whose port opens before its stream
                 # is ready (booting, 503 for a few seconds) is tried again soon, not in 30 s.
                 self.backoff.reset()
+
+    def _refused(self, exc: StreamRefused | MemoryError) -> None:
+        """Count and log (once per run of them) a stream the reader would not, or could not, decode."""
+        if not isinstance(exc, StreamRefused):
+            # The memory limit was reached (a Python MemoryError, or FFmpeg's ENOMEM).
+            exc = StreamRefused("memory", f"out of memory (memory_limit_mb: {self.cam.memory_limit_mb})")
+        self.hdr[f"refused_{exc.reason}"] += 1
+        self.refusals.refused(exc)
 
     def _sleep(self, seconds: float) -> bool:
         """Wait out a backoff; True when it was cut short because the camera came back.
@@ -164,6 +179,8 @@ class CameraReader:
         self.clock.reset()
         with open_camera(self.cam) as container:
             info = stream_info(container)
+            # Before a frame is decoded: the codec parameters say how large they will be.
+            check_size(info.width, info.height, self.cam.max_pixels)
             self.hdr["stream_fps"] = info.fps
             log.log(
                 logging.DEBUG if quiet else logging.INFO,
@@ -174,16 +191,21 @@ class CameraReader:
                 info.height,
                 info.fps,
             )
-            for frame, t in decoded_frames(container, paced=self.cam.is_file, stop=self.stop):
+            frames = decoded_frames(
+                container, paced=self.cam.is_file, stop=self.stop, max_pixels=self.cam.max_pixels
+            )
+            for frame, t in frames:
                 wall, mono = time.time(), time.monotonic()
                 n += 1
                 hdr = self.hdr
                 hdr["frames_decoded"] += 1
                 hdr["heartbeat"] = hdr["last_frame"] = mono
+                if hdr["stream_width"] != frame.width or hdr["stream_height"] != frame.height:
+                    check_size(frame.width, frame.height, self.cam.max_pixels)  # the stream grew
+                    hdr["stream_width"], hdr["stream_height"] = frame.width, frame.height
                 if n == 1:
                     hdr["state"] = State.STREAMING
-                if hdr["stream_width"] != frame.width or hdr["stream_height"] != frame.height:
-                    hdr["stream_width"], hdr["stream_height"] = frame.width, frame.height
+                    self.refusals.streaming()
                 captured_at, captured_mono = self.clock.stamp(t, wall, mono)
                 if not self.throttle.keep(t):
                     continue
