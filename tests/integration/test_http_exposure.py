@@ -276,9 +276,11 @@ def test_idle_connections_are_bounded(serve: Any) -> None:
     """1. max_connections 16, idle_timeout_s 2: 40 sockets opened and left silent.
     2. At most 16 stay open: each one over the bound closes the one idle longest.
     3. Meanwhile a request still gets its answer (it takes an idle one's place).
-    4. After the idle timeout every silent socket has been closed by the server."""
+    4. After the idle timeout every silent socket has been closed by the server, and so has one
+       that sent half a request head (slowloris)."""
     server = serve(max_connections=16, idle_timeout_s=2)
     socks = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(40)]
+    socks[-1].sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n")  # a head that never ends
     try:
         time.sleep(0.5)
         closed_now = sum(_closed(s, 0.05) for s in socks)

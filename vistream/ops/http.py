@@ -420,32 +420,49 @@ class Guard:
 class BoundedH11(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with the two bounds it lacks:
 
-    * one that sends no request within `timeout_keep_alive` is closed (uvicorn times out only the
-      wait between requests, so a socket opened and left silent stayed forever);
-    * over `limit_concurrency` connections, the one idle longest (waiting for a request) is closed
-      to make room, or the new one when none is idle (uvicorn would keep it, and its descriptor,
-      answering 503). Idle sockets then cannot lock out a scraper or a health probe either."""
+    * a connection whose first request has not fully arrived within `timeout_keep_alive` is
+      closed (uvicorn times out only the wait between requests, so a socket opened and left
+      silent, or sending its headers a byte a minute, stayed forever);
+    * over `limit_concurrency` connections, the one waiting longest for a request is closed to
+      make room, or the new one when every other is busy with a request (uvicorn would keep it,
+      and its descriptor, answering 503). Idle sockets then cannot lock out a scraper or a health
+      probe either."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.opened_at = self.loop.time()
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._first_request_due)
+        self._first_request = self.loop.call_later(self.timeout_keep_alive, self._first_request_due)
         # uvicorn answers 503 from `limit_concurrency` connections on: one fewer stay open, so that
         # it never does for want of a connection (HttpServer sets it to max_connections + 1).
         limit = self.limit_concurrency
         live = [c for c in self.connections if not getattr(c, "transport", transport).is_closing()]
         if limit is None or len(live) < limit:
             return
-        idle = [c for c in live if isinstance(c, BoundedH11) and c is not self and c.timeout_keep_alive_task]
+        idle = [c for c in live if isinstance(c, BoundedH11) and c is not self and c.waiting]
         if idle:
-            min(idle, key=lambda c: c.opened_at).timeout_keep_alive_handler()
+            min(idle, key=lambda c: c.opened_at).drop()
         else:
-            self._unset_keepalive_if_required()
-            transport.abort()
+            self.drop()
+
+    @property
+    def waiting(self) -> bool:
+        """No request in progress: none complete yet, or the last one answered."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def drop(self) -> None:
+        """Close the connection now (whatever h11 thinks: nothing more is sent on it)."""
+        self._first_request.cancel()
+        self._unset_keepalive_if_required()
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def _first_request_due(self) -> None:
-        if self.cycle is None:  # not a single request began
-            self.timeout_keep_alive_handler()
+        if self.cycle is None:  # no request head complete yet
+            self.drop()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._first_request.cancel()
+        super().connection_lost(exc)
 
 
 class HttpServer:
