@@ -495,6 +495,9 @@ class HttpServer:
             access_log=False,  # a browser polling the status page is not worth a journal line a second
             timeout_graceful_shutdown=1,
             limit_concurrency=cfg.max_connections + 1,  # see BoundedH11
+            # asyncio's listen backlog, and how many connections it accepts in one go before any
+            # is handled (uvicorn's 2048 would let a burst take 2048 descriptors at once).
+            backlog=min(cfg.max_connections, 128),
             timeout_keep_alive=cfg.idle_timeout_s,  # type: ignore[arg-type]
         )
         config.load()
