@@ -415,6 +415,7 @@ class Daemon:
         return Figures(
             mqtt_connected=bool(self.mqtt.connected), mqtt_dropped=dict(self.mqtt.dropped_by_reason),
             scheduler_restarts=self.scheduler.restarts, results_abandoned=self.scheduler.results_abandoned,
+            scheduler_spawn_failures=self.scheduler.spawn_failures,
             thread_restarts=dict(self.threads.restarts), outbox=self.outbox.figures(), unwritten=unwritten,
             unwritten_dropped=dropped, event_errors=self.pump.alert_errors, snapshots=self.alerts.snapshots,
             snapshots_lost=self.alerts.snapshots_lost,

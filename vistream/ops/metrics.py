@@ -175,6 +175,16 @@ class DaemonCollector(Collector):
         for name, n in fig.thread_restarts.items():
             restarts.add_metric([f"thread/{name}"], n)
         yield restarts
+        spawn = CounterMetricFamily(
+            "vistream_spawn_failures",
+            "Child processes that could not be made (out of file descriptors, memory or processes); "
+            "each is tried again with a backoff, the daemon runs on.",
+            labels=["process"],
+        )
+        spawn.add_metric(["scheduler"], fig.scheduler_spawn_failures)
+        for cam in cameras:
+            spawn.add_metric([f"reader/{cam.name}"], cam.spawn_failures)
+        yield spawn
         ready = GaugeMetricFamily("vistream_ready", "1 once the model is warm and the readers are started.")
         ready.add_metric([], 1.0 if d.ready else 0.0)
         yield ready
@@ -186,16 +196,6 @@ class DaemonCollector(Collector):
             )
             model.add_metric([d.ready.backend, d.ready.device, d.ready.precision], 1.0)
             yield model
-        spawn = CounterMetricFamily(
-            "vistream_spawn_failures",
-            "Child processes that could not be made (out of file descriptors, memory or processes); "
-            "each is tried again with a backoff, the daemon runs on.",
-            labels=["process"],
-        )
-        spawn.add_metric(["scheduler"], d.scheduler.spawn_failures)
-        for cam in cameras:
-            spawn.add_metric([f"reader/{cam.name}"], cam.spawn_failures)
-        yield spawn
         started, _, _ = d.events()
         yield from _alert_metrics(fig, started, cameras)
 

@@ -82,6 +82,7 @@ class Figures:
     mqtt_connected: bool = False
     mqtt_dropped: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, reason) -> messages
     scheduler_restarts: int = 0
+    scheduler_spawn_failures: int = 0  # schedulers that could not be made (out of descriptors)
     results_abandoned: int = 0
     thread_restarts: dict[str, int] = field(default_factory=dict)
     outbox: OutboxFigures = OutboxFigures()
