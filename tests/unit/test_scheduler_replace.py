@@ -12,13 +12,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from vistream.ops.logs import LogHub
-from vistream.ops.process import Child, StopFlag
+from vistream.ops.process import SPAWN, Child, StopFlag
 from vistream.ops.scheduler import SchedulerRuntime
 from vistream.ops.stats import SchedulerStats
 
 
-def finishing_a_long_batch(stop: Any) -> int:
+def finishing_a_long_batch(in_batch: Any, stop: Any) -> int:
     """A scheduler that heeds SIGTERM only after its batch, which takes far longer than 3 s."""
+    in_batch.set()
     time.sleep(60)
     return 0
 
@@ -32,9 +33,10 @@ def test_sigterm_during_a_scheduler_replacement_cuts_its_wait_short() -> None:
     hub = LogHub()
     hub.start()
     launched: list[Child] = []
+    in_batch = SPAWN.Event()
 
     def launch(base: SchedulerStats) -> tuple[Child, Any]:
-        child = Child("scheduler", finishing_a_long_batch, (), hub, logging.INFO)
+        child = Child("scheduler", finishing_a_long_batch, (in_batch,), hub, logging.INFO)
         launched.append(child)
         spec = SimpleNamespace(
             results=queue.Queue(), stats=queue.Queue(), control=queue.Queue(), beat=[0.0] * 3
@@ -46,7 +48,7 @@ def test_sigterm_during_a_scheduler_replacement_cuts_its_wait_short() -> None:
     runtime = SchedulerRuntime(launch)
     try:
         runtime.start()
-        time.sleep(0.5)  # the child is up (spawned, in its batch)
+        assert in_batch.wait(60), "the scheduler child did not start"  # its SIGTERM handler is set
         timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
         t0 = time.monotonic()
         timer.start()
