@@ -3,20 +3,27 @@ event, never an exception out of the daemon's tick."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 import queue
+import resource
 import time
+import uuid
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from vistream.config.models import CameraConfig
+from vistream.ops.cameras import Cameras
 from vistream.ops.logs import LogHub
 from vistream.ops.process import Child
 from vistream.ops.scheduler import SchedulerRuntime
 from vistream.ops.stats import SchedulerStats
 from vistream.ops.supervise import Limits
+from vistream.ring.shm import RingLayout
 
 
 class FullHub:
@@ -92,3 +99,41 @@ def test_a_scheduler_whose_queues_cannot_be_made_is_tried_again() -> None:
             child.stop(0.5)
             child.close()
         hub.stop()
+
+
+def test_a_camera_whose_ring_cannot_be_opened_is_failed_then_started() -> None:
+    """1. The process is out of descriptors for real (RLIMIT_NOFILE at the highest open one, the
+       gaps filled): adding a camera makes no ring and starts no reader; it is failed, saying why.
+    2. Descriptors again: its retry makes the ring and starts the reader."""
+    instance = f"t{uuid.uuid4().hex[:6]}"
+    spawned: list[Any] = []
+
+    def spawn(cam: CameraConfig, ring_name: str) -> Any:
+        spawned.append(SimpleNamespace(start=lambda: True, alive=False, retry_at=None, spawn_failures=0))
+        return spawned[-1]
+
+    cams = Cameras(instance, RingLayout(2, 64, 64, plane_width=64, plane_height=48), spawn, retry_s=10.0)
+    cam = CameraConfig(name="late", url="rtsp://h/late")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1, hard)
+        )
+        with contextlib.suppress(OSError):
+            while True:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+        reason = cams.add(cam)
+        for fd in fillers:
+            os.close(fd)
+        fillers.clear()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert reason == "cannot make its ring: Too many open files"
+        assert cams.failed == {"late": reason} and not spawned
+        (cfg,) = cams.retry_due(100.0)
+        assert cams.add(cfg) is None and cams.failed == {} and len(spawned) == 1
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        cams.retire_all()

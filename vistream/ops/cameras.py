@@ -8,13 +8,14 @@ not, from the ring header the reader writes); what is news, the daemon announces
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from vistream.config.models import CameraConfig
 from vistream.ops.logs import camera
-from vistream.ops.process import Child, StopFlag, stop_all
+from vistream.ops.process import SPAWN_ERRNOS, Child, StopFlag, stop_all
 from vistream.ops.status import CameraStatus
 from vistream.ops.supervise import RestartBudget
 from vistream.ring.lifetime import SharedRing
@@ -206,7 +207,14 @@ class Cameras:
         if shortage:
             self._set(cam.name, Entry(cam, failed=shortage))
             return shortage
-        ring = SharedRing(FrameRing.create(segment_name(self.instance, cam.name), self.layout))
+        try:
+            ring = SharedRing(FrameRing.create(segment_name(self.instance, cam.name), self.layout))
+        except OSError as exc:
+            if exc.errno not in SPAWN_ERRNOS:
+                raise
+            why = f"cannot make its ring: {os.strerror(exc.errno)}"  # out of descriptors: retried
+            self._set(cam.name, Entry(cam, failed=why))
+            return why
         self._set(cam.name, Entry(cam, ring))
         return None
 
