@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -47,9 +48,15 @@ def test_no_command_is_a_usage_error() -> None:
 
 
 def test_check_config_ok_and_broken(tmp_path: Path) -> None:
-    """check-config: 0 and OK for the shipped example; 2 and one line per problem, by key path."""
-    ok = vistream("check-config", "configs/example.yaml")
-    assert ok.returncode == 0 and "OK (4 cameras)" in ok.stdout
+    """check-config: 0 and OK for the shipped example (installed with its camera password files);
+    2 and one line per problem, by key path."""
+    etc = tmp_path / "etc"
+    (etc / "cameras").mkdir(parents=True)
+    shutil.copy("configs/example.yaml", etc / "config.yaml")
+    for name in ("front_door", "viewer"):
+        (etc / "cameras" / f"{name}.password").write_text("pw\n")
+    ok = vistream("check-config", str(etc / "config.yaml"))
+    assert ok.returncode == 0 and "OK (4 cameras)" in ok.stdout, ok.stdout
     bad = write(tmp_path, {"cameras": [{"name": "Bad Name", "url": "rtsp://h/s", "detect_fps": 0}]})
     r = vistream("check-config", str(bad))
     assert r.returncode == 2

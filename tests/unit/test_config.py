@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -443,9 +444,15 @@ def test_all_problems_are_reported_at_once_in_file_order(tmp_path: Path) -> None
     assert str(info.value) == "\n".join(problems)
 
 
-def test_example_config_loads() -> None:
-    cfg = load_config(REPO / "configs" / "example.yaml")
+def test_example_config_loads(tmp_path: Path) -> None:
+    """The shipped example, installed as docs/install.md does: camera passwords in files beside it."""
+    shutil.copy(REPO / "configs" / "example.yaml", tmp_path / "config.yaml")
+    (tmp_path / "cameras").mkdir()
+    for name in ("front_door", "viewer"):
+        (tmp_path / "cameras" / f"{name}.password").write_text("pw\n")
+    cfg = load_config(tmp_path / "config.yaml")
     assert len(cfg.cameras) == 4
+    assert all(cam.password_file and cam.password_file.parent == tmp_path / "cameras" for cam in cfg.cameras)
     assert all(not cam.is_file for cam in cfg.cameras)
     assert cfg.mqtt.password_file is None
 

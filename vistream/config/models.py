@@ -547,7 +547,7 @@ class CameraConfig(Section):
         description="File holding the camera's password (one trailing newline is ignored; relative to the "
         "config file's directory), like `mqtt.password_file`; needs `username`. Read at start, at each "
         "reload (a changed password restarts the camera's reader) and at each start of the reader, and "
-        "handed to the reader in its process arguments, never in its environment.",
+        "handed to the reader through its spawn pipe, never in its command line or environment.",
     )
     detect_fps: float = Field(default=5, gt=0, le=120, description="Frames per second sent to the detector.")
     enabled: bool = Field(default=True, description="A disabled camera is not opened.")
