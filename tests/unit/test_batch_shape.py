@@ -112,3 +112,41 @@ def test_no_hold_refits_at_once_and_an_explicit_shape_never_moves() -> None:
     explicit = ShapeFit((320, 640), HOLD)
     assert explicit.decide(0.0, {"a": PORT}) == (320, 640)
     assert explicit.decide(99.0, {"a": LAND}) == (320, 640)
+
+
+def test_the_scheduler_keeps_its_shape_while_a_camera_flips() -> None:
+    """The scheduler with a fake model, fake clock and real rings (test_scheduler's Rig):
+    1. Cameras a and b report 1280x720: the model is warmed at 96x128 (IMGSZ 128).
+    2. b flips to 720x1280 and back every 2 s for 40 s while both cameras write frames: no second
+       warm-up, every frame of a is inferred, none dropped as `reshape`.
+    3. b stays portrait: after `reshape_after_s` the square is adopted, once."""
+    from unit.test_scheduler import IMGSZ, Rig
+
+    rig = Rig()
+    try:
+        s = rig.start()
+        for cam in ("a", "b"):
+            rig.rings[cam].header["stream_width"], rig.rings[cam].header["stream_height"] = LAND
+        s.fit_shape()
+        assert rig.detector.input_hw == (96, 128) and rig.detector.warmups == [(96, 128)]
+        hold = rig.spec.batching.reshape_after_s
+        for step in range(20):
+            rig.clock.t += 2.0
+            hdr = rig.rings["b"].header
+            hdr["stream_width"], hdr["stream_height"] = PORT if step % 2 == 0 else LAND
+            s.fit_shape()
+            rig.write("a"), rig.write("b")
+            s.step()
+        assert rig.detector.warmups == [(96, 128)] and s.stats.reshapes == 1
+        assert rig.counts("a").inferred == 20 and rig.counts("a").reshape == 0
+        rig.rings["b"].header["stream_width"], rig.rings["b"].header["stream_height"] = PORT
+        rig.clock.t += 1.0
+        s.fit_shape()
+        rig.clock.t += hold - 0.5
+        s.fit_shape()
+        assert rig.detector.input_hw == (96, 128)
+        rig.clock.t += 0.5
+        s.fit_shape()
+        assert rig.detector.input_hw == (IMGSZ, IMGSZ) and s.stats.reshapes == 2
+    finally:
+        rig.close()
