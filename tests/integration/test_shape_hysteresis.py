@@ -39,7 +39,10 @@ def measure(
     while daemon.metric("vistream_frames_inferred_total", camera=other) < 5:  # warm: frames flow
         assert time.monotonic() < deadline, daemon.log[-3000:]
         time.sleep(0.5)
-    time.sleep(3.0)  # both cameras connected, the shape fitted
+    while not next(c for c in cameras(port) if c["name"] == odd)["width"]:  # odd's first frame refits
+        assert time.monotonic() < deadline, daemon.log[-3000:]
+        time.sleep(0.5)
+    time.sleep(3.0)  # frames letterboxed for the shape before it are gone
     before = {
         "inferred": daemon.metric("vistream_frames_inferred_total", camera=other),
         "reshape": daemon.metric("vistream_frames_dropped_total", camera=other, reason="reshape"),
