@@ -36,7 +36,8 @@ def good_rate(daemon: DaemonProcess, port: int, seen: dict[str, set[str]]) -> fl
     each camera was seen in meanwhile (into `seen`)."""
     deadline = time.monotonic() + 120
     while daemon.metric("vistream_frames_inferred_total", camera="good") < 3:
-        assert time.monotonic() < deadline and daemon.proc.poll() is None, daemon.log[-3000:]
+        alive = daemon.proc is not None and daemon.proc.poll() is None
+        assert time.monotonic() < deadline and alive, daemon.log[-3000:]
         time.sleep(0.5)
     time.sleep(2.0)
     before, t0 = daemon.metric("vistream_frames_inferred_total", camera="good"), time.monotonic()
@@ -81,7 +82,8 @@ def test_hostile_streams_leave_the_good_camera_and_the_daemon_alone(
     server = make_rtsp_server(clips)
     quick = {"open_timeout_s": 3, "read_timeout_s": 3, "reconnect_max_s": 4}
     good = {"name": "good", "url": rtsp_server.url("crowd1"), "detect_fps": GOOD_FPS}
-    rates, seen = {}, {}
+    rates: dict[str, float] = {}
+    seen: dict[str, set[str]] = {}
     with StallingRtspServer() as stall, StallingRtspServer(answer_options=True) as stall_options:
         bad = [
             {"name": name, "url": server.url(name), "detect_fps": 1, **quick} for name in clips
@@ -106,7 +108,7 @@ def test_hostile_streams_leave_the_good_camera_and_the_daemon_alone(
                         name: daemon.metric("vistream_camera_reconnects_total", camera=name)
                         for name in ("garbage", "stall", "stall_options")
                     }
-                assert daemon.proc.poll() is None, daemon.log[-3000:]
+                assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log[-3000:]
                 assert daemon.terminate()[0] == 0, daemon.log[-3000:]
                 log = daemon.log
         share = rates["hostile"] / rates["alone"]

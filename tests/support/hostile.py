@@ -75,7 +75,8 @@ def garbage_clip(out: Path, width: int = 640, height: int = 360, fps: int = 10, 
         istream = src.streams.video[0]
         ostream = dst.add_stream_from_template(istream)
         first = next(p for p in src.demux(istream) if p.size)
-        tb = istream.time_base
+        tb, start = istream.time_base, first.pts
+        assert tb is not None and start is not None
         step = int(1 / (fps * tb))
         first.stream = ostream
         dst.mux(first)
@@ -83,7 +84,7 @@ def garbage_clip(out: Path, width: int = 640, height: int = 360, fps: int = 10, 
             body = bytes([0x41]) + rng.randbytes(rng.randint(200, 4000))  # nal_ref_idc 2, type 1 (slice)
             pkt = av.Packet(struct.pack(">I", len(body)) + body)
             pkt.stream, pkt.time_base = ostream, tb
-            pkt.pts = pkt.dts = first.pts + i * step
+            pkt.pts = pkt.dts = start + i * step
             dst.mux(pkt)
     good.unlink()
     return out

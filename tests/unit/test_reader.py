@@ -132,7 +132,7 @@ def test_a_stream_over_max_pixels_is_refused_before_a_frame_is_decoded(
     cam = CameraConfig(name="big", url=str(clip), max_pixels=320 * 240, reconnect_max_s=0.2)
     with caplog.at_level("DEBUG"):
         seen, ring = run_reader_for(
-            cam, 60.0, RingLayout(4, 64, 64), until=lambda r: r.header["refused_too_large"] >= 3
+            cam, 60.0, RingLayout(4, 64, 64), until=lambda r: bool(r.header["refused_too_large"] >= 3)
         )
     cleanup.append(ring)
     assert seen == [] and int(ring.header["frames_decoded"]) == 0
@@ -151,7 +151,7 @@ def test_a_stream_that_grows_past_max_pixels_mid_stream_is_refused(
     encode_raw_h264(clip, [(160, 120), (640, 360)], frames_each=10)
     cam = CameraConfig(name="grows", url=str(clip), detect_fps=25, max_pixels=320 * 240, reconnect_max_s=5)
     seen, ring = run_reader_for(
-        cam, 30.0, RingLayout(4, 64, 64), until=lambda r: r.header["refused_too_large"] >= 1
+        cam, 30.0, RingLayout(4, 64, 64), until=lambda r: bool(r.header["refused_too_large"] >= 1)
     )
     cleanup.append(ring)
     assert seen and {(m.width, m.height) for m, _ in seen} == {(160, 120)}
