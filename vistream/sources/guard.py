@@ -74,7 +74,6 @@ class RefusalLog:
         log.log(level, "camera %s: stream refused (%s): %s; retrying with the reconnect backoff",
                 self.camera, exc.reason, exc)  # fmt: skip
 
-    def streaming(self) -> None:
-        if self.last is not None:
-            log.info("camera %s: stream accepted again", self.camera)
+    def streamed(self) -> None:
+        """The camera delivered frames: its next refusal is news again."""
         self.last = None

@@ -97,6 +97,7 @@ class CameraReader:
         self.hdr["motion_min_area"] = self.cam.motion.min_area
         self.hdr["motion_keepalive_s"] = self.cam.motion.keepalive_s
         self.refusals = RefusalLog(self.cam.name)
+        self.streamed = False  # the current session delivered a frame
 
     def _state(self, state: int) -> None:
         self.hdr["state"] = state
@@ -114,16 +115,20 @@ class CameraReader:
                 attempts += 1
                 self._state(State.CONNECTING)
             started = time.monotonic()
-            refused = False
+            self.streamed = False  # set by the session at its first frame
+            refused: StreamRefused | MemoryError | None = None
             try:
                 frames = self._session(quiet=looping)
             except (StreamRefused, MemoryError) as exc:
-                frames, refused = -1, True
-                self._refused(exc)
+                frames, refused = -1, exc
             except STREAM_ERRORS as exc:
                 frames = -1
                 self.hdr["errors"] += 1
                 log.warning("camera %s: %s: %s", self.cam.name, self.url, redact_text(_describe(exc)))
+            if self.streamed:
+                self.refusals.streamed()  # a refusal from now on starts a new run of them
+            if refused is not None:
+                self._refused(refused)
             if self.stop:
                 break
             # A clip that ended loops at once, still "streaming": it is not a reconnect.
@@ -137,7 +142,7 @@ class CameraReader:
             if time.monotonic() - started > HEALTHY_SESSION_S and frames > 0:
                 self.backoff.reset()
             delay = self.backoff.next()
-            self._state(State.REFUSED if refused else State.BACKOFF)
+            self._state(State.REFUSED if refused is not None else State.BACKOFF)
             log.info("camera %s: reconnecting in %.1fs", self.cam.name, delay)
             if self._sleep(delay):
                 # Back after a long outage is like new: a camera whose port opens before its stream
@@ -205,7 +210,7 @@ class CameraReader:
                     hdr["stream_width"], hdr["stream_height"] = frame.width, frame.height
                 if n == 1:
                     hdr["state"] = State.STREAMING
-                    self.refusals.streaming()
+                    self.streamed = True
                 captured_at, captured_mono = self.clock.stamp(t, wall, mono)
                 if not self.throttle.keep(t):
                     continue
