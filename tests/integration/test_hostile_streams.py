@@ -124,6 +124,6 @@ def test_hostile_streams_leave_the_good_camera_and_the_daemon_alone(
     for name in ("garbage", "stall", "stall_options"):
         assert reconnects[name] >= 1 and "streaming" not in seen[name], (name, seen)
     for name in ("stall", "stall_options"):  # the log says what happened: no answer in time
-        lines = [line for line in log.splitlines() if f"camera {name}: " in line and "WARNING" in line]
+        lines = [line for line in log.splitlines() if f"[reader {name}]" in line and "WARNING" in line]
         assert lines and all("timed out" in line for line in lines), lines[:3]
     assert stall.accepted >= 2 and stall_options.accepted >= 2
