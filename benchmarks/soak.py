@@ -23,7 +23,8 @@ is more than the distinct starts a persistent-session subscriber received, or a 
 end, or an end came without its start. Exit 2: something it needs is missing.
 
     .venv/bin/python benchmarks/soak.py [--minutes 30] [--fault-every 5|50s] [--outage 20]
-        [--sample-every 60] [--cameras 4] [--detect-fps 5] [--out benchmarks/results/soak.json]
+        [--sample-every 60] [--cameras 4] [--detect-fps 5] [--set KEY=VALUE ...]
+        [--out benchmarks/results/soak.json] [--keep DIR]
 
 The JSON goes to `--out`, the plot (RSS, fds, /dev/shm, latency against time) beside it as .png.
 """
@@ -41,6 +42,8 @@ import urllib.request
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the real broker/RTSP harness lives with the tests
@@ -71,7 +74,16 @@ from vistream.bench.compare import camera_mounts  # noqa: E402
 from vistream.bench.measure import machine_info, stop_if_running, wait_ready  # noqa: E402
 
 PREFIX = "vssoak"
+SCRAPE_FAILED = "# /metrics failed"  # a failed scrape, as a comment line: no metric in it
 IMAGES_JS = "return [...document.querySelectorAll('.tile img')].map(i => i.complete ? i.naturalWidth : 0)"
+
+
+def setting(text: str) -> tuple[str, Any]:
+    """`--set outbox.max_rows=20`: (dotted key, the value as YAML reads it)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    return key, yaml.safe_load(value)
 
 
 def browser(url: str, profile: Path) -> Any:
@@ -123,6 +135,12 @@ class Soak:
         config = base_config(MODEL, self.broker.port, self.port, PREFIX, cams)
         config["model"]["backend"] = "openvino"
         self.config = with_alerts(config, tmp / "state")
+        for key, value in args.set:
+            *parents, leaf = key.split(".")
+            node = self.config
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
         # A persistent session: events published while this client is away (the broker restarting)
         # wait for it in the broker, so what it misses is what the daemon did not deliver.
         self.events = stack.enter_context(
@@ -199,7 +217,7 @@ class Soak:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
                 return resp.read().decode()
         except OSError as exc:
-            return f"# /metrics failed: {exc}"
+            return f"{SCRAPE_FAILED}: {exc}"
 
     def page_pictures(self) -> int | str:
         """How many tiles of the status page show a loaded picture (or why the page cannot say)."""
@@ -248,24 +266,32 @@ class Soak:
             return {}
         time.sleep(SETTLE_S / 2)  # a camera back online has its ring and reader settled
         self.sample(final=True)
+        stopped = time.monotonic()
         for cam in self.cameras:
             self.rtsp.stop_mount(cam)
-        deadline = time.monotonic() + 120
-        while self.alive and time.monotonic() < deadline:
-            page = self.scrape()
-            ledger = event_ledger(self.events.messages)
-            started = metric_sum(page, "vistream_events_total")
-            pending = metric_sum(page, "vistream_outbox_pending")
-            if not ledger["start_without_end"] and pending == 0 and started <= ledger["started"]:
-                break
+        # Done when, twice in a row 2 s apart, nothing waits to be written or acknowledged and every
+        # start received has its end (an event the outbox evicted never comes: no waiting for it).
+        deadline, settled = time.monotonic() + 120, 0
+        while self.alive and time.monotonic() < deadline and settled < 2:
             time.sleep(2.0)
+            page = self.scrape()
+            waiting = sum(
+                metric_sum(page, m) for m in ("vistream_outbox_pending", "vistream_alert_messages_unwritten")
+            )
+            done = (
+                waiting == 0
+                and not page.startswith(SCRAPE_FAILED)
+                and not event_ledger(self.events.messages)["start_without_end"]
+            )
+            settled = settled + 1 if done else 0
         page = self.scrape()
         ledger = event_ledger(self.events.messages)
         counted = int(metric_sum(page, "vistream_events_total"))
         return ledger | {
             "vistream_events_total": counted,
             "lost": max(0, counted - ledger["started"]),
-            "metrics_error": page if page.startswith("# /metrics failed") else None,
+            "drained_after_s": round(time.monotonic() - stopped, 1) if settled >= 2 else None,
+            "metrics_error": page if page.startswith(SCRAPE_FAILED) else None,
             "outbox_pending": metric_sum(page, "vistream_outbox_pending"),
             "outbox_evicted": metric_sum(page, "vistream_outbox_evicted_total"),
             "alert_messages_dropped": metric_sum(page, "vistream_alert_messages_dropped_total"),
@@ -287,6 +313,15 @@ def main() -> int:
     ap.add_argument("--cameras", default="4", help="a count (street1, crowd1, street2, ...) or names")
     ap.add_argument("--detect-fps", type=float, default=5.0, help="cameras' detect_fps (default 5)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "soak.json")
+    ap.add_argument(
+        "--set",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config key for the daemon (dotted, YAML value); e.g. outbox.max_rows=20 "
+        "makes the outbox evict events in a broker outage, which the loss check must catch",
+    )
     ap.add_argument("--keep", type=Path, help="keep the daemon's folder (config, log, state) here")
     args = ap.parse_args()
     problems = missing(camera_mounts(args.cameras, CLIPS))
@@ -307,6 +342,7 @@ def main() -> int:
             "detect_fps": args.detect_fps,
             "backend": "openvino",
             "model": MODEL.name,
+            "overrides": dict(args.set),
         },
         "warmup_s": warmup,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ RSS_NOISE_MIB = 1.0  # growth below this is allocator noise, even where it is 5 
 WARMUP_S = 300.0  # the issue's warm-up: "after the first 5 minutes"
 SHORT_RUN_S = 600.0  # runs shorter than this take WARMUP_SHARE of their length as warm-up instead
 WARMUP_SHARE = 0.4
+FLOOR_OF = 3  # samples whose lowest value is the baseline, and the end (see growth())
 SETTLE_S = 10.0  # a fault is scheduled only when it is over this long before the run ends
 
 
@@ -170,41 +172,51 @@ def event_ledger(messages: list[Any]) -> dict[str, Any]:
 
 
 def growth(samples: list[dict[str, Any]], warmup: float) -> dict[str, Any]:
-    """Baseline: the first quiet sample (no fault running, every camera and the broker connected)
-    at or after the warm-up; final: the last sample, taken quiet after the run. RSS (the sum and
-    each process) may grow RSS_GROWTH (and at least RSS_NOISE_MIB), descriptors and shared-memory
-    segments not at all."""
+    """From the quiet samples (no fault running, the broker and every camera connected) at or after
+    the warm-up: the baseline is the floor (lowest value) of the first FLOOR_OF of them, the end the
+    floor of the last FLOOR_OF (the final sample among them), fewer when there are not twice as many.
+    A leak lifts every sample, a passing allocation (a snapshot, a scrape) only one: floors tell them
+    apart. RSS (the sum and each process) may grow RSS_GROWTH (and at least RSS_NOISE_MIB);
+    descriptors (without the browser's connections) and shared memory not at all."""
     quiet = [s for s in samples if s["quiet"] and s["t_s"] >= warmup]
     if len(quiet) < 2:
         return {
             "error": f"{len(quiet)} quiet sample(s) after the warm-up ({warmup:.0f} s): nothing to compare"
         }
-    first, last = quiet[0], quiet[-1]
+    k = min(FLOOR_OF, len(quiet) // 2)
+    first, last = quiet[:k], quiet[-k:]
+
+    def floor(window: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> float:
+        return min(value(s) for s in window)
 
     def grew(before: float, after: float) -> bool:
         return after - before > max(RSS_GROWTH * before, RSS_NOISE_MIB)
 
     per_process = {}
-    for name, proc in last["processes"].items():
-        base = first["processes"].get(name)
-        if base is not None:
-            per_process[name] = {
-                "rss_mib": [base["rss_mib"], proc["rss_mib"]],
-                "fds": [base["fds"], proc["fds"]],
-                "rss_grew": grew(base["rss_mib"], proc["rss_mib"]),
-            }
+    for name in last[-1]["processes"]:
+        if all(name in s["processes"] for s in first + last):
+
+            def rss(s: dict[str, Any], name: str = name) -> float:
+                return s["processes"][name]["rss_mib"]
+
+            before, after = floor(first, rss), floor(last, rss)
+            per_process[name] = {"rss_mib": [before, after], "rss_grew": grew(before, after)}
+    rss_sum = [floor(w, lambda s: s["rss_mib_sum"]) for w in (first, last)]
+    fds = [floor(w, lambda s: s["fds_own"]) for w in (first, last)]
+    shm = [floor(w, lambda s: s["shm"]["bytes"]) for w in (first, last)]
     return {
-        "baseline_t_s": first["t_s"],
-        "final_t_s": last["t_s"],
-        "rss_mib_sum": [first["rss_mib_sum"], last["rss_mib_sum"]],
-        "rss_sum_grew": grew(first["rss_mib_sum"], last["rss_mib_sum"]),
+        "baseline_t_s": [s["t_s"] for s in first],
+        "final_t_s": [s["t_s"] for s in last],
+        "rss_mib_sum": rss_sum,
+        "rss_sum_grew": grew(*rss_sum),
         "rss_grew_in": sorted(name for name, p in per_process.items() if p["rss_grew"]),
-        "fds": [first["fds_own"], last["fds_own"]],
-        "fds_grew": last["fds_own"] > first["fds_own"],
-        "shm_segments": [first["shm"]["segments"], last["shm"]["segments"]],
-        "shm_grew": last["shm"]["bytes"] > first["shm"]["bytes"],
-        "processes_baseline": sorted(first["processes"]),
-        "processes_final": sorted(last["processes"]),
+        "fds": fds,
+        "fds_grew": fds[1] > fds[0],
+        "shm_bytes": shm,
+        "shm_segments": [first[0]["shm"]["segments"], last[-1]["shm"]["segments"]],
+        "shm_grew": shm[1] > shm[0],
+        "processes_baseline": sorted(first[0]["processes"]),
+        "processes_final": sorted(last[-1]["processes"]),
         "per_process": per_process,
     }
 
@@ -230,7 +242,7 @@ def verdict(growth_: dict[str, Any], events: dict[str, Any], daemon_alive: bool)
         if growth_["fds_grew"]:
             why.append("open file descriptors grew: {} -> {}".format(*growth_["fds"]))
         if growth_["shm_grew"]:
-            why.append("shared memory grew: {} -> {} segments".format(*growth_["shm_segments"]))
+            why.append("shared memory grew: {} -> {} bytes".format(*growth_["shm_bytes"]))
     if events.get("metrics_error"):
         why.append(f"events started cannot be counted: {events['metrics_error']}")
     lost, no_end, no_start = (

@@ -32,7 +32,8 @@ def test_soak_two_minutes_with_outages(
        before the end, so there is none).
     2. It exits 0: RSS and fds did not grow after the warm-up (40 % of a short run), no event lost.
     3. Its JSON: both outages happened, for 20 s each; samples every 15 s with every process's RSS
-       and fds, /dev/shm and latency; the baseline after the warm-up, the final sample quiet; events
+       and fds, /dev/shm and latency; the baseline after the warm-up, the final sample quiet and among
+       those compared; events
        started, each with its end, as many as `vistream_events_total`; the status page showed all 4
        pictures at the end. The PNG is beside it."""
     for exe in ("chromium", "chromedriver"):
@@ -66,11 +67,12 @@ def test_soak_two_minutes_with_outages(
     assert samples[-1]["status_page_pictures"] == 4
 
     g = r["growth"]
-    assert g["baseline_t_s"] >= 48 and g["final_t_s"] == samples[-1]["t_s"]
+    assert g["baseline_t_s"][0] >= 48 and g["final_t_s"][-1] == samples[-1]["t_s"]
     assert not g["rss_sum_grew"] and not g["rss_grew_in"] and not g["fds_grew"]
 
     e = r["events"]
     assert e["started"] > 0 and e["started"] == e["vistream_events_total"] and e["lost"] == 0
     assert e["start_without_end"] == [] and e["end_without_start"] == []
     assert e["outbox_evicted"] == 0 and e["alert_messages_dropped"] == 0
+    assert e["drained_after_s"] is not None and e["drained_after_s"] < 60  # every end came, no time-out
     assert r["daemon_exit"]["code"] == 0

@@ -81,10 +81,30 @@ def test_growth_from_the_first_quiet_sample_after_the_warm_up(
         sample(120, final, fds, segments=segments),
     ]
     g = growth(samples, warmup=48)
-    assert g["baseline_t_s"] == 60 and g["final_t_s"] == 120
+    assert g["baseline_t_s"] == [60] and g["final_t_s"] == [120]
     found = [k for k in ("rss_sum_grew", "fds_grew", "shm_grew") if g[k]] + g["rss_grew_in"]
     assert found == failed
     assert bool(verdict(g, {}, daemon_alive=True)) == bool(failed)
+
+
+@pytest.mark.parametrize(
+    ("main_mib", "grew"),
+    [
+        ([138, 138, 144, 138, 139, 151], False),  # passing allocations: the floors are 138 and 139
+        ([138, 139, 138, 146, 147, 146], True),  # every late sample is higher: a leak
+        ([150, 138, 139, 139, 140, 139], False),  # a high first sample does not hide a later leak ...
+        ([150, 138, 139, 146, 147, 146], True),  # ... nor make one
+    ],
+)
+def test_growth_compares_the_floors_of_the_first_and_last_three_quiet_samples(
+    main_mib: list[float], grew: bool
+) -> None:
+    """A real run: the main process's RSS jumped 138 -> 151 MiB in the final sample only and was
+    138 again in between; one sample against one sample called that a leak."""
+    samples = [sample(48 + 15 * i, {**BASE, "main": mib}, 120) for i, mib in enumerate(main_mib)]
+    g = growth(samples, warmup=48)
+    assert g["baseline_t_s"] == [48, 63, 78] and g["final_t_s"] == [93, 108, 123]
+    assert g["rss_grew_in"] == (["main"] if grew else [])
 
 
 def test_growth_without_two_quiet_samples_fails_the_run() -> None:
