@@ -589,3 +589,17 @@ def test_a_batch_in_flight_survives_a_reshape_and_a_camera_removal(arig: Rig) ->
     s.step()
     s.remove("b")
     assert not s._inflight and rig.counts("a").inferred == 2
+
+
+def test_an_add_whose_ring_a_later_reload_already_removed_is_skipped(rig: Rig) -> None:
+    """1. Reload N sends AddCamera(c); reload N+1 removes c and unlinks its ring before the scheduler
+    has read the add (a reload storm). 2. The scheduler skips the add (the RemoveCamera follows)
+    instead of dying of FileNotFoundError, and goes on with the cameras it has."""
+    scheduler = rig.start()
+    gone = f"vistream-test-{uuid.uuid4().hex[:8]}"
+    scheduler.add("c", gone, 5.0)  # what its loop does with the AddCamera message
+    scheduler.remove("c")
+    assert set(scheduler.feeds) == {"a", "b"}
+    rig.write("a"), rig.write("b")
+    scheduler.step()
+    assert (rig.counts("a").inferred, rig.counts("b").inferred) == (1, 1)

@@ -248,8 +248,15 @@ class Scheduler:
             return
         if known is not None:
             self.remove(name)
-        self.feeds[name] = Feed(name, ring_name, self.spec.start_seqs.get(name), fps, self.spec.model.conf)
-        self.stats.cameras[name] = self.feeds[name].counts
+        try:
+            feed = Feed(name, ring_name, self.spec.start_seqs.get(name), fps, self.spec.model.conf)
+        except FileNotFoundError:
+            # A reload storm: a later reload removed the camera and unlinked its ring before this
+            # add was read; its RemoveCamera follows. Nothing to attach, nothing to crash over.
+            log.info("camera %s: its ring %s is already gone (removed by a later reload)", name, ring_name)
+            return
+        self.feeds[name] = feed
+        self.stats.cameras[name] = feed.counts
 
     def remove(self, name: str) -> None:
         if name in self.feeds:
