@@ -455,11 +455,15 @@ class MetricsConfig(Section):
         "that requests may carry in `Host` (others get 421: DNS rebinding).",
     )
     max_connections: int = Field(
-        default=64, ge=1, le=10000,
+        default=64,
+        ge=1,
+        le=10000,
         description="Open HTTP connections at most; one more is closed at once.",
     )
     idle_timeout_s: float = Field(
-        default=10, gt=0, le=3600,
+        default=10,
+        gt=0,
+        le=3600,
         description="A connection that sends no request for this long is closed (keep-alive included).",
     )
 
@@ -578,8 +582,8 @@ class CameraConfig(Section):
         gt=0,
         description="Largest frame (width x height) the reader decodes; default 8K UHD, 7680x4320. A stream "
         "whose codec parameters say more is closed before its first frame is decoded, and so is one whose "
-        "frames grow past it: counted in `vistream_streams_refused_total{reason=\"too_large\"}`, logged once, "
-        "camera state `refused`, retried with the reconnect backoff.",
+        'frames grow past it: counted in `vistream_streams_refused_total{reason="too_large"}`, logged '
+        "once, camera state `refused`, retried with the reconnect backoff.",
     )
     memory_limit_mb: int | None = Field(
         default=2048,
@@ -588,7 +592,7 @@ class CameraConfig(Section):
         "hostile stream cannot make the kernel's OOM killer pick another process. Measured: a 1080p reader's "
         "data segment peaks at about 300 MiB (most of it Python and its libraries), an 8K one's at about 450 "
         "MiB. An allocation over it fails in the reader and ends its session, as a decode error or "
-        "`vistream_streams_refused_total{reason=\"memory\"}`. null: no limit.",
+        '`vistream_streams_refused_total{reason="memory"}`. null: no limit.',
     )
 
     @field_validator("name")
